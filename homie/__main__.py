@@ -1,0 +1,3 @@
+from homie.cli import main
+
+main()

@@ -1,0 +1,32 @@
+"""karma: share the load fairly among friends.
+
+Selected with `scheduler: karma` (or `homie run --scheduler karma`): the peer
+whose owner has given least and taken most is asked first. On the worker side
+it orders jobs waiting for a slot by their submitter's balance.
+"""
+
+from __future__ import annotations
+
+from homie.builtin.best_idle import idleness
+from homie.hookspecs import hookimpl
+
+
+def balance(karma: dict | None) -> float:
+    k = karma or {}
+    try:
+        return float(k.get("given", 0.0)) - float(k.get("taken", 0.0))
+    except (TypeError, ValueError):
+        return 0.0
+
+
+@hookimpl
+def homie_choose_peer(job, peers, config):
+    if job.scheduler != "karma":
+        return None
+    return min(peers, key=lambda p: (balance(p.karma), p.local, tuple(-x for x in idleness(p))))
+
+
+@hookimpl
+def homie_order_queue(jobs, karma):
+    # Highest balance (gave the most) is served first; ties keep arrival order.
+    return sorted(jobs, key=lambda j: (-float(karma.get(j.submitter, 0.0)), j.queued_at))

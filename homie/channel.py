@@ -1,0 +1,117 @@
+"""Blocking framed I/O on a socket (TLS job channel or the unix control socket).
+
+Only I/O lives here; framing rules are in homie.protocol and the order of
+messages in protocol.Conversation. Bulk data moves on blocking sockets in
+threads: receiving TLS through asyncio streams tops out far below what a
+blocking SSLSocket reaches (see docs/architecture.md, "Data path").
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+
+from homie import protocol
+from homie.errors import ProtocolError
+from homie.protocol import Conversation, Data, Event, Message, Output
+
+
+class ConnectionClosed(Exception):
+    """The other end closed the connection (or it dropped)."""
+
+
+class Channel:
+    def __init__(self, sock: socket.socket, conversation: Conversation | None = None):
+        self.sock = sock
+        self.conv = conversation
+        self._send_lock = threading.Lock()
+        self._hdr = bytearray(protocol.HEADER.size)
+        self._buf = bytearray(protocol.MAX_DATA + protocol.OUT_HEADER.size)
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self.closed = False
+
+    # -- sending -----------------------------------------------------------
+    def _sendall(self, *parts) -> None:
+        try:
+            for part in parts:
+                self.sock.sendall(part)
+                self.bytes_out += len(part)
+        except (OSError, ValueError) as e:
+            raise ConnectionClosed(str(e) or type(e).__name__) from None
+
+    def send(self, t: str, **fields) -> None:
+        frame = protocol.encode_msg(t, **fields)
+        with self._send_lock:
+            if self.conv:
+                self.conv.send(Message(t, fields))
+            self._sendall(frame)
+
+    def send_data(self, chunk) -> None:
+        with self._send_lock:
+            if self.conv:
+                self.conv.send(Data(b""))
+            self._sendall(protocol.data_header(len(chunk)), chunk)
+
+    def send_output(self, stream: int, end: int, data: bytes) -> None:
+        frame = protocol.encode_output(stream, end, data)
+        with self._send_lock:
+            if self.conv:
+                self.conv.send(Output(stream, end, b""))
+            self._sendall(frame)
+
+    # -- receiving ---------------------------------------------------------
+    def _recv_into(self, view: memoryview) -> None:
+        got = 0
+        n = len(view)
+        while got < n:
+            try:
+                r = self.sock.recv_into(view[got:], n - got)
+            except socket.timeout:
+                raise
+            except (OSError, ValueError) as e:
+                raise ConnectionClosed(str(e) or type(e).__name__) from None
+            if r == 0:
+                raise ConnectionClosed("connection closed by peer")
+            got += r
+        self.bytes_in += n
+
+    def recv(self, timeout: float | None = None) -> Event:
+        """The next event. DATA payloads are views into a reused buffer: valid
+        only until the next recv() (so a 1 GiB upload reuses one 1 MiB buffer)."""
+        if timeout is not None:
+            self.sock.settimeout(timeout)
+        hv = memoryview(self._hdr)
+        self._recv_into(hv)
+        length, ftype = protocol.parse_header(bytes(self._hdr))
+        view = memoryview(self._buf)[:length]
+        self._recv_into(view)
+        event = protocol.decode_payload(ftype, view)
+        if self.conv:
+            self.conv.receive(event)
+        return event
+
+    def recv_msg(self, *expected: str, timeout: float | None = None) -> Message:
+        """The next event, which must be a message of one of `expected` types
+        (keepalives are skipped)."""
+        while True:
+            ev = self.recv(timeout)
+            if isinstance(ev, Message) and ev.t in ("ping", "pong"):
+                continue
+            if not isinstance(ev, Message) or (expected and ev.t not in expected):
+                kind = ev.t if isinstance(ev, Message) else type(ev).__name__.lower()
+                raise ProtocolError(f"expected {' or '.join(expected)}, got {kind}")
+            return ev
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        try:
+            self.sock.close()
+        except OSError:
+            pass

@@ -1,0 +1,214 @@
+"""What the daemon does for each control request from the CLI (one method per verb)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+from homie import __version__, plugins
+from homie.errors import EXIT_FAILURE, EXIT_USAGE, HomieError
+from homie.joblog import read_records
+
+FOLLOW_POLL = 0.1
+PROGRESS_EVERY = 0.2
+
+
+class Handlers:
+    def __init__(self, node, ch):
+        self.node = node
+        self.ch = ch
+
+    def reply(self, **fields) -> None:
+        self.ch.send("reply", **fields)
+
+    # -- node ----------------------------------------------------------------------
+    def do_status(self, msg) -> None:
+        n = self.node
+        from homie.keys import fingerprint
+
+        ifaces = n.discovery.interfaces()
+        address = n.bind_address or (ifaces[0]["address"] if ifaces else "127.0.0.1")
+        self.reply(
+            running=True, name=n.name, pid=os.getpid(), version=__version__, uptime=time.time() - n.started,
+            address=address, port=n.config.port, discovery_port=n.config.discovery_port,
+            peers=len(n.peers.snapshot()), status=n.worker.status(), jobs_here=n.worker.running(),
+            jobs_out=sum(1 for j in n.submitter.jobs.values() if not j.terminal),
+            discovery=[b.name for b in n.discovery.backends], broadcast=n.discovery.broadcast_addresses(),
+            home=str(n.home.root), key_fingerprint=fingerprint(n.key), instance=n.instance_hex,
+        )
+
+    def do_peers(self, msg) -> None:
+        self.reply(peers=[p.to_dict() for p in self.node.peers.snapshot()], me=self.node.local_peer().to_dict())
+
+    def do_down(self, msg) -> None:
+        self.reply(stopping=True, name=self.node.name)
+        self.node.request_shutdown()
+
+    def do_pause(self, msg) -> None:
+        self.node.worker.pause(bool(msg.get("suspend")))
+        self.node.announce_soon()
+        self.reply(status="paused", suspended=self.node.worker.suspended)
+
+    def do_resume(self, msg) -> None:
+        self.node.worker.resume()
+        self.node.announce_soon()
+        self.reply(status=self.node.worker.status())
+
+    def do_plugins(self, msg) -> None:
+        self.reply(plugins=plugins.describe())
+
+    def do_karma(self, msg) -> None:
+        rows: dict[str, dict] = {}
+        for r in self.node.store.ledger():
+            row = rows.setdefault(r["peer"], {"peer": r["peer"], "given_cpu_s": 0.0, "taken_cpu_s": 0.0,
+                                              "given_gpu_s": 0.0, "taken_gpu_s": 0.0, "given_wall_s": 0.0,
+                                              "taken_wall_s": 0.0, "jobs_given": 0, "jobs_taken": 0})
+            d = r["direction"]
+            row[f"{d}_cpu_s"] += r["cpu_s"]
+            row[f"{d}_gpu_s"] += r["gpu_s"]
+            row[f"{d}_wall_s"] += r["wall_s"]
+            row[f"jobs_{d}"] += r["jobs"]
+        for row in rows.values():
+            row["balance_cpu_s"] = row["given_cpu_s"] - row["taken_cpu_s"]
+        self.reply(ledger=sorted(rows.values(), key=lambda r: r["peer"]), totals=self.node.karma_totals(),
+                   entries=self.node.store.ledger_entries())
+
+    def do_doctor(self, msg) -> None:
+        from homie.doctor import diagnose
+
+        self.reply(findings=diagnose(self.node))
+
+    # -- jobs -------------------------------------------------------------------------
+    def do_ps(self, msg) -> None:
+        show_all = bool(msg.get("all"))
+        out = []
+        for job in sorted(self.node.submitter.jobs.values(), key=lambda j: j.created):
+            if job.terminal and not show_all:
+                continue
+            s = job.summary()
+            s["side"] = "out"
+            out.append(s)
+        here = []
+        for wj in sorted(self.node.worker.jobs.values(), key=lambda j: j.created):
+            if wj.state not in ("preparing", "running") and not show_all:
+                continue
+            s = wj.summary()
+            s["side"] = "here"
+            here.append(s)
+        self.reply(jobs=out, here=here, now=time.time())
+
+    def _one_job(self, job_id: str):
+        found = self.node.submitter.find(job_id)
+        if not found:
+            raise HomieError(f"no job {job_id!r} (see `homie ps --all`)", EXIT_FAILURE)
+        if len(found) > 1:
+            raise HomieError(f"job id {job_id!r} is ambiguous: {', '.join(j.id for j in found)}", EXIT_FAILURE)
+        return found[0]
+
+    def do_kill(self, msg) -> None:
+        from homie.control import signal_number
+
+        sig = signal_number(msg.get("sig") or signal.SIGKILL)
+        job_id = msg["job_id"]
+        mine = self.node.submitter.find(job_id)
+        here = self.node.worker.find(job_id)
+        if len(mine) + len(here) == 0:
+            raise HomieError(f"no job {job_id!r} here or sent from here (see `homie ps --all`)", EXIT_FAILURE)
+        if len(mine) + len(here) > 1 and not (len(mine) == 1 and len(here) == 1 and mine[0].id == here[0].id):
+            raise HomieError(f"job id {job_id!r} is ambiguous", EXIT_FAILURE)
+        if mine:
+            what = self.node.submitter.signal(mine[0], sig)
+        else:
+            job = here[0]
+            if job.done.is_set():
+                raise HomieError(f"job {job.id} already ended", EXIT_FAILURE)
+            self.node.worker.signal_job(job, sig, by=f"{self.node.name}'s owner")
+            what = f"sent {signal.Signals(sig).name} to job {job.id} (running here for {job.submitter})"
+        self.reply(message=what)
+
+    def do_run(self, msg) -> None:
+        body = dict(msg.body)
+        if body.get("explain"):
+            self._explain(body)
+            return
+        job = self.node.submitter.submit(body)
+        self.ch.send("event", kind="job", job_id=job.id)
+        if body.get("detach"):
+            self.reply(job_id=job.id, detached=True)
+            return
+        self._follow(job, 0, live=True)
+
+    def _explain(self, body) -> None:
+        from homie import scheduling
+
+        req = scheduling.JobRequest(job_id="-", script=body["script"], submitter=self.node.name,
+                                    gpu=bool(body.get("gpu")), peer=body.get("peer"),
+                                    scheduler=body.get("scheduler") or self.node.config.scheduler)
+        cands = self.node.submitter._candidates()
+        chosen, verdicts = scheduling.choose(req, cands, self.node.config)
+        self.reply(chosen=chosen.name if chosen else None, peers=[
+            {"name": p.name, "ip": p.ip, "local": p.local, "eligible": not r, "reasons": r} for p, r in verdicts])
+
+    def do_follow(self, msg) -> None:
+        job = self._one_job(msg["job_id"])
+        self._follow(job, msg.get("offset") or 0, live=bool(msg.get("live")))
+
+    def _follow(self, job, offset: int, live: bool) -> None:
+        """Stream a job's output from `offset`, with its state changes, until it ends."""
+        ch = self.ch
+        last_state = None
+        last_progress = 0.0
+        while True:
+            st = job.state
+            if st != last_state:
+                last_state = st
+                if st == "queued" and job.why:
+                    ch.send("event", kind="queued", job_id=job.id, why=job.why)
+                elif st == "uploading":
+                    ch.send("event", kind="sending", job_id=job.id, peer=job.peer_name, via=job.via,
+                            files=job.upload_files, bytes=job.upload_bytes)
+                elif st == "running":
+                    ch.send("event", kind="started", job_id=job.id, peer=job.peer_name)
+                elif st == "fetching":
+                    ch.send("event", kind="fetching", job_id=job.id, peer=job.peer_name)
+            p = job.progress
+            if p and time.monotonic() - last_progress > PROGRESS_EVERY:
+                last_progress = time.monotonic()
+                ch.send("event", kind="progress", job_id=job.id, **p)
+            recs = read_records(job.log.path, offset)
+            for stream, end, data in recs:
+                ch.send_output(stream, end, data)
+                offset = end
+            if recs:
+                continue
+            if job.terminal and offset >= job.log.end:
+                self._end(job)
+                return
+            if not live and offset >= job.log.end:
+                self._end(job)
+                return
+            job.log.wait(offset, FOLLOW_POLL)
+
+    def _end(self, job) -> None:
+        d = job.doc
+        self.reply(job_id=job.id, state=d["state"], exit_code=d["exit_code"], code=d["code"], signal=d["signal"],
+                   reason=d["reason"], message=d["message"], peer=d["peer_name"], results=d["results"] or [],
+                   results_dir=str(job.results_dir), offset=job.log.end, terminal=job.terminal)
+
+    def do_get_results(self, msg) -> None:
+        job = self._one_job(msg["job_id"])
+        if not job.terminal:
+            raise HomieError(f"job {job.id} has not finished yet ({job.state})", EXIT_FAILURE)
+        if job.state != "done":
+            raise HomieError(f"job {job.id} ended {job.state}: {job.message or 'no results'}", EXIT_FAILURE)
+        if not job.results_dir.exists() and job.results:
+            raise HomieError(f"the results of job {job.id} were already collected or removed", EXIT_FAILURE)
+        self.reply(job_id=job.id, results=job.results or [], results_dir=str(job.results_dir))
+
+    def do_forget(self, msg) -> None:
+        job = self._one_job(msg["job_id"])
+        if not job.terminal:
+            raise HomieError(f"job {job.id} is still {job.state}", EXIT_USAGE)
+        self.node.submitter.forget(job)
+        self.reply(forgotten=job.id)

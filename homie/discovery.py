@@ -1,0 +1,209 @@
+"""Signed discovery: heartbeats out through the discovery backends, verified
+heartbeats in to the peer table.
+
+One UDP socket serves every backend. Packets that fail verification are
+dropped silently (a summary is logged at most every 10 s), and a peer's
+address is the packet's source, never what the packet claims.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+
+from homie import __version__, plugins
+from homie.heartbeat import Signer, Verifier
+
+PROBE_ANSWER_INTERVAL = 0.25  # at most this often per asking address
+
+
+class Discovery:
+    def __init__(self, node):
+        self.node = node
+        self.config = node.config
+        self.log = node.log
+        self.signer = Signer(node.key, node.instance)
+        self.verifier = Verifier(node.key)
+        self.sock: socket.socket | None = None
+        self.backends = []
+        self._send_lock = threading.Lock()
+        self._announce = threading.Event()
+        self._probe_answers: dict[str, float] = {}
+        self.heard_from: dict[str, float] = {}  # ip -> last verified packet (for `homie doctor`)
+        self.sent = 0
+        self.received = 0
+
+    # -- addresses -------------------------------------------------------------
+    def interfaces(self) -> list[dict]:
+        """IPv4 interfaces discovery may use, honouring `interface`/`bind`."""
+        import psutil
+
+        out = []
+        for ifname, addrs in psutil.net_if_addrs().items():
+            for a in addrs:
+                if a.family != socket.AF_INET or a.address.startswith("127."):
+                    continue
+                if self.config.interface and ifname != self.config.interface:
+                    continue
+                if self.config.bind and a.address != self.config.bind:
+                    continue
+                out.append({"interface": ifname, "address": a.address, "broadcast": a.broadcast,
+                            "netmask": a.netmask})
+        return out
+
+    def broadcast_addresses(self) -> list[str]:
+        return sorted({i["broadcast"] for i in self.interfaces() if i["broadcast"]})
+
+    # -- socket ------------------------------------------------------------------
+    def bind(self) -> None:
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+        try:
+            # Bound to all addresses: a socket bound to a unicast address
+            # does not receive broadcasts on Linux.
+            s.bind(("", self.config.discovery_port))
+        except OSError as e:
+            s.close()
+            from homie.errors import HomieError
+
+            raise HomieError(f"cannot listen for discovery on UDP port {self.config.discovery_port}: {e.strerror}"
+                             " (set `discovery_port:` in config or pass --discovery-port)") from None
+        s.settimeout(0.5)
+        self.sock = s
+        enabled = list(self.config.discovery)
+        found = {}
+        for group in plugins.call("homie_discovery_backends"):
+            for cls in group or []:
+                found.setdefault(cls.name, cls)
+        for name in enabled:
+            if name not in found:
+                self.log.warning("discovery.unknown_backend", backend=name, known=sorted(found))
+                continue
+            self.backends.append(found[name](self))
+        for b in self.backends:
+            b.start()
+
+    def sendto(self, packet: bytes, addr: tuple[str, int]) -> None:
+        try:
+            with self._send_lock:
+                self.sock.sendto(packet, addr)
+            self.sent += 1
+        except OSError as e:
+            self.node.rate_warn("discovery.send_failed", "cannot send heartbeat", target=f"{addr[0]}:{addr[1]}",
+                                error=e.strerror or str(e))
+
+    # -- sending -----------------------------------------------------------------
+    def body(self, kind: str) -> dict:
+        if kind != "hb":
+            return {"k": kind, "name": self.node.name, "port": self.config.port}
+        body = {"k": "hb", "name": self.node.name, "port": self.config.port, "v": __version__}
+        body.update(self.node.heartbeat_fields())
+        body["timestamp"] = int(time.time())
+        return body
+
+    def packet(self, kind: str) -> bytes:
+        body = self.body(kind)
+        try:
+            return self.signer.encode(body)
+        except ValueError:
+            # Too many GPUs or a huge karma table: drop the detail, keep the essentials.
+            body.pop("gpus", None)
+            body.pop("karma", None)
+            return self.signer.encode(body)
+
+    def announce(self, kind: str = "hb") -> None:
+        packet = self.packet(kind)
+        for b in self.backends:
+            try:
+                b.announce(packet)
+            except Exception as e:
+                self.node.rate_warn("discovery.backend_failed", "discovery backend failed",
+                                    backend=b.name, error=str(e))
+
+    def announce_soon(self) -> None:
+        self._announce.set()
+
+    def heartbeat_loop(self, stop: threading.Event) -> None:
+        self.announce("hb")
+        # A probe makes everyone answer at once: a new node sees its peers in
+        # well under a second instead of after a heartbeat interval.
+        self.announce("probe")
+        while not stop.is_set():
+            fired = self._announce.wait(self.config.heartbeat_interval)
+            if stop.is_set():
+                break
+            if fired:
+                time.sleep(0.05)  # coalesce bursts (several jobs ending at once)
+                self._announce.clear()
+            self.announce("hb")
+
+    def goodbye(self) -> None:
+        try:
+            self.announce("bye")
+        except Exception:
+            pass
+
+    # -- receiving -----------------------------------------------------------------
+    def receive_loop(self, stop: threading.Event) -> None:
+        while not stop.is_set():
+            try:
+                data, addr = self.sock.recvfrom(2048)
+            except socket.timeout:
+                continue
+            except OSError:
+                if stop.is_set():
+                    return
+                time.sleep(0.05)
+                continue
+            try:
+                self.receive(data, addr)
+            except Exception as e:  # nothing a packet does may stop discovery
+                self.node.rate_warn("discovery.receive_failed", "bad packet handling", error=repr(e))
+
+    def receive(self, data: bytes, addr: tuple[str, int]) -> None:
+        hb = self.verifier.verify(data, source=addr[0])
+        if hb is None:
+            self.node.note_dropped()
+            return
+        if hb.instance == self.node.instance:
+            return  # our own broadcast
+        self.received += 1
+        ip = addr[0]
+        self.heard_from[ip] = time.time()
+        body = hb.body
+        kind = body.get("k")
+        inst = hb.instance.hex()
+        if kind == "bye":
+            peer = self.node.peers.goodbye(inst)
+            if peer:
+                self.log.info("peer.gone", name=peer.name, ip=ip, why="goodbye")
+                self.node.peers_changed()
+            return
+        if kind == "probe":
+            now = time.monotonic()
+            if now - self._probe_answers.get(ip, 0.0) >= PROBE_ANSWER_INTERVAL:
+                self._probe_answers[ip] = now
+                if len(self._probe_answers) > 1024:
+                    self._probe_answers.clear()
+                self.sendto(self.packet("hb"), (ip, addr[1]))
+            return
+        if kind != "hb" or not isinstance(body.get("name"), str) or not isinstance(body.get("port"), int):
+            return
+        peer, is_new = self.node.peers.update(body, ip, inst)
+        if is_new:
+            self.log.info("peer.seen", name=peer.name, ip=ip, port=peer.port)
+        self.node.peers_changed()
+
+    def stop(self) -> None:
+        for b in self.backends:
+            try:
+                b.stop()
+            except Exception:
+                pass
+        if self.sock:
+            try:
+                self.sock.close()
+            except OSError:
+                pass

@@ -1,0 +1,47 @@
+"""Exceptions and the exit codes scripts can rely on.
+
+Exit codes of `homie run` pass the job's own status through (0-125, 128+N for a
+signal), so homie's own failures use codes a job is unlikely to return.
+"""
+
+# Documented in README.md ("Exit codes"); keep the two in sync.
+EXIT_OK = 0
+EXIT_FAILURE = 1  # generic: unknown job id, refused request
+EXIT_USAGE = 2  # bad command line, bad config value, no inputs
+EXIT_NO_DAEMON = 69  # EX_UNAVAILABLE: the local daemon is not running
+EXIT_NO_PEER = 70  # no peer could take the job / unknown peer
+EXIT_PEER_LOST = 71  # the peer died or the link dropped for good mid-job
+EXIT_TRANSFER = 72  # upload or result download failed
+EXIT_INTERNAL = 73  # a homie bug or a refused job (limits, disk full on the worker)
+EXIT_KILLED_LIMIT = 74  # the worker killed the job for exceeding a limit
+
+
+class HomieError(Exception):
+    """An error with a one-line message meant for the user, and an exit code."""
+
+    exit_code = EXIT_FAILURE
+
+    def __init__(self, message: str, exit_code: int | None = None):
+        super().__init__(message)
+        if exit_code is not None:
+            self.exit_code = exit_code
+
+
+class ConfigError(HomieError):
+    exit_code = EXIT_USAGE
+
+
+class KeyFileError(HomieError):
+    exit_code = EXIT_USAGE
+
+
+class ProtocolError(HomieError):
+    """A peer (or a local client) sent bytes that break the wire protocol."""
+
+    exit_code = EXIT_INTERNAL
+
+
+class ManifestError(HomieError):
+    """A file manifest that is unsafe or inconsistent (hostile names, lying sizes)."""
+
+    exit_code = EXIT_TRANSFER

@@ -1,0 +1,97 @@
+"""A job's output log: stdout and stderr chunks in the order they were read,
+with byte offsets, so a reconnecting submitter (or `homie attach`) resumes
+exactly where it left off and sees each byte once.
+
+Record: `!BI` (stream, length) + bytes. The offset of a chunk is the file
+position just past its record.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import threading
+
+REC = struct.Struct("!BI")
+MAX_CHUNK = 256 * 1024
+
+
+class JobLog:
+    def __init__(self, path: os.PathLike | str):
+        self.path = os.fspath(path)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
+        self._f = os.fdopen(fd, "ab", buffering=0)
+        self.end = self._valid_end()
+        self.finished = False
+        self.cond = threading.Condition()
+
+    def _valid_end(self) -> int:
+        # A crash mid-write can leave a torn last record: cut it so offsets stay aligned.
+        size = os.path.getsize(self.path)
+        pos = 0
+        with open(self.path, "rb") as f:
+            while pos + REC.size <= size:
+                f.seek(pos)
+                _, n = REC.unpack(f.read(REC.size))
+                if pos + REC.size + n > size:
+                    break
+                pos += REC.size + n
+        if pos != size:
+            os.truncate(self.path, pos)
+        return pos
+
+    def append(self, stream: int, data: bytes) -> int:
+        with self.cond:
+            for i in range(0, len(data), MAX_CHUNK):
+                piece = data[i : i + MAX_CHUNK]
+                self._f.write(REC.pack(stream, len(piece)) + piece)
+                self.end += REC.size + len(piece)
+            self.cond.notify_all()
+            return self.end
+
+    def finish(self) -> None:
+        with self.cond:
+            self.finished = True
+            self.cond.notify_all()
+
+    def close(self) -> None:
+        self.finish()
+        try:
+            self._f.close()
+        except OSError:
+            pass
+
+    def wait(self, offset: int, timeout: float) -> bool:
+        """Wait until there is data past `offset` or the log is finished."""
+        with self.cond:
+            if self.end <= offset and not self.finished:
+                self.cond.wait(timeout)
+            return self.end > offset
+
+
+def read_records(path: str, offset: int = 0, max_bytes: int = 1 << 20, until: int | None = None):
+    """(stream, end_offset, data) records from `offset`, at most ~max_bytes,
+    none ending past `until`."""
+    out = []
+    try:
+        f = open(path, "rb")
+    except FileNotFoundError:
+        return out
+    with f:
+        f.seek(offset)
+        total = 0
+        pos = offset
+        while total < max_bytes:
+            hdr = f.read(REC.size)
+            if len(hdr) < REC.size:
+                break
+            stream, n = REC.unpack(hdr)
+            if until is not None and pos + REC.size + n > until:
+                break
+            data = f.read(n)
+            if len(data) < n:
+                break
+            pos += REC.size + n
+            total += n
+            out.append((stream, pos, data))
+    return out

@@ -1,0 +1,101 @@
+"""Every message homie sends, in one place: the job channel between daemons and
+the control channel between the CLI and its local daemon share this module.
+
+A schema maps a field to (types, required). Unknown fields are ignored so that
+a newer peer may add fields; missing or mistyped required ones are a
+ProtocolError. Validation never raises anything else, whatever the input.
+"""
+
+from __future__ import annotations
+
+from homie.errors import ProtocolError
+
+S = (str,)
+I = (int,)
+N = (int, float)
+B = (bool,)
+L = (list,)
+D = (dict,)
+OPT_S = (str, type(None))
+OPT_I = (int, type(None))
+OPT_N = (int, float, type(None))
+
+# -- job channel (daemon <-> daemon, over mutual TLS) --------------------------
+PEER = {
+    # server speaks first, so a client with a bad certificate learns of it at once
+    "hello": {"name": (S, True), "proto": (I, True), "homie": (S, True), "python": (S, True),
+              "instance": (S, False)},
+    "submit": {"job_id": (S, True), "script": (S, True), "args": (L, True), "files": (L, True),
+               "submitter": (S, True), "executor": (S, False), "gpu": (B, False),
+               "interpreter": (OPT_S, False), "env": (D, False)},
+    "need": {"hashes": (L, True)},
+    "refuse": {"reason": (S, True), "code": (S, True)},
+    "blob": {"sha256": (S, True), "size": (I, True)},
+    "upload_done": {},
+    "started": {"job_id": (S, True), "pid": (OPT_I, False), "gpu": (OPT_S, False)},
+    "exit": {"job_id": (S, True), "code": (OPT_I, True), "signal": (OPT_I, False),
+             "reason": (OPT_S, False), "cpu_s": (N, False), "wall_s": (N, False),
+             "gpu_s": (N, False), "results": (I, False)},
+    "attach": {"job_id": (S, True), "offset": (I, True)},
+    "fetch": {"job_id": (S, True)},
+    "results": {"job_id": (S, True), "files": (L, True)},
+    "want": {"paths": (L, True)},
+    "results_done": {},
+    "ack": {"job_id": (S, True)},
+    "signal": {"job_id": (S, True), "sig": (I, True)},
+    "ok": {},
+    "error": {"message": (S, True), "code": (S, False)},
+    "ping": {},
+    "pong": {},
+    "bye": {},
+}
+
+# -- control channel (CLI <-> local daemon, over the unix socket) ------------
+CONTROL = {
+    "status": {},
+    "peers": {},
+    "down": {},
+    "run": {"script": (S, True), "args": (L, True), "cwd": (S, True), "files": (L, False),
+            "directory": (OPT_S, False), "peer": (OPT_S, False), "gpu": (B, False),
+            "executor": (OPT_S, False), "detach": (B, False), "explain": (B, False),
+            "scheduler": (OPT_S, False), "tag": (OPT_S, False)},
+    "ps": {"all": (B, False)},
+    "kill": {"job_id": (S, True), "sig": (I, False)},
+    "follow": {"job_id": (S, True), "live": (B, False), "offset": (I, False)},
+    "get_results": {"job_id": (S, True)},
+    "forget": {"job_id": (S, True)},
+    "pause": {"suspend": (B, False)},
+    "resume": {},
+    "karma": {},
+    "plugins": {},
+    "doctor": {},
+    # replies and events from the daemon
+    "reply": {},
+    "event": {"kind": (S, True)},
+    "fail": {"message": (S, True), "exit_code": (I, False)},
+}
+
+# One namespace for both channels, so a name always means one thing.
+assert not PEER.keys() & CONTROL.keys(), PEER.keys() & CONTROL.keys()
+ALL: dict[str, dict] = {**PEER, **CONTROL}
+
+
+def _type_name(types: tuple) -> str:
+    return " or ".join(t.__name__ for t in types)
+
+
+def validate(t: str, body: dict) -> None:
+    schema = ALL.get(t)
+    if schema is None:
+        raise ProtocolError(f"unknown message type {t[:40]!r}")
+    for field, (types, required) in schema.items():
+        if field not in body:
+            if required:
+                raise ProtocolError(f"{t}: missing field {field!r}")
+            continue
+        value = body[field]
+        # bool is an int in Python; a boolean where a number is expected is a bug
+        if isinstance(value, bool) and bool not in types:
+            raise ProtocolError(f"{t}: field {field!r} must be {_type_name(types)}")
+        if not isinstance(value, types):
+            raise ProtocolError(f"{t}: field {field!r} must be {_type_name(types)}")

@@ -1,0 +1,279 @@
+"""Running one job's process tree on the worker: start, stream, limit, kill.
+
+Executors decide *what* to run; this module decides *how*, the same for every
+executor: a fresh session (so the whole tree gets signals), never as root,
+never inside the daemon process, output read from pipes into the job log,
+limits enforced by watching the tree, and nothing left behind on kill.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import selectors
+import signal
+import subprocess
+import threading
+import time
+from dataclasses import dataclass, field
+
+from homie.joblog import JobLog
+from homie.protocol import STDERR, STDOUT
+
+WATCH_INTERVAL = 0.25
+
+
+@dataclass
+class Limits:
+    max_seconds: float | None = None
+    max_memory_bytes: int | None = None
+
+
+@dataclass
+class Outcome:
+    code: int | None = None
+    signal: int | None = None
+    reason: str | None = None
+    cpu_s: float = 0.0
+    wall_s: float = 0.0
+    peak_rss: int = 0
+
+
+@dataclass
+class JobUser:
+    uid: int
+    gid: int
+    name: str
+    home_writable: bool = True
+
+    @property
+    def differs(self) -> bool:
+        return self.uid != os.geteuid()
+
+
+def job_user(name: str | None) -> JobUser:
+    """Who jobs run as: this user, or an unprivileged one when the daemon is root."""
+    if os.geteuid() != 0:
+        pw = pwd.getpwuid(os.geteuid())
+        return JobUser(pw.pw_uid, pw.pw_gid, pw.pw_name)
+    pw = pwd.getpwnam(name or "nobody")
+    if pw.pw_uid == 0:
+        raise ValueError("job_user must not be root")
+    return JobUser(pw.pw_uid, pw.pw_gid, pw.pw_name)
+
+
+def _tree(pid: int):
+    import psutil
+
+    try:
+        root = psutil.Process(pid)
+        return [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return []
+
+
+def processes_of_job(job_id: str, uid: int | None = None):
+    """Processes carrying HOMIE_JOB_ID=job_id in their environment: finds a
+    descendant that escaped the session with setsid and was re-parented."""
+    import psutil
+
+    found = []
+    for p in psutil.process_iter(["uids"]):
+        try:
+            if uid is not None and p.info["uids"] and p.info["uids"].real != uid:
+                continue
+            if p.environ().get("HOMIE_JOB_ID") == job_id:
+                found.append(p)
+        except (psutil.Error, OSError):
+            continue
+    return found
+
+
+class JobProcess:
+    """One running job. start() returns at once; wait() gives the Outcome."""
+
+    def __init__(self, job_id: str, argv: list[str], cwd: str, env: dict, log: JobLog,
+                 user: JobUser, limits: Limits):
+        self.job_id = job_id
+        self.argv = argv
+        self.cwd = cwd
+        self.env = env
+        self.log = log
+        self.user = user
+        self.limits = limits
+        self.proc: subprocess.Popen | None = None
+        self.outcome = Outcome()
+        self._done = threading.Event()
+        self._kill_reason: str | None = None
+        self._seen: set[int] = set()  # every pid ever seen in the tree
+        self._started = 0.0
+        self.suspended = False
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc else None
+
+    def start(self) -> None:
+        env = dict(self.env)
+        env["HOMIE_JOB_ID"] = self.job_id
+        kw = {}
+        if self.user.differs:
+            kw = {"user": self.user.uid, "group": self.user.gid, "extra_groups": []}
+        self._started = time.monotonic()
+        self.proc = subprocess.Popen(
+            self.argv, cwd=self.cwd, env=env, stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
+            close_fds=True, **kw,
+        )
+        self._seen.add(self.proc.pid)
+        threading.Thread(target=self._pump, name=f"job-{self.job_id}-io", daemon=True).start()
+        threading.Thread(target=self._watch, name=f"job-{self.job_id}-watch", daemon=True).start()
+
+    # -- output ------------------------------------------------------------
+    def _pump(self) -> None:
+        sel = selectors.DefaultSelector()
+        streams = {self.proc.stdout.fileno(): STDOUT, self.proc.stderr.fileno(): STDERR}
+        for fd in streams:
+            os.set_blocking(fd, False)
+            sel.register(fd, selectors.EVENT_READ)
+        exited_at = None
+        while streams:
+            # A grandchild may keep the pipes open after the job's main process
+            # exited (cpython#119710): stop reading shortly after the exit.
+            if exited_at is None and self.proc.poll() is not None:
+                exited_at = time.monotonic()
+            if exited_at is not None and time.monotonic() - exited_at > 1.0:
+                break
+            for key, _ in sel.select(timeout=0.2):
+                fd = key.fd
+                try:
+                    data = os.read(fd, 65536)
+                except BlockingIOError:
+                    continue
+                except OSError:
+                    data = b""
+                if not data:
+                    sel.unregister(fd)
+                    streams.pop(fd, None)
+                    continue
+                self.log.append(streams[fd], data)
+        sel.close()
+        for f in (self.proc.stdout, self.proc.stderr):
+            try:
+                f.close()
+            except OSError:
+                pass
+        self._finish()
+
+    # -- watching ----------------------------------------------------------
+    def _sample(self):
+        import psutil
+
+        rss = 0
+        cpu = 0.0
+        for p in _tree(self.proc.pid):
+            try:
+                self._seen.add(p.pid)
+                rss += p.memory_info().rss
+                t = p.cpu_times()
+                # children_*: descendants already reaped inside the tree
+                cpu += t.user + t.system + t.children_user + t.children_system
+            except psutil.Error:
+                continue
+        return rss, cpu
+
+    def _watch(self) -> None:
+        max_cpu = 0.0
+        while self.proc.poll() is None:
+            rss, cpu = self._sample()
+            max_cpu = max(max_cpu, cpu)
+            self.outcome.peak_rss = max(self.outcome.peak_rss, rss)
+            lim = self.limits
+            if lim.max_memory_bytes and rss > lim.max_memory_bytes:
+                self.kill(f"memory limit exceeded ({rss / 2**30:.2f} GB > {lim.max_memory_bytes / 2**30:.2f} GB)")
+                break
+            if lim.max_seconds and time.monotonic() - self._started > lim.max_seconds:
+                self.kill(f"time limit exceeded ({lim.max_seconds:g} s)")
+                break
+            if self._done.wait(WATCH_INTERVAL):
+                break
+        self._sampled_cpu = max_cpu
+
+    def _finish(self) -> None:
+        code = self.proc.wait()
+        wall = time.monotonic() - self._started
+        # Whatever the main process left behind dies with the job.
+        self._kill_tree(signal.SIGKILL)
+        o = self.outcome
+        o.wall_s = round(wall, 3)
+        o.cpu_s = round(max(getattr(self, "_sampled_cpu", 0.0), 0.0), 3)
+        if code < 0:
+            o.signal = -code
+            o.code = 128 - code
+        else:
+            o.code = code
+        o.reason = self._kill_reason
+        self.log.finish()
+        self._done.set()
+
+    # -- control -----------------------------------------------------------
+    def _kill_tree(self, sig: int) -> None:
+        import psutil
+
+        if self.proc is None:
+            return
+        try:
+            os.killpg(self.proc.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+        targets = {p.pid: p for p in _tree(self.proc.pid)}
+        for pid in self._seen:
+            if pid not in targets:
+                try:
+                    p = psutil.Process(pid)
+                    if p.environ().get("HOMIE_JOB_ID") == self.job_id:
+                        targets[pid] = p
+                except (psutil.Error, OSError):
+                    pass
+        if sig == signal.SIGKILL:
+            for p in processes_of_job(self.job_id, self.user.uid):
+                targets.setdefault(p.pid, p)
+        for p in targets.values():
+            try:
+                p.send_signal(sig)
+            except psutil.Error:
+                pass
+
+    def signal(self, sig: int) -> None:
+        """Deliver a signal to the job's whole process group (Ctrl-C sends SIGINT)."""
+        if sig in (signal.SIGSTOP, signal.SIGCONT):
+            self.suspended = sig == signal.SIGSTOP
+            self._kill_tree(sig)
+            return
+        if self.proc is None:
+            return
+        try:
+            os.killpg(self.proc.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+    def kill(self, reason: str | None = None, grace: float = 2.0) -> None:
+        """SIGTERM the tree, SIGKILL what is left after `grace` seconds."""
+        if reason and not self._kill_reason:
+            self._kill_reason = reason
+        if self.suspended:
+            self._kill_tree(signal.SIGCONT)
+        self._kill_tree(signal.SIGTERM)
+
+        def later():
+            if not self._done.wait(grace):
+                self._kill_tree(signal.SIGKILL)
+
+        threading.Thread(target=later, daemon=True).start()
+
+    def wait(self, timeout: float | None = None) -> Outcome | None:
+        return self.outcome if self._done.wait(timeout) else None
+
+    @property
+    def done(self) -> bool:
+        return self._done.is_set()

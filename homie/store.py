@@ -1,0 +1,97 @@
+"""The node's durable state: an sqlite3 database in the home.
+
+Jobs this node submitted (so a restart of the daemon loses nothing), jobs it
+runs for others (so a restart can clean up after a crash), and the karma
+ledger. Records are JSON documents: the schema evolves without migrations.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+
+
+class Store:
+    def __init__(self, path):
+        self.path = str(path)
+        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=10)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._lock = threading.Lock()
+        with self._lock:
+            self._db.executescript(
+                """
+                CREATE TABLE IF NOT EXISTS jobs (id TEXT PRIMARY KEY, created REAL, state TEXT, doc TEXT);
+                CREATE TABLE IF NOT EXISTS worker_jobs (id TEXT PRIMARY KEY, doc TEXT);
+                CREATE TABLE IF NOT EXISTS ledger (
+                    job_id TEXT, peer TEXT, direction TEXT, cpu_s REAL, gpu_s REAL, wall_s REAL, at REAL,
+                    PRIMARY KEY (job_id, direction));
+                """
+            )
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    # -- submitted jobs --------------------------------------------------------
+    def save_job(self, doc: dict) -> None:
+        with self._lock:
+            self._db.execute(
+                "INSERT OR REPLACE INTO jobs (id, created, state, doc) VALUES (?, ?, ?, ?)",
+                (doc["id"], doc["created"], doc["state"], json.dumps(doc)),
+            )
+
+    def jobs(self, states: tuple[str, ...] | None = None) -> list[dict]:
+        with self._lock:
+            if states:
+                q = "SELECT doc FROM jobs WHERE state IN (%s) ORDER BY created" % ",".join("?" * len(states))
+                rows = self._db.execute(q, states).fetchall()
+            else:
+                rows = self._db.execute("SELECT doc FROM jobs ORDER BY created").fetchall()
+        return [json.loads(r[0]) for r in rows]
+
+    def delete_job(self, job_id: str) -> None:
+        with self._lock:
+            self._db.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
+
+    # -- jobs run here for others ----------------------------------------------------
+    def worker_job(self, job_id: str, doc: dict) -> None:
+        with self._lock:
+            self._db.execute("INSERT OR REPLACE INTO worker_jobs (id, doc) VALUES (?, ?)", (job_id, json.dumps(doc)))
+
+    def worker_job_done(self, job_id: str) -> None:
+        with self._lock:
+            self._db.execute("DELETE FROM worker_jobs WHERE id = ?", (job_id,))
+
+    def worker_jobs(self) -> dict[str, dict]:
+        with self._lock:
+            rows = self._db.execute("SELECT id, doc FROM worker_jobs").fetchall()
+        return {r[0]: json.loads(r[1]) for r in rows}
+
+    # -- karma ledger -------------------------------------------------------------------
+    def record(self, job_id: str, peer: str, direction: str, cpu_s: float, gpu_s: float, wall_s: float) -> None:
+        """direction: 'given' (we ran it for peer) or 'taken' (peer ran it for us)."""
+        with self._lock:
+            self._db.execute(
+                "INSERT OR REPLACE INTO ledger VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (job_id, peer, direction, cpu_s, gpu_s, wall_s, time.time()),
+            )
+
+    def ledger(self) -> list[dict]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT peer, direction, SUM(cpu_s), SUM(gpu_s), SUM(wall_s), COUNT(*) FROM ledger"
+                " GROUP BY peer, direction ORDER BY peer"
+            ).fetchall()
+        return [
+            {"peer": r[0], "direction": r[1], "cpu_s": r[2] or 0.0, "gpu_s": r[3] or 0.0, "wall_s": r[4] or 0.0,
+             "jobs": r[5]}
+            for r in rows
+        ]
+
+    def ledger_entries(self) -> list[dict]:
+        with self._lock:
+            rows = self._db.execute("SELECT job_id, peer, direction, cpu_s, gpu_s, wall_s, at FROM ledger").fetchall()
+        return [dict(zip(("job_id", "peer", "direction", "cpu_s", "gpu_s", "wall_s", "at"), r)) for r in rows]

@@ -1,0 +1,593 @@
+"""The submitting side: this daemon owns every job it sends out.
+
+It queues the job, picks the peer, uploads only what the peer lacks, mirrors
+the output into a local log (which `homie run`, `attach` and `logs` follow),
+reconnects after a dropped link and resumes from the last offset, fetches the
+results into the home and records everything in the store. A closed terminal
+or a restart of this daemon loses nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import socket
+import ssl
+import threading
+import time
+from pathlib import Path
+
+from homie import PROTOCOL_VERSION, __version__, files, protocol, scheduling
+from homie.channel import Channel, ConnectionClosed
+from homie.errors import (EXIT_INTERNAL, EXIT_NO_PEER, EXIT_PEER_LOST, EXIT_TRANSFER, EXIT_USAGE,
+                          HomieError, ManifestError, ProtocolError)
+from homie.joblog import JobLog
+from homie.protocol import Conversation, Data, Message, Output
+from homie.trust import SERVER_HOSTNAME
+
+CONNECT_TIMEOUT = 5.0
+STREAM_TIMEOUT = 8.0  # the worker pings every 2 s; silence this long means the link is down
+CHUNK = 1 << 20
+TERMINAL = ("done", "failed", "lost", "killed")
+ACTIVE = ("uploading", "running", "fetching")
+
+
+def new_job_id() -> str:
+    return secrets.token_hex(4)
+
+
+class Job:
+    """A job this node submitted. `doc` is what the store keeps."""
+
+    FIELDS = (
+        "id", "created", "state", "script", "script_path", "args", "cwd", "files", "directory", "peer",
+        "gpu", "executor", "scheduler", "tag", "peer_name", "peer_ip", "peer_port", "peer_instance",
+        "remote_offset", "code", "signal", "reason", "exit_code", "message", "results", "started_at",
+        "finished_at", "waiting", "why", "cpu_s", "wall_s", "gpu_s", "attempts", "collected", "interrupts",
+        "upload_files", "upload_bytes", "sent_bytes", "via",
+    )
+
+    def __init__(self, doc: dict, outbox: Path):
+        self.doc = {k: doc.get(k) for k in self.FIELDS}
+        self.doc.setdefault("attempts", 0)
+        self.dir = outbox / self.doc["id"]
+        self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.log = JobLog(self.dir / "output.log")
+        if self.doc["state"] in TERMINAL:
+            self.log.finish()
+        self.cond = threading.Condition()
+        self.progress: dict | None = None
+        self.manifest: list[files.FileEntry] | None = None
+        self.sources: dict[str, Path] = {}
+        self.thread: threading.Thread | None = None
+        self.channel: Channel | None = None
+
+    def __getattr__(self, name):
+        doc = self.__dict__.get("doc")
+        if doc is not None and name in doc:
+            return doc[name]
+        raise AttributeError(name)
+
+    @property
+    def results_dir(self) -> Path:
+        return self.dir / "results"
+
+    def update(self, **fields) -> None:
+        with self.cond:
+            self.doc.update(fields)
+            self.cond.notify_all()
+
+    @property
+    def terminal(self) -> bool:
+        return self.doc["state"] in TERMINAL
+
+    def summary(self) -> dict:
+        d = self.doc
+        return {
+            "job_id": d["id"], "peer": d["peer_name"], "script": d["script"], "args": d["args"],
+            "status": d["state"], "created": d["created"], "exit_code": d["exit_code"], "why": d["why"],
+            "reason": d["reason"], "tag": d["tag"], "results": len(d["results"] or []),
+        }
+
+
+class Submitter:
+    def __init__(self, node):
+        self.node = node
+        self.config = node.config
+        self.log = node.log
+        self.store = node.store
+        self.outbox = Path(node.home.outbox)
+        self.hashes = files.HashCache(Path(node.home.root) / "cache" / "hashes.db")
+        self.jobs: dict[str, Job] = {}
+        self.lock = threading.Lock()
+        self.wake = threading.Condition()
+        # peer instance -> ids of jobs sent there whose start its heartbeats may not show yet
+        self.pending: dict[str, set] = {}
+        self.refused: dict[str, float] = {}  # peer instance -> until when not to retry it
+
+    # -- creation ------------------------------------------------------------
+    def submit(self, req: dict) -> Job:
+        """Validate a `run` request from the CLI and queue it."""
+        cwd = Path(req["cwd"])
+        script = Path(req["script"])
+        script_path = script if script.is_absolute() else cwd / script
+        directory = req.get("directory")
+        if directory is not None:
+            directory = Path(directory) if Path(directory).is_absolute() else cwd / directory
+            if not directory.is_dir():
+                raise HomieError(f"not a directory: {req['directory']}", EXIT_USAGE)
+        if not script_path.is_file():
+            raise HomieError(f"script not found: {req['script']}", EXIT_USAGE)
+        args = req.get("args") or []
+        if not all(isinstance(a, str) for a in args):
+            raise HomieError("arguments must be strings", EXIT_USAGE)
+        pin = req.get("peer")
+        if pin and pin != self.node.name and not self.node.peers.by_name(pin):
+            online = ", ".join(sorted({p.name for p in self.node.peers.snapshot()} | {self.node.name}))
+            raise HomieError(f"unknown peer {pin!r} (online: {online})", EXIT_NO_PEER)
+        job_id = new_job_id()
+        doc = {
+            "id": job_id, "created": time.time(), "state": "queued", "script_path": str(script_path.resolve()),
+            "args": list(args), "cwd": str(cwd), "files": list(req.get("files") or []),
+            "directory": str(directory.resolve()) if directory else None, "peer": pin,
+            "gpu": bool(req.get("gpu")), "executor": req.get("executor") or self.config.executor,
+            "scheduler": req.get("scheduler") or self.config.scheduler, "tag": req.get("tag"),
+            "remote_offset": 0, "results": [], "interrupts": 0,
+        }
+        job = Job(doc, self.outbox)
+        self._collect(job)  # errors in the inputs are reported now, not after queueing
+        self._save(job)
+        with self.lock:
+            self.jobs[job_id] = job
+        self.log.info("job.submitted", job_id=job_id, script=job.script, files=len(job.manifest))
+        self.kick()
+        return job
+
+    def _collect(self, job: Job) -> None:
+        script_path = Path(job.script_path)
+        directory = Path(job.directory) if job.directory else None
+        base = directory or script_path.parent
+        try:
+            collected = files.collect([str(script_path), *job.files], directory=directory, base=base)
+        except ManifestError as e:
+            raise HomieError(str(e), EXIT_USAGE) from None
+        entries = []
+        sources = {}
+        script_rel = None
+        for rel, path in collected.files:
+            size, sha = self.hashes.sha256_of(path)
+            mode = 0o755 if os.stat(path).st_mode & 0o100 else 0o644
+            entries.append(files.FileEntry(rel, mode, size, sha))
+            sources[sha] = path
+            if Path(path).resolve() == script_path.resolve():
+                script_rel = rel
+        if script_rel is None:
+            raise HomieError(f"the script {script_path} is excluded by an ignore rule", EXIT_USAGE)
+        job.manifest = entries
+        job.sources = sources
+        job.doc["script"] = script_rel
+        job.doc["upload_files"] = len(entries)
+        job.doc["upload_bytes"] = sum(e.size for e in entries)
+        for w in collected.warnings:
+            job.log.append(protocol.STDERR, f"homie: {w}\n".encode())
+
+    def _save(self, job: Job) -> None:
+        self.store.save_job(job.doc)
+
+    # -- lookup ------------------------------------------------------------------
+    def find(self, prefix: str) -> list[Job]:
+        with self.lock:
+            exact = self.jobs.get(prefix)
+            if exact:
+                return [exact]
+            return [j for j in self.jobs.values() if j.id.startswith(prefix)]
+
+    def restore(self) -> None:
+        """Pick up where the last run of this daemon left off."""
+        for doc in self.store.jobs():
+            job = Job(doc, self.outbox)
+            with self.lock:
+                self.jobs[job.id] = job
+            if job.state == "uploading":
+                job.doc["state"] = "queued"  # the upload never completed: start it again
+            if job.state == "queued":
+                try:
+                    self._collect(job)
+                except HomieError as e:
+                    self._finish(job, "failed", message=str(e), exit_code=EXIT_USAGE)
+                    continue
+            if job.state in ("running", "fetching"):
+                self._start_driver(job)
+        self.kick()
+
+    # -- the queue -------------------------------------------------------------------
+    def kick(self) -> None:
+        with self.wake:
+            self.wake.notify_all()
+
+    def dispatch_loop(self, stop: threading.Event) -> None:
+        """Assign queued jobs to peers in submission order."""
+        while not stop.is_set():
+            try:
+                self._dispatch_once()
+            except Exception:
+                self.log.exception("dispatch.failed")
+            with self.wake:
+                self.wake.wait(0.5)
+
+    def _candidates(self) -> list:
+        now = time.time()
+        out = []
+        for p in [self.node.local_peer(), *self.node.peers.snapshot()]:
+            pend = len(self.pending.get(p.instance, ()))
+            if self.refused.get(p.instance, 0) > now:
+                p.slots_free = 0
+            elif pend and p.slots_free is not None:
+                p.slots_free = max(0, p.slots_free - pend)
+            out.append(p)
+        return out
+
+    def _dispatch_once(self) -> None:
+        with self.lock:
+            queued = sorted((j for j in self.jobs.values() if j.state == "queued"), key=lambda j: j.created)
+        if not queued:
+            return
+        candidates = self._candidates()
+        for job in queued:
+            req = scheduling.JobRequest(job_id=job.id, script=job.script, submitter=self.node.name, gpu=job.gpu,
+                                        peer=job.peer, scheduler=job.scheduler or "auto",
+                                        executor=job.executor or "auto", queued_at=job.created)
+            peer, verdicts = scheduling.choose(req, candidates, self.config)
+            if peer is None:
+                permanent = self._permanent(req, verdicts)
+                if permanent:
+                    self._finish(job, "failed", message=permanent, exit_code=EXIT_NO_PEER)
+                else:
+                    why = scheduling.why_waiting(verdicts, req)
+                    if job.why != why:
+                        job.update(why=why)
+                        self._save(job)
+                continue
+            if peer.slots_free is not None:
+                peer.slots_free -= 1
+            self.pending.setdefault(peer.instance, set()).add(job.id)
+            job.update(state="uploading", why=None, peer_name=peer.name, peer_ip=peer.ip, peer_port=peer.port,
+                       peer_instance=peer.instance, attempts=(job.attempts or 0) + 1,
+                       via="chosen" if job.peer else "best available")
+            self._save(job)
+            self._start_driver(job)
+
+    def _permanent(self, req, verdicts) -> str | None:
+        """Why no peer can ever take this job, or None if it should wait."""
+        temporary = ("busy", "paused", "in use")
+        if not verdicts:
+            if req.peer:
+                return f"peer {req.peer!r} is not online"
+            return "no peer can take this job"
+        if any(any(r.startswith(temporary) for r in reasons) for _, reasons in verdicts):
+            return None
+        detail = "; ".join(f"{p.name}: {', '.join(r)}" for p, r in verdicts)
+        return f"no peer can take this job ({detail})"
+
+    def _start_driver(self, job: Job) -> None:
+        job.thread = threading.Thread(target=self._drive, args=(job,), name=f"submit-{job.id}", daemon=True)
+        job.thread.start()
+
+    # -- driving one job -------------------------------------------------------------
+    def _drive(self, job: Job) -> None:
+        try:
+            if job.state == "uploading":
+                self._send(job)
+            if job.state == "running":
+                self._follow(job)
+            if job.state == "fetching":
+                self._fetch(job)
+        except HomieError as e:
+            self._finish(job, "failed", message=str(e), exit_code=e.exit_code)
+        except Exception as e:
+            self.log.exception("job.driver_crashed", job_id=job.id)
+            self._finish(job, "failed", message=f"internal error: {type(e).__name__}: {e}", exit_code=EXIT_INTERNAL)
+        finally:
+            self._unpend(job)
+            self.kick()
+
+    def _unpend(self, job: Job) -> None:
+        """The job no longer holds a slot we reserved on its peer."""
+        for ids in self.pending.values():
+            ids.discard(job.id)
+
+    def connect(self, ip: str, port: int) -> Channel:
+        try:
+            raw = socket.create_connection((ip, port), timeout=CONNECT_TIMEOUT)
+        except OSError as e:
+            raise ConnectionClosed(f"cannot connect to {ip}:{port}: {e.strerror or e}") from None
+        try:
+            raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            tls = self.node.trust.client_context().wrap_socket(raw, server_hostname=SERVER_HOSTNAME)
+        except ssl.SSLError as e:
+            raw.close()
+            raise HomieError(f"{ip}:{port} refused our group key (TLS: {e.reason or e})", EXIT_PEER_LOST) from None
+        except OSError as e:
+            raw.close()
+            raise ConnectionClosed(f"TLS handshake with {ip}:{port} failed: {e}") from None
+        ch = Channel(tls, Conversation(protocol.CLIENT))
+        try:
+            hello = ch.recv_msg("hello", "error", timeout=CONNECT_TIMEOUT)
+        except socket.timeout:
+            ch.close()
+            raise ConnectionClosed(f"{ip}:{port} did not greet us") from None
+        if hello.t == "error":
+            ch.close()
+            raise HomieError(f"{ip}:{port}: {hello['message']}", EXIT_PEER_LOST)
+        if hello["proto"] != PROTOCOL_VERSION:
+            ch.close()
+            raise HomieError(
+                f"{hello['name']} runs homie {hello['homie']} (protocol {hello['proto']}, Python {hello['python']});"
+                f" this machine runs homie {__version__} (protocol {PROTOCOL_VERSION}): upgrade the older one",
+                EXIT_PEER_LOST)
+        return ch
+
+    def _send(self, job: Job) -> None:
+        if job.manifest is None:
+            self._collect(job)
+        try:
+            ch = self.connect(job.peer_ip, job.peer_port)
+        except ConnectionClosed as e:
+            self._requeue(job, f"could not reach {job.peer_name}: {e}")
+            return
+        job.channel = ch
+        try:
+            ch.send("submit", job_id=job.id, script=job.script, args=job.args,
+                    files=[e.to_dict() for e in job.manifest], submitter=self.node.name,
+                    executor=job.executor or "auto", gpu=bool(job.gpu))
+            reply = ch.recv_msg("need", "refuse", "error", timeout=30)
+            if reply.t == "refuse":
+                self.refused[job.peer_instance] = time.time() + 1.0
+                self._requeue(job, reply["reason"])
+                ch.close()
+                return
+            if reply.t == "error":
+                ch.close()
+                raise HomieError(f"{job.peer_name} refused the job: {reply['message']}", EXIT_INTERNAL)
+            self._upload(job, ch, reply["hashes"])
+            job.update(state="running", started_at=time.time())
+            self._save(job)
+            self._stream(job, ch)
+        except (ConnectionClosed, socket.timeout, OSError) as e:
+            ch.close()
+            if job.state == "uploading":
+                raise HomieError(f"upload to {job.peer_name} failed: {e}", EXIT_TRANSFER) from None
+            # the job runs on: _follow reconnects
+        except ProtocolError as e:
+            ch.close()
+            raise HomieError(f"{job.peer_name} broke the protocol: {e}", EXIT_INTERNAL) from None
+
+    def _requeue(self, job: Job, why: str) -> None:
+        self._unpend(job)
+        job.update(state="queued", why=why, peer_name=None, peer_ip=None, peer_port=None, peer_instance=None)
+        self._save(job)
+        self.kick()
+
+    def _upload(self, job: Job, ch: Channel, need: list) -> None:
+        by_sha = {e.sha256: e for e in job.manifest}
+        if not all(isinstance(h, str) and h in by_sha for h in need):
+            raise ProtocolError("the peer asked for files that are not in the job")
+        total = sum(by_sha[h].size for h in need)
+        job.update(sent_bytes=0)
+        job.progress = {"phase": "upload", "done": 0, "total": total, "files": len(need)}
+        buf = bytearray(CHUNK)
+        view = memoryview(buf)
+        sent = 0
+        for sha in need:
+            entry = by_sha[sha]
+            ch.send("blob", sha256=sha, size=entry.size)
+            with open(job.sources[sha], "rb") as f:
+                left = entry.size
+                while left > 0:
+                    n = f.readinto(view[: min(CHUNK, left)])
+                    if not n:
+                        raise HomieError(f"{entry.path} shrank while uploading; run again", EXIT_TRANSFER)
+                    ch.send_data(view[:n])
+                    left -= n
+                    sent += n
+                    job.progress["done"] = sent
+        ch.send("upload_done")
+        job.doc["sent_bytes"] = sent
+        job.progress = None
+
+    def _stream(self, job: Job, ch: Channel) -> None:
+        """Mirror output until exit; returns normally at exit, raises on a dropped link."""
+        saved_at = time.monotonic()
+        while True:
+            ev = ch.recv(timeout=STREAM_TIMEOUT)
+            if isinstance(ev, Output):
+                job.log.append(ev.stream, ev.data)
+                job.doc["remote_offset"] = ev.end
+                if time.monotonic() - saved_at > 1.0:
+                    self._save(job)
+                    saved_at = time.monotonic()
+                continue
+            if isinstance(ev, Data):
+                raise ProtocolError("unexpected data frame")
+            if ev.t == "started":
+                self._unpend(job)
+                job.update(state="running", started_at=job.started_at or time.time())
+                self.log.info("job.started", job_id=job.id, peer=job.peer_name)
+                continue
+            if ev.t in ("ping", "pong"):
+                continue
+            if ev.t == "exit":
+                code = ev["code"]
+                job.update(state="fetching", code=code, signal=ev.get("signal"), reason=ev.get("reason"),
+                           cpu_s=ev.get("cpu_s", 0.0), wall_s=ev.get("wall_s", 0.0), gpu_s=ev.get("gpu_s", 0.0))
+                job.log.finish()
+                self._save(job)
+                self.node.karma_record(job.peer_name, given=False, cpu_s=job.cpu_s or 0.0,
+                                       wall_s=job.wall_s or 0.0, gpu_s=job.gpu_s or 0.0, job_id=job.id)
+                ch.close()
+                return
+            if ev.t == "error":
+                if ev.get("code") == "unknown_job":
+                    raise _Lost(ev["message"])
+                raise HomieError(f"{job.peer_name}: {ev['message']}", EXIT_INTERNAL)
+
+    def _peer_alive(self, job: Job) -> bool:
+        if job.peer_instance == self.node.instance_hex:
+            return True
+        return self.node.peers.get(job.peer_instance) is not None
+
+    def _follow(self, job: Job) -> None:
+        """(Re)attach to a running job until it exits, surviving dropped links."""
+        while job.state == "running":
+            if not self._peer_alive(job):
+                self._lost(job, f"{job.peer_name} went away (no heartbeat for {self.config.peer_timeout:g} s)")
+                return
+            try:
+                ch = self.connect(job.peer_ip, job.peer_port)
+            except ConnectionClosed:
+                time.sleep(0.5)
+                continue
+            try:
+                ch.send("attach", job_id=job.id, offset=job.remote_offset or 0)
+                self._stream(job, ch)
+            except _Lost as e:
+                self._lost(job, f"{job.peer_name} no longer has the job: {e}")
+                ch.close()
+                return
+            except (ConnectionClosed, socket.timeout, OSError):
+                ch.close()
+                time.sleep(0.2)
+            except ProtocolError as e:
+                ch.close()
+                raise HomieError(f"{job.peer_name} broke the protocol: {e}", EXIT_INTERNAL) from None
+
+    def _lost(self, job: Job, why: str) -> None:
+        self.log.warning("job.lost", job_id=job.id, peer=job.peer_name, why=why)
+        self._finish(job, "lost", message=why, exit_code=EXIT_PEER_LOST)
+
+    def _fetch(self, job: Job) -> None:
+        tries = 0
+        while True:
+            try:
+                ch = self.connect(job.peer_ip, job.peer_port)
+                try:
+                    self._download(job, ch)
+                finally:
+                    ch.close()
+                break
+            except _Lost as e:
+                self._finish(job, "lost", message=f"results are gone from {job.peer_name}: {e}",
+                             exit_code=EXIT_PEER_LOST)
+                return
+            except (ConnectionClosed, socket.timeout, OSError) as e:
+                tries += 1
+                if not self._peer_alive(job):
+                    self._finish(job, "lost", message=f"{job.peer_name} went away before the results came home ({e})",
+                                 exit_code=EXIT_PEER_LOST)
+                    return
+                if tries > 60:
+                    raise HomieError(f"could not fetch results from {job.peer_name}: {e}", EXIT_TRANSFER) from None
+                time.sleep(0.5)
+        code = job.code
+        self._finish(job, "done", exit_code=code if code is not None else EXIT_INTERNAL)
+
+    def _download(self, job: Job, ch: Channel) -> None:
+        ch.send("fetch", job_id=job.id)
+        msg = ch.recv_msg("results", "error", timeout=30)
+        if msg.t == "error":
+            if msg.get("code") == "unknown_job":
+                raise _Lost(msg["message"])
+            raise HomieError(f"{job.peer_name}: {msg['message']}", EXIT_TRANSFER)
+        try:
+            entries = files.validate_manifest(msg["files"])
+        except ManifestError as e:
+            raise HomieError(f"{job.peer_name} sent an unsafe result list: {e}", EXIT_TRANSFER) from None
+        results = job.results_dir
+        if results.exists():
+            _clear(results)
+        staging = job.dir / ".incoming"
+        _clear(staging)
+        staging.mkdir(mode=0o700)
+        ch.send("want", paths=[e.path for e in entries])
+        total = sum(e.size for e in entries)
+        job.progress = {"phase": "download", "done": 0, "total": total, "files": len(entries)}
+        writer = files.SafeWriter(staging)
+        import hashlib
+
+        for entry in entries:
+            head = ch.recv_msg("blob", "error", timeout=30)
+            if head.t == "error":
+                raise HomieError(f"{job.peer_name}: {head['message']}", EXIT_TRANSFER)
+            if head["sha256"] != entry.sha256 or head["size"] != entry.size:
+                raise ProtocolError("result file does not match its manifest")
+            h = hashlib.sha256()
+            with writer.open_new(entry.path, entry.mode) as f:
+                got = 0
+                while got < entry.size:
+                    ev = ch.recv(timeout=STREAM_TIMEOUT)
+                    if not isinstance(ev, Data):
+                        raise ProtocolError("result transfer cut short")
+                    got += len(ev.data)
+                    if got > entry.size:
+                        raise ProtocolError("result file longer than announced")
+                    h.update(ev.data)
+                    f.write(ev.data)
+                    job.progress["done"] += len(ev.data)
+            if h.hexdigest() != entry.sha256:
+                raise HomieError(f"result {entry.path} arrived corrupted (hash mismatch)", EXIT_TRANSFER)
+        ch.recv_msg("results_done", timeout=30)
+        # Every file arrived whole: only now do they appear under their final names.
+        os.rename(staging, results)
+        job.progress = None
+        job.update(results=[e.path for e in entries])
+        self._save(job)
+        ch.send("ack", job_id=job.id)
+        ch.recv_msg("ok", "error", timeout=10)
+
+    def _finish(self, job: Job, state: str, **fields) -> None:
+        fields.setdefault("finished_at", time.time())
+        job.update(state=state, **fields)
+        job.log.finish()
+        self._save(job)
+        self.log.info("job.finished", job_id=job.id, state=state, exit_code=job.exit_code, message=job.message)
+
+    # -- control ---------------------------------------------------------------------
+    def signal(self, job: Job, sig: int) -> str:
+        """Deliver a signal to a submitted job wherever it is."""
+        if job.state == "queued":
+            self._finish(job, "killed", message="killed while queued", exit_code=128 + sig)
+            return "killed while queued"
+        if job.terminal:
+            return f"job {job.id} already ended ({job.state})"
+        if job.state == "fetching":
+            return f"job {job.id} already exited; its results are being fetched"
+        ch = self.connect(job.peer_ip, job.peer_port)
+        try:
+            ch.send("signal", job_id=job.id, sig=int(sig))
+            reply = ch.recv_msg("ok", "error", timeout=10)
+        finally:
+            ch.close()
+        if reply.t == "error":
+            raise HomieError(f"{job.peer_name}: {reply['message']}")
+        if sig == signal.SIGINT:
+            job.update(interrupts=(job.interrupts or 0) + 1)
+        return f"sent {signal.Signals(sig).name} to job {job.id} on {job.peer_name}"
+
+    def forget(self, job: Job) -> None:
+        with self.lock:
+            self.jobs.pop(job.id, None)
+        self.store.delete_job(job.id)
+        job.log.close()
+        _clear(job.dir)
+
+
+class _Lost(Exception):
+    pass
+
+
+def _clear(path: Path) -> None:
+    import shutil
+
+    if path.exists():
+        shutil.rmtree(path, ignore_errors=True)

@@ -1,0 +1,720 @@
+"""The worker: the TLS job server that runs jobs for peers.
+
+A connection thread only does I/O for one conversation (homie.channel +
+protocol.Conversation); jobs live independently of connections, so a dropped
+link or a closed terminal never stops a job: the submitter re-attaches and
+resumes output from the log offset where it left off.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import socket
+import ssl
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from homie import PROTOCOL_VERSION, __version__, files, plugins, protocol
+from homie.channel import Channel, ConnectionClosed
+from homie.errors import HomieError, ManifestError, ProtocolError
+from homie.joblog import JobLog, read_records
+from homie.protocol import Conversation, Data, Message
+from homie.runner import JobProcess, Limits, Outcome, job_user, processes_of_job
+
+JOB_ID_RE = re.compile(r"^[a-z0-9]{4,32}$")
+HANDSHAKE_TIMEOUT = 2.0
+IDLE_TIMEOUT = 60.0  # a connection with no request for this long is cut
+FRAME_TIMEOUT = 30.0  # mid-transfer: the next frame must come within this
+PING_EVERY = 2.0  # keepalive while a job is quiet, so a dead link is noticed
+MAX_CONNECTIONS = 64
+MAX_PER_ADDRESS = 16
+CHUNK = 1 << 20
+
+
+@dataclass
+class WorkerJob:
+    id: str
+    submitter: str
+    submitter_ip: str
+    script: str
+    args: list
+    files: list  # manifest dicts
+    executor: str
+    gpu: bool
+    dir: Path
+    log: JobLog
+    created: float = field(default_factory=time.time)
+    state: str = "preparing"  # preparing, running, exited, delivered
+    start_offset: int | None = None  # log offset where the job's own output starts
+    proc: JobProcess | None = None
+    prepare_pid: int | None = None
+    gpu_index: str | None = None
+    outcome: Outcome | None = None
+    results: list = field(default_factory=list)
+    inputs_stat: dict = field(default_factory=dict)
+    finished_at: float | None = None
+    killed_by: str | None = None
+    done: threading.Event = field(default_factory=threading.Event)
+
+    @property
+    def pid(self):
+        return self.proc.pid if self.proc else None
+
+    def summary(self) -> dict:
+        o = self.outcome
+        return {
+            "job_id": self.id, "from": self.submitter, "script": self.script, "args": self.args,
+            "status": self.state if self.state != "exited" else ("killed" if o and o.reason else "exited"),
+            "created": self.created, "pid": self.pid, "code": o.code if o else None,
+            "reason": o.reason if o else None,
+        }
+
+
+def _accessible_to_others(path: str) -> bool:
+    real = os.path.realpath(path)
+    try:
+        if not os.stat(real).st_mode & 0o001:
+            return False
+        d = os.path.dirname(real)
+        while True:
+            if not os.stat(d).st_mode & 0o001:
+                return False
+            if d == "/":
+                return True
+            d = os.path.dirname(d)
+    except OSError:
+        return False
+
+
+class WorkerContext:
+    """What executors may use: config, home, the job Python and base env."""
+
+    def __init__(self, config, home, user):
+        self.config = config
+        self.home = home
+        self.user = user
+        self.python = self._pick_python(config)
+        self.python_version = "%d.%d" % sys.version_info[:2]
+        self.base_env = {
+            "PATH": os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin"),
+            "LANG": os.environ.get("LANG", "C.UTF-8"),
+            "PYTHONUNBUFFERED": "1",  # output must arrive live, not when the job ends
+        }
+
+    def _pick_python(self, config) -> str:
+        wanted = getattr(config, "job_python", None)
+        if wanted:
+            return wanted
+        if not self.user.differs or _accessible_to_others(sys.executable):
+            return sys.executable
+        # The daemon's own interpreter may sit in a private home (e.g. /root);
+        # the unprivileged job user needs one it can execute.
+        for cand in ("/usr/bin/python3", "/usr/local/bin/python3", shutil.which("python3") or ""):
+            if cand and _accessible_to_others(cand):
+                return cand
+        return sys.executable
+
+    def evict_venvs(self, keep=()) -> None:
+        cap = int(self.config.venv_cache_max_gb * 2**30)
+        root = Path(self.home.venvs)
+        envs = []
+        for d in root.iterdir() if root.exists() else []:
+            ready = d / ".homie-ready"
+            if d.name in keep or not ready.exists():
+                continue
+            size = sum(f.stat().st_size for f in d.rglob("*") if f.is_file() and not f.is_symlink())
+            envs.append((ready.stat().st_mtime, size, d))
+        total = sum(s for _, s, _ in envs)
+        for _, size, d in sorted(envs):
+            if total <= cap:
+                break
+            shutil.rmtree(d, ignore_errors=True)
+            total -= size
+
+
+class Worker:
+    def __init__(self, node):
+        self.node = node
+        self.config = node.config
+        self.home = node.home
+        self.log = node.log
+        self.jobs: dict[str, WorkerJob] = {}
+        self.lock = threading.Lock()
+        self.paused = False
+        self.suspended = False
+        self.user = job_user(getattr(self.config, "job_user", None))
+        self.ctx = WorkerContext(self.config, self.home, self.user)
+        self.blobs = files.BlobCache(self.home.blobs, int(self.config.cache_max_gb * 2**30))
+        self._conns: dict[str, int] = {}
+        self._conn_total = 0
+        self._executors = {}
+        for group in plugins.call("homie_executors"):
+            for cls in group or []:
+                self._executors.setdefault(cls.name, cls)
+        self.sock: socket.socket | None = None
+
+    # -- capacity and status ---------------------------------------------
+    def running(self) -> int:
+        with self.lock:
+            return sum(1 for j in self.jobs.values() if j.state in ("preparing", "running"))
+
+    def status(self) -> str:
+        if self.paused:
+            return "paused"
+        if self.running() >= self.config.max_jobs:
+            return "busy"
+        if self.config.accept_jobs == "idle" and self.node.cpu_idle() < self.config.idle_threshold:
+            return "busy"
+        return "idle"
+
+    def slots_free(self) -> int:
+        if self.paused:
+            return 0
+        return max(0, self.config.max_jobs - self.running())
+
+    def executor_names(self) -> list[str]:
+        return sorted(self._executors)
+
+    # -- the server --------------------------------------------------------
+    def bind(self) -> socket.socket:
+        addr = self.node.bind_address or "0.0.0.0"
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((addr, self.config.port))
+        except OSError as e:
+            s.close()
+            raise HomieError(f"cannot listen for jobs on {addr}:{self.config.port}: {e.strerror}"
+                             " (is another program using the port? set `port:` in config or pass --port)") from None
+        s.listen(128)
+        self.sock = s
+        return s
+
+    def serve(self, stop: threading.Event) -> None:
+        self.sock.settimeout(0.5)
+        while not stop.is_set():
+            try:
+                raw, addr = self.sock.accept()
+            except socket.timeout:
+                continue
+            except OSError:
+                if stop.is_set():
+                    return
+                time.sleep(0.05)
+                continue
+            ip = addr[0]
+            # Caps before any TLS work: idle or half-open connections cost a slot, not a handshake.
+            with self.lock:
+                if self._conn_total >= MAX_CONNECTIONS or self._conns.get(ip, 0) >= MAX_PER_ADDRESS:
+                    self.node.rate_warn("worker.connection_refused", "too many connections", ip=ip)
+                    raw.close()
+                    continue
+                self._conn_total += 1
+                self._conns[ip] = self._conns.get(ip, 0) + 1
+            threading.Thread(target=self._connection, args=(raw, ip), name=f"conn-{ip}", daemon=True).start()
+
+    def _connection(self, raw: socket.socket, ip: str) -> None:
+        ch = None
+        try:
+            raw.settimeout(HANDSHAKE_TIMEOUT)
+            try:
+                tls = self.node.trust.server_context().wrap_socket(raw, server_side=True)
+            except (ssl.SSLError, OSError) as e:
+                self.node.rate_warn("worker.tls_refused", "TLS handshake failed (wrong key or not homie)",
+                                    ip=ip, error=type(e).__name__)
+                return
+            peer = self.node.trust_peer_name(tls)
+            ch = Channel(tls, Conversation(protocol.SERVER))
+            ch.send("hello", name=self.node.name, proto=PROTOCOL_VERSION, homie=__version__,
+                    python="%d.%d.%d" % sys.version_info[:3], instance=self.node.instance_hex)
+            self._session(ch, peer, ip)
+        except (ConnectionClosed, socket.timeout, TimeoutError):
+            pass
+        except ProtocolError as e:
+            self.node.rate_warn("worker.protocol_error", "peer broke the protocol", ip=ip, error=str(e))
+            if ch is not None:
+                try:
+                    ch.conv = None
+                    ch.send("error", message=f"protocol error: {e}", code="protocol")
+                except Exception:
+                    pass
+        except Exception as e:  # the daemon never dies of a peer's mistake
+            self.log.exception("worker.connection_crashed", ip=ip, error=str(e))
+        finally:
+            if ch is not None:
+                ch.close()
+            else:
+                try:
+                    raw.close()
+                except OSError:
+                    pass
+            with self.lock:
+                self._conn_total -= 1
+                self._conns[ip] -= 1
+                if not self._conns[ip]:
+                    del self._conns[ip]
+
+    def _session(self, ch: Channel, peer: str, ip: str) -> None:
+        while True:
+            msg = ch.recv_msg(timeout=IDLE_TIMEOUT)
+            if msg.t == "bye":
+                return
+            handler = getattr(self, f"_on_{msg.t}")
+            handler(ch, msg, peer, ip)
+
+    def _job(self, ch: Channel, job_id: str) -> WorkerJob | None:
+        with self.lock:
+            job = self.jobs.get(job_id)
+        if job is None:
+            ch.send("error", message=f"no job {job_id} on {self.node.name} (finished and collected, expired,"
+                                     " or lost in a restart of the worker)", code="unknown_job")
+        return job
+
+    # -- submit: negotiate, upload, start ---------------------------------
+    def _on_submit(self, ch: Channel, msg: Message, peer: str, ip: str) -> None:
+        job_id = msg["job_id"]
+        refusal = self._refusal(msg)
+        if refusal:
+            ch.send("refuse", reason=refusal[1], code=refusal[0])
+            return
+        try:
+            entries = files.validate_manifest(msg["files"])
+            if msg["script"] not in {e.path for e in entries}:
+                raise ManifestError(f"the script {msg['script']!r} is not among the job's files")
+            args = msg["args"]
+            if not all(isinstance(a, str) for a in args):
+                raise ProtocolError("submit: args must be strings")
+        except HomieError as e:
+            ch.send("error", message=str(e), code="bad_job")
+            return
+        with self.lock:
+            if job_id in self.jobs or not JOB_ID_RE.match(job_id):
+                ch.send("error", message=f"bad or duplicate job id {job_id!r}", code="bad_job")
+                return
+        shas = sorted({e.sha256 for e in entries})
+        need = [s for s in shas if not self.blobs.has(s)]
+        ch.send("need", hashes=need)
+        with self.blobs.pinned(shas):
+            try:
+                self._receive_blobs(ch, set(need), {e.sha256: e.size for e in entries})
+            except OSError as e:
+                ch.send("error", message=f"{self.node.name} cannot store the upload: {e.strerror or e}", code="disk")
+                return
+            except ManifestError as e:
+                ch.send("error", message=str(e), code="bad_upload")
+                return
+            job = self._materialize(ch, msg, entries, peer, ip)
+        if job is None:
+            return
+        self._stream(ch, job, 0)
+
+    def _refusal(self, msg: Message) -> tuple[str, str] | None:
+        if self.paused:
+            return ("paused", f"{self.node.name} is paused by its owner")
+        if self.running() >= self.config.max_jobs:
+            return ("busy", f"{self.node.name} is busy ({self.running()}/{self.config.max_jobs} jobs)")
+        if self.config.accept_jobs == "idle" and self.node.cpu_idle() < self.config.idle_threshold:
+            return ("busy", f"{self.node.name} is in use by its owner")
+        if msg.get("gpu"):
+            if not self.config.allow_gpu:
+                return ("gpu", f"{self.node.name} does not lend its GPU")
+            if not self.node.resources().get("gpus"):
+                return ("gpu", f"{self.node.name} has no GPU")
+        ex = msg.get("executor") or "auto"
+        if ex != "auto" and ex not in self._executors:
+            return ("executor", f"{self.node.name} has no executor {ex!r} (has: {', '.join(self.executor_names())})")
+        return None
+
+    def _receive_blobs(self, ch: Channel, need: set, sizes: dict) -> None:
+        while True:
+            msg = ch.recv_msg("blob", "upload_done", timeout=FRAME_TIMEOUT)
+            if msg.t == "upload_done":
+                if need:
+                    raise ManifestError(f"upload ended with {len(need)} file(s) missing")
+                return
+            sha, size = msg["sha256"], msg["size"]
+            if sha not in need or sizes.get(sha) != size:
+                raise ManifestError("upload of a file that was not asked for")
+            with self.blobs.writer(sha, size) as w:
+                got = 0
+                while got < size:
+                    ev = ch.recv(timeout=FRAME_TIMEOUT)
+                    if not isinstance(ev, Data):
+                        raise ManifestError(f"file upload cut short ({got} of {size} bytes)")
+                    got += len(ev.data)
+                    if got > size:
+                        raise ManifestError("file upload longer than announced")
+                    w.write(ev.data)
+                w.commit()
+            need.discard(sha)
+
+    def _materialize(self, ch, msg, entries, peer, ip) -> WorkerJob | None:
+        job_id = msg["job_id"]
+        jobdir = Path(self.home.jobs) / job_id
+        try:
+            old = os.umask(0o077)
+            try:
+                jobdir.mkdir()
+                (jobdir / ".homie" / "tmp").mkdir(parents=True)
+            finally:
+                os.umask(old)
+            writer = files.SafeWriter(jobdir)
+            for e in entries:
+                writer.link_or_copy_new(self.blobs.path(e.sha256), e.path, e.mode)
+                self.blobs.touch(e.sha256)
+            if self.user.differs:
+                self._hand_over(jobdir)
+            self.blobs.evict(keep={e.sha256 for e in entries})
+            log = JobLog(jobdir / ".homie" / "output.log")
+        except (OSError, HomieError) as e:
+            shutil.rmtree(jobdir, ignore_errors=True)
+            why = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+            ch.send("error", message=f"{self.node.name} cannot prepare the job directory: {why}", code="disk")
+            return None
+        job = WorkerJob(
+            id=job_id, submitter=peer, submitter_ip=ip, script=msg["script"], args=list(msg["args"]),
+            files=[e.to_dict() for e in entries], executor=msg.get("executor") or "auto",
+            gpu=bool(msg.get("gpu")), dir=jobdir, log=log,
+        )
+        job.inputs_stat = files.snapshot(jobdir)
+        with self.lock:
+            self.jobs[job_id] = job
+        self.node.store.worker_job(job_id, {"state": "preparing", "dir": str(jobdir), "from": peer})
+        self.log.info("job.accepted", job_id=job_id, submitter=peer, script=job.script, files=len(entries))
+        threading.Thread(target=self._run, args=(job,), name=f"job-{job_id}", daemon=True).start()
+        return job
+
+    def _hand_over(self, jobdir: Path) -> None:
+        # The job user owns its directory. Hard-linked cache blobs stay ours and
+        # read-only, so a job cannot change a cached input for the next one.
+        uid, gid = self.user.uid, self.user.gid
+        for root, dirs, fnames in os.walk(jobdir):
+            os.chown(root, uid, gid)
+            for f in fnames:
+                p = os.path.join(root, f)
+                st = os.lstat(p)
+                if st.st_nlink == 1:
+                    os.chown(p, uid, gid, follow_symlinks=False)
+        # The way down to the job directory must be passable (not listable) for the job user.
+        for d in (self.home.root, Path(self.home.jobs)):
+            mode = os.stat(d).st_mode
+            if not mode & 0o001:
+                os.chmod(d, (mode & 0o7777) | 0o711)
+
+    # -- running -------------------------------------------------------------
+    def _executor_for(self, job: WorkerJob):
+        if job.executor != "auto":
+            return self._executors[job.executor](self.ctx)
+        wanting = [cls for cls in self._executors.values() if cls(self.ctx).wants(job)]
+        cls = max(wanting, key=lambda c: getattr(c, "priority", 0))
+        return cls(self.ctx)
+
+    def _job_env(self, job: WorkerJob) -> dict:
+        env = dict(self.ctx.base_env)
+        env.update({
+            "HOME": str(job.dir),
+            "TMPDIR": str(job.dir / ".homie" / "tmp"),
+            "HOMIE_SUBMITTER": job.submitter,
+            "HOMIE_PEER": self.node.name,
+        })
+        if job.gpu:
+            gpus = self.node.resources().get("gpus") or []
+            best = max(gpus, key=lambda g: g.get("mem_free_gb") or 0) if gpus else None
+            job.gpu_index = str(best.get("index", 0)) if best else "0"
+            env["CUDA_VISIBLE_DEVICES"] = job.gpu_index
+        else:
+            # A job that did not ask for a GPU does not get to take the owner's.
+            env["CUDA_VISIBLE_DEVICES"] = ""
+        return env
+
+    def _run(self, job: WorkerJob) -> None:
+        outcome = Outcome()
+        try:
+            ex = self._executor_for(job)
+            ex.prepare(job, job.log.append)
+            if job.killed_by:
+                raise HomieError(f"killed by {job.killed_by} before it started")
+            argv, extra_env = ex.command(job)
+            env = {**self._job_env(job), **extra_env}
+            limits = Limits(
+                max_seconds=self.config.max_job_seconds,
+                max_memory_bytes=int(self.config.max_job_memory_gb * 2**30) if self.config.max_job_memory_gb else None,
+            )
+            job.start_offset = job.log.end
+            proc = JobProcess(job.id, argv, str(job.dir), env, job.log, self.user, limits)
+            proc.start()
+            job.proc = proc
+            job.state = "running"
+            if self.suspended:
+                proc.signal(signal.SIGSTOP)
+            self.node.store.worker_job(job.id, {"state": "running", "dir": str(job.dir), "pid": proc.pid,
+                                               "uid": self.user.uid, "from": job.submitter})
+            self.log.info("job.started", job_id=job.id, pid=proc.pid, argv0=os.path.basename(argv[0]))
+            self.node.announce_soon()
+            outcome = proc.wait()
+        except HomieError as e:
+            job.log.append(protocol.STDERR, f"homie: {e}\n".encode())
+            outcome = Outcome(code=None, reason=str(e))
+        except FileNotFoundError as e:
+            job.log.append(protocol.STDERR, f"homie: cannot start the job: {e}\n".encode())
+            outcome = Outcome(code=None, reason=f"cannot start the job: {e.strerror}: {e.filename}")
+        except Exception as e:
+            self.log.exception("job.crashed", job_id=job.id)
+            outcome = Outcome(code=None, reason=f"worker error: {type(e).__name__}: {e}")
+        if job.killed_by and not outcome.reason:
+            outcome.reason = f"killed by {job.killed_by}"
+        try:
+            job.results = self._results(job)
+        except Exception as e:
+            self.log.exception("job.results_failed", job_id=job.id)
+            if not outcome.reason:
+                outcome.reason = f"could not collect results: {e}"
+        job.outcome = outcome
+        job.finished_at = time.time()
+        job.state = "exited"
+        job.log.finish()
+        job.done.set()
+        self.node.store.worker_job(job.id, {"state": "exited", "dir": str(job.dir), "from": job.submitter})
+        gpu_s = outcome.wall_s if job.gpu else 0.0
+        self.node.karma_record(job.submitter, given=True, cpu_s=outcome.cpu_s, wall_s=outcome.wall_s,
+                               gpu_s=gpu_s, job_id=job.id)
+        self.log.info("job.exited", job_id=job.id, code=outcome.code, signal=outcome.signal,
+                      reason=outcome.reason, cpu_s=outcome.cpu_s, wall_s=outcome.wall_s, results=len(job.results))
+        self.node.announce_soon()
+
+    def _results(self, job: WorkerJob) -> list[dict]:
+        changed = files.changed_files(job.dir, job.inputs_stat)
+        out = []
+        seen = set()
+        for rel in changed:
+            # A job can create names a manifest refuses; skip those, say so, send the rest.
+            try:
+                files.check_relpath(rel)
+                folded = files._fold(rel)
+                if folded in seen:
+                    raise ManifestError(f"{rel!r} clashes with another result name")
+                seen.add(folded)
+            except ManifestError as e:
+                job.log.append(protocol.STDERR, f"homie: not sending result {e}\n".encode())
+                continue
+            p = job.dir / rel
+            try:
+                size, sha = _sha256_file(p)
+                mode = 0o755 if os.stat(p).st_mode & 0o100 else 0o644
+            except OSError:
+                continue
+            out.append({"path": rel, "mode": mode, "size": size, "sha256": sha})
+        # A job that wrote into a hard-linked input changed the cached blob too: drop it.
+        for e in job.files:
+            try:
+                if self.blobs.has(e["sha256"]):
+                    st = os.stat(self.blobs.path(e["sha256"]))
+                    if st.st_size != e["size"]:
+                        self.blobs.discard(e["sha256"])
+            except OSError:
+                pass
+        return out
+
+    # -- streaming output ----------------------------------------------------
+    def _stream(self, ch: Channel, job: WorkerJob, offset: int) -> None:
+        started_sent = False
+        last = time.monotonic()
+        while True:
+            if not started_sent and job.start_offset is not None and offset >= job.start_offset:
+                ch.send("started", job_id=job.id, pid=job.pid, gpu=job.gpu_index)
+                started_sent = True
+            until = job.start_offset if not started_sent else None
+            recs = read_records(job.log.path, offset, 1 << 20, until=until)
+            for stream, end, data in recs:
+                ch.send_output(stream, end, data)
+                offset = end
+            if recs:
+                last = time.monotonic()
+                continue
+            if job.done.is_set() and offset >= job.log.end:
+                o = job.outcome
+                ch.send("exit", job_id=job.id, code=o.code, signal=o.signal, reason=o.reason,
+                        cpu_s=o.cpu_s, wall_s=o.wall_s, gpu_s=o.wall_s if job.gpu else 0.0,
+                        results=len(job.results))
+                return
+            if time.monotonic() - last > PING_EVERY:
+                ch.send("ping")
+                last = time.monotonic()
+            job.log.wait(offset, 0.5)
+
+    def _on_attach(self, ch, msg, peer, ip) -> None:
+        job = self._job(ch, msg["job_id"])
+        if job is None:
+            return
+        offset = msg["offset"]
+        if offset < 0 or offset > job.log.end:
+            ch.send("error", message=f"bad output offset {offset}", code="bad_offset")
+            return
+        self._stream(ch, job, offset)
+
+    # -- results ---------------------------------------------------------------
+    def _on_fetch(self, ch, msg, peer, ip) -> None:
+        job = self._job(ch, msg["job_id"])
+        if job is None:
+            return
+        if not job.done.is_set():
+            ch.send("error", message=f"job {job.id} is still running", code="running")
+            return
+        ch.send("results", job_id=job.id, files=job.results)
+        want = ch.recv_msg("want", timeout=FRAME_TIMEOUT)["paths"]
+        by_path = {r["path"]: r for r in job.results}
+        buf = bytearray(CHUNK)
+        view = memoryview(buf)
+        for path in want:
+            entry = by_path.get(path) if isinstance(path, str) else None
+            if entry is None:
+                ch.send("error", message=f"no result file {str(path)[:100]!r}", code="bad_request")
+                return
+            ch.send("blob", sha256=entry["sha256"], size=entry["size"])
+            with open(job.dir / entry["path"], "rb") as f:
+                left = entry["size"]
+                while left > 0:
+                    n = f.readinto(view[: min(CHUNK, left)])
+                    if not n:
+                        raise ConnectionClosed("result file shrank while sending")
+                    ch.send_data(view[:n])
+                    left -= n
+        ch.send("results_done")
+
+    def _on_ack(self, ch, msg, peer, ip) -> None:
+        with self.lock:
+            job = self.jobs.get(msg["job_id"])
+        if job is not None and job.done.is_set():
+            self._drop(job, "delivered")
+        ch.send("ok")
+
+    def _drop(self, job: WorkerJob, why: str) -> None:
+        with self.lock:
+            self.jobs.pop(job.id, None)
+        job.log.close()
+        _rmtree(job.dir)
+        self.node.store.worker_job_done(job.id)
+        self.log.info("job.removed", job_id=job.id, why=why)
+
+    # -- signals -----------------------------------------------------------------
+    def _on_signal(self, ch, msg, peer, ip) -> None:
+        with self.lock:
+            job = self.jobs.get(msg["job_id"])
+        if job is None:
+            ch.send("error", message=f"no job {msg['job_id']} on {self.node.name}", code="unknown_job")
+            return
+        if peer != job.submitter:
+            ch.send("error", message=f"only {job.submitter} (who submitted it) or {self.node.name}'s owner may"
+                                     f" signal job {job.id}", code="forbidden")
+            return
+        self.signal_job(job, msg["sig"], by=peer)
+        ch.send("ok")
+
+    def signal_job(self, job: WorkerJob, sig: int, by: str) -> None:
+        if sig in (signal.SIGKILL, signal.SIGTERM):
+            job.killed_by = job.killed_by or by
+            if job.proc is not None:
+                job.proc.kill(f"killed by {by}")
+            elif job.prepare_pid:
+                try:
+                    os.killpg(job.prepare_pid, signal.SIGKILL)
+                except OSError:
+                    pass
+        elif job.proc is not None:
+            job.proc.signal(sig)
+        elif sig == signal.SIGINT and job.prepare_pid:
+            job.killed_by = by
+            try:
+                os.killpg(job.prepare_pid, signal.SIGINT)
+            except OSError:
+                pass
+
+    def find(self, prefix: str) -> list[WorkerJob]:
+        with self.lock:
+            return [j for j in self.jobs.values() if j.id.startswith(prefix)]
+
+    def pause(self, suspend: bool) -> None:
+        self.paused = True
+        if suspend:
+            self.suspended = True
+            for j in list(self.jobs.values()):
+                if j.proc and not j.proc.done:
+                    j.proc.signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        self.paused = False
+        if self.suspended:
+            self.suspended = False
+            for j in list(self.jobs.values()):
+                if j.proc and not j.proc.done:
+                    j.proc.signal(signal.SIGCONT)
+
+    # -- housekeeping --------------------------------------------------------------
+    def janitor(self) -> None:
+        """Drop finished jobs whose submitter never collected the results."""
+        keep = self.config.keep_results_hours * 3600
+        now = time.time()
+        for job in list(self.jobs.values()):
+            if job.done.is_set() and job.finished_at and now - job.finished_at > keep:
+                self._drop(job, "expired")
+
+    def recover(self) -> None:
+        """After a crash or kill -9, jobs of the previous run have no one to
+        report to: kill what still runs of them and clear their directories."""
+        for job_id, rec in self.node.store.worker_jobs().items():
+            pids = processes_of_job(job_id, rec.get("uid"))
+            for p in pids:
+                try:
+                    p.kill()
+                except Exception:
+                    pass
+            if rec.get("dir") and Path(rec["dir"]).parent == Path(self.home.jobs):
+                _rmtree(Path(rec["dir"]))
+            self.node.store.worker_job_done(job_id)
+            self.log.warning("job.lost_in_restart", job_id=job_id, killed=len(pids), submitter=rec.get("from"))
+
+    def shutdown(self, grace: float = 3.0) -> None:
+        jobs = [j for j in list(self.jobs.values()) if not j.done.is_set()]
+        for j in jobs:
+            self.signal_job(j, signal.SIGTERM, by=f"{self.node.name}'s owner (homie down)")
+        deadline = time.monotonic() + grace
+        for j in jobs:
+            j.done.wait(max(0.0, deadline - time.monotonic()))
+        if self.sock:
+            try:
+                self.sock.close()
+            except OSError:
+                pass
+
+
+def _sha256_file(path: Path) -> tuple[int, str]:
+    import hashlib
+
+    h = hashlib.sha256()
+    size = 0
+    buf = bytearray(CHUNK)
+    view = memoryview(buf)
+    with open(path, "rb") as f:
+        while n := f.readinto(buf):
+            h.update(view[:n])
+            size += n
+    return size, h.hexdigest()
+
+
+def _rmtree(path: Path) -> None:
+    def onerror(func, p, exc):
+        # a job may leave read-only directories behind
+        try:
+            os.chmod(os.path.dirname(p), 0o700)
+            os.chmod(p, 0o700)
+            func(p)
+        except OSError:
+            pass
+
+    shutil.rmtree(path, onerror=onerror)
