@@ -76,15 +76,17 @@ class Channel:
             got += r
         self.bytes_in += n
 
-    def recv(self, timeout: float | None = None) -> Event:
+    def recv(self, timeout: float | None = None, into: bytearray | None = None) -> Event:
         """The next event. DATA payloads are views into a reused buffer: valid
-        only until the next recv() (so a 1 GiB upload reuses one 1 MiB buffer)."""
+        only until the next recv() (so a 1 GiB upload reuses one 1 MiB buffer),
+        or into `into` when given, so a pipelined writer can own it."""
         if timeout is not None:
             self.sock.settimeout(timeout)
         hv = memoryview(self._hdr)
         self._recv_into(hv)
         length, ftype = protocol.parse_header(bytes(self._hdr))
-        view = memoryview(self._buf)[:length]
+        target = into if into is not None and ftype == protocol.DATA else self._buf
+        view = memoryview(target)[:length]
         self._recv_into(view)
         event = protocol.decode_payload(ftype, view)
         if self.conv:
@@ -115,3 +117,68 @@ class Channel:
             self.sock.close()
         except OSError:
             pass
+
+
+class Pipeline:
+    """Hashes and writes received chunks on a second thread while the first
+    reads the next ones from the socket: TLS decryption, SHA-256 and the file
+    write each release the GIL, so on two cores they overlap. A fixed pool of
+    buffers bounds memory however large the transfer."""
+
+    def __init__(self, buffers: int = 8, size: int = protocol.MAX_DATA):
+        import queue
+
+        self._free = queue.Queue()
+        for _ in range(buffers):
+            self._free.put(bytearray(size))
+        self._work = queue.Queue()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="pipeline", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            item = self._work.get()
+            if item is None:
+                return
+            fn, buf, n = item
+            try:
+                if self._error is None:
+                    fn(memoryview(buf)[:n] if buf is not None else None)
+            except BaseException as e:  # handed to the reading thread in check()
+                self._error = e
+            finally:
+                if buf is not None:
+                    self._free.put(buf)
+
+    def buffer(self) -> bytearray:
+        self.check()
+        return self._free.get()
+
+    def give_back(self, buf: bytearray) -> None:
+        self._free.put(buf)
+
+    def put(self, fn, buf: bytearray | None = None, n: int = 0) -> None:
+        """Run fn(view of buf[:n]) (or fn(None)) on the writer thread, in order."""
+        self._work.put((fn, buf, n))
+
+    def check(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+    def drain(self) -> None:
+        """Wait until everything queued so far is done; re-raise a writer error."""
+        done = threading.Event()
+        self._work.put((lambda _: done.set(), None, 0))
+        done.wait()
+        self.check()
+
+    def drain_quietly(self) -> None:
+        try:
+            self.drain()
+        except BaseException:
+            pass
+
+    def close(self) -> None:
+        self._work.put(None)
+        self._thread.join(5)

@@ -744,6 +744,119 @@ def doctor(as_json):
     sys.exit(0 if all(f["ok"] or f.get("warn") for f in findings) else 1)
 
 
+@main.command("map", context_settings={"ignore_unknown_options": True, "allow_interspersed_args": True})
+@click.option("--over", "pattern", required=True, help="Glob of inputs, one job each (quote it: 'data/*.csv').")
+@click.option("-j", "--jobs", "max_jobs", type=int, default=0, help="At most N jobs in flight (default: all; the queue spreads them).")
+@click.option("-f", "--file", "files", multiple=True, help="Also send FILE with every job.")
+@click.option("-o", "--output", "out_dir", default="results", show_default=True, help="Results go to DIR/<input-name>/.")
+@click.option("--gpu", is_flag=True, help="Run each job on a peer with a free GPU.")
+@click.argument("script")
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def map_cmd(pattern, max_jobs, files, out_dir, gpu, script, args):
+    """Run SCRIPT once per input matching --over, across the peers.
+
+    The input goes in place of {} in ARGS, or last if there is no {}. Exits
+    with the number of failed inputs (at most 100).
+    """
+    import glob
+    import threading
+
+    from homie import protocol
+
+    inputs = sorted(p for p in glob.glob(pattern, recursive=True) if os.path.isfile(p))
+    if not inputs:
+        _fail(HomieError(f"no inputs match {pattern!r}", EXIT_USAGE))
+    if not os.path.isfile(script):
+        _fail(HomieError(f"script not found: {script}", EXIT_USAGE))
+    try:
+        _check_out_dir(out_dir)
+        retries = _client().request("status").get("retries", 2)
+    except HomieError as e:
+        _fail(e)
+    names = _input_names(inputs)
+    lock = threading.Lock()
+    gate = threading.Semaphore(max_jobs if max_jobs > 0 else len(inputs))
+    outcome: dict[str, tuple[str, int, str]] = {}
+
+    def one(path: str) -> None:
+        name = names[path]
+        # Where the input lands in the job directory (same rule as the upload):
+        # its path relative to the script's folder when inside it, else its name.
+        sdir = os.path.dirname(os.path.abspath(script))
+        ap = os.path.abspath(path)
+        rel = os.path.relpath(ap, sdir) if ap.startswith(sdir + os.sep) else os.path.basename(ap)
+        job_args = [rel if a == "{}" else a.replace("{}", rel) for a in args]
+        if not any("{}" in a for a in args):
+            job_args.append(rel)
+        req = dict(script=os.path.abspath(script), args=job_args, cwd=os.getcwd(),
+                   files=[os.path.abspath(path), *files], peer=None, gpu=gpu, tag=name, retries=retries)
+        peer = "?"
+        with gate:
+            try:
+                partial = {1: b"", 2: b""}
+                for ev in _client(timeout=None).stream("run", **req):
+                    if isinstance(ev, protocol.Output):
+                        buf = partial[ev.stream] + ev.data
+                        lines = buf.split(b"\n")
+                        partial[ev.stream] = lines.pop()
+                        out = sys.stdout if ev.stream == 1 else sys.stderr
+                        with lock:
+                            for ln in lines:
+                                out.buffer.write(f"[{peer} {name}] ".encode() + ln + b"\n")
+                            out.flush()
+                    elif isinstance(ev, protocol.Message) and ev.t == "event" and ev.get("kind") == "sending":
+                        peer = ev["peer"]
+                    elif isinstance(ev, protocol.Message) and ev.t == "reply":
+                        end = ev.body
+                        ok = end["state"] == "done" and end.get("code") == 0
+                        if end["state"] == "done" and end.get("results"):
+                            _deliver(end["results"], end["results_dir"], os.path.join(out_dir, name))
+                        why = "ok" if ok else (end.get("message") or end.get("reason") or f"exit {end.get('exit_code')}")
+                        outcome[path] = (end.get("peer") or peer, end.get("exit_code") or 0, why)
+            except HomieError as e:
+                outcome[path] = (peer, e.exit_code, str(e))
+            except OSError as e:
+                outcome[path] = (peer, 72, f"cannot save results: {e}")
+
+    threads = [threading.Thread(target=one, args=(p,), daemon=True) for p in inputs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    failed = [p for p in inputs if outcome.get(p, ("?", 1, "no answer"))[2] != "ok"]
+    by_peer: dict[str, int] = {}
+    for p in inputs:
+        peer = outcome.get(p, ("?",))[0]
+        by_peer[peer] = by_peer.get(peer, 0) + 1
+    spread = ", ".join(f"{k}: {v}" for k, v in sorted(by_peer.items()))
+    click.echo(f"{ARROW} {len(inputs)} inputs: {len(inputs) - len(failed)} ok, {len(failed)} failed ({spread})")
+    for p in failed:
+        click.echo(f"   failed: {p}: {outcome.get(p, ('?', 1, 'no answer'))[2]}", err=True)
+    sys.exit(min(len(failed), 100))
+
+
+def _input_names(inputs: list[str]) -> dict[str, str]:
+    """results/<input-name>/: the file name, or the relative path when names repeat."""
+    base = {p: os.path.basename(p) for p in inputs}
+    counts: dict[str, int] = {}
+    for b in base.values():
+        counts[b] = counts.get(b, 0) + 1
+    return {p: (b if counts[b] == 1 else os.path.normpath(p).replace(os.sep, "_")) for p, b in base.items()}
+
+
+@main.command()
+@click.option("--once", is_flag=True, help="Print one frame and exit (no terminal needed).")
+@click.option("--interval", type=float, default=0.5, show_default=True, help="Refresh period in seconds.")
+def top(once, interval):
+    """A live view of peers and jobs; q quits."""
+    from homie.top import run_top
+
+    try:
+        run_top(_client, once=once, interval=interval)
+    except HomieError as e:
+        _fail(e)
+
+
 def _register_extras() -> None:
     from homie.cli_service import service
 

@@ -36,6 +36,7 @@ class Handlers:
             jobs_out=sum(1 for j in n.submitter.jobs.values() if not j.terminal),
             discovery=[b.name for b in n.discovery.backends], broadcast=n.discovery.broadcast_addresses(),
             home=str(n.home.root), key_fingerprint=fingerprint(n.key), instance=n.instance_hex,
+            retries=n.config.retries,
         )
 
     def do_peers(self, msg) -> None:
@@ -157,21 +158,25 @@ class Handlers:
     def _follow(self, job, offset: int, live: bool) -> None:
         """Stream a job's output from `offset`, with its state changes, until it ends."""
         ch = self.ch
-        last_state = None
+        last_why = None
+        last_sent = None
+        started_sent = False
         last_progress = 0.0
         while True:
-            st = job.state
-            if st != last_state:
-                last_state = st
-                if st == "queued" and job.why:
-                    ch.send("event", kind="queued", job_id=job.id, why=job.why)
-                elif st == "uploading":
-                    ch.send("event", kind="sending", job_id=job.id, peer=job.peer_name, via=job.via,
-                            files=job.upload_files, bytes=job.upload_bytes)
-                elif st == "running":
-                    ch.send("event", kind="started", job_id=job.id, peer=job.peer_name)
-                elif st == "fetching":
-                    ch.send("event", kind="fetching", job_id=job.id, peer=job.peer_name)
+            # Events follow what has happened, not the state seen right now: a
+            # fast job may already be running when we first look.
+            if job.state == "queued" and job.why and job.why != last_why:
+                last_why = job.why
+                ch.send("event", kind="queued", job_id=job.id, why=job.why)
+            attempt = (job.peer_name, job.attempts)
+            if job.peer_name and attempt != last_sent:
+                last_sent = attempt
+                started_sent = False
+                ch.send("event", kind="sending", job_id=job.id, peer=job.peer_name, via=job.via,
+                        files=job.upload_files, bytes=job.upload_bytes)
+            if job.started_at and not started_sent and job.state != "uploading":
+                started_sent = True
+                ch.send("event", kind="started", job_id=job.id, peer=job.peer_name)
             p = job.progress
             if p and time.monotonic() - last_progress > PROGRESS_EVERY:
                 last_progress = time.monotonic()

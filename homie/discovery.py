@@ -26,6 +26,7 @@ class Discovery:
         self.signer = Signer(node.key, node.instance)
         self.verifier = Verifier(node.key)
         self.sock: socket.socket | None = None
+        self.rx: list[socket.socket] = []
         self.backends = []
         self._send_lock = threading.Lock()
         self._announce = threading.Event()
@@ -56,22 +57,32 @@ class Discovery:
         return sorted({i["broadcast"] for i in self.interfaces() if i["broadcast"]})
 
     # -- socket ------------------------------------------------------------------
-    def bind(self) -> None:
+    def _socket(self, addr: str) -> socket.socket:
         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         s.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
         try:
-            # Bound to all addresses: a socket bound to a unicast address
-            # does not receive broadcasts on Linux.
-            s.bind(("", self.config.discovery_port))
+            s.bind((addr, self.config.discovery_port))
         except OSError as e:
             s.close()
             from homie.errors import HomieError
 
-            raise HomieError(f"cannot listen for discovery on UDP port {self.config.discovery_port}: {e.strerror}"
-                             " (set `discovery_port:` in config or pass --discovery-port)") from None
-        s.settimeout(0.5)
-        self.sock = s
+            raise HomieError(f"cannot listen for discovery on UDP {addr or '*'}:{self.config.discovery_port}:"
+                             f" {e.strerror} (set `discovery_port:` in config or pass --discovery-port)") from None
+        return s
+
+    def bind(self) -> None:
+        bind = self.node.bind_address
+        if bind:
+            # Pinned to one address (bind/interface): unicast arrives on that
+            # address, broadcasts on the subnet's broadcast address, which
+            # needs a socket of its own (Linux delivers a broadcast only to
+            # sockets bound to the wildcard or to that broadcast address).
+            self.sock = self._socket(bind)
+            self.rx = [self.sock] + [self._socket(b) for b in self.broadcast_addresses()]
+        else:
+            self.sock = self._socket("")
+            self.rx = [self.sock]
         enabled = list(self.config.discovery)
         found = {}
         for group in plugins.call("homie_discovery_backends"):
@@ -88,6 +99,7 @@ class Discovery:
     def sendto(self, packet: bytes, addr: tuple[str, int]) -> None:
         try:
             with self._send_lock:
+                # non-blocking socket: a full send buffer drops a heartbeat, never stalls the loop
                 self.sock.sendto(packet, addr)
             self.sent += 1
         except OSError as e:
@@ -147,20 +159,33 @@ class Discovery:
 
     # -- receiving -----------------------------------------------------------------
     def receive_loop(self, stop: threading.Event) -> None:
+        import selectors
+
+        sel = selectors.DefaultSelector()
+        for s in self.rx:
+            s.setblocking(False)
+            sel.register(s, selectors.EVENT_READ)
         while not stop.is_set():
             try:
-                data, addr = self.sock.recvfrom(2048)
-            except socket.timeout:
-                continue
+                ready = sel.select(timeout=0.5)
             except OSError:
                 if stop.is_set():
                     return
                 time.sleep(0.05)
                 continue
-            try:
-                self.receive(data, addr)
-            except Exception as e:  # nothing a packet does may stop discovery
-                self.node.rate_warn("discovery.receive_failed", "bad packet handling", error=repr(e))
+            for key, _ in ready:
+                try:
+                    data, addr = key.fileobj.recvfrom(2048)
+                except (BlockingIOError, InterruptedError):
+                    continue
+                except OSError:
+                    if stop.is_set():
+                        return
+                    continue
+                try:
+                    self.receive(data, addr)
+                except Exception as e:  # nothing a packet does may stop discovery
+                    self.node.rate_warn("discovery.receive_failed", "bad packet handling", error=repr(e))
 
     def receive(self, data: bytes, addr: tuple[str, int]) -> None:
         hb = self.verifier.verify(data, source=addr[0])
@@ -202,8 +227,8 @@ class Discovery:
                 b.stop()
             except Exception:
                 pass
-        if self.sock:
+        for s in getattr(self, "rx", []):
             try:
-                self.sock.close()
+                s.close()
             except OSError:
                 pass

@@ -58,7 +58,7 @@ CONTROL = {
     "run": {"script": (S, True), "args": (L, True), "cwd": (S, True), "files": (L, False),
             "directory": (OPT_S, False), "peer": (OPT_S, False), "gpu": (B, False),
             "executor": (OPT_S, False), "detach": (B, False), "explain": (B, False),
-            "scheduler": (OPT_S, False), "tag": (OPT_S, False)},
+            "scheduler": (OPT_S, False), "tag": (OPT_S, False), "retries": (I, False)},
     "ps": {"all": (B, False)},
     "kill": {"job_id": (S, True), "sig": (I, False)},
     "follow": {"job_id": (S, True), "live": (B, False), "offset": (I, False)},
@@ -85,9 +85,13 @@ def _type_name(types: tuple) -> str:
 
 
 def validate(t: str, body: dict) -> None:
+    if not isinstance(t, str):
+        raise ProtocolError("message type is not a string")
     schema = ALL.get(t)
     if schema is None:
         raise ProtocolError(f"unknown message type {t[:40]!r}")
+    if not isinstance(body, dict):
+        raise ProtocolError(f"{t}: message is not an object")
     for field, (types, required) in schema.items():
         if field not in body:
             if required:

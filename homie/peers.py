@@ -86,6 +86,12 @@ class PeerTable:
             if instance in self._gone:
                 return peer, False
             is_new = instance not in self._peers
+            if is_new:
+                # A new instance on the same ip:port is that daemon restarted (only one
+                # process can listen there): drop the dead one now, not after peer_timeout.
+                for old in [p for p in self._peers.values() if (p.ip, p.port) == (peer.ip, peer.port)]:
+                    del self._peers[old.instance]
+                    self._gone.add(old.instance)  # a late packet of it must not swap them back
             self._peers[instance] = peer
             self._mark_conflicts()
             self._bump()

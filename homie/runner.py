@@ -104,6 +104,8 @@ class JobProcess:
         self.proc: subprocess.Popen | None = None
         self.outcome = Outcome()
         self._done = threading.Event()
+        self._exited = threading.Event()
+        self._rusage = None
         self._kill_reason: str | None = None
         self._seen: set[int] = set()  # every pid ever seen in the tree
         self._started = 0.0
@@ -126,8 +128,26 @@ class JobProcess:
             close_fds=True, **kw,
         )
         self._seen.add(self.proc.pid)
+        threading.Thread(target=self._reap, name=f"job-{self.job_id}-reap", daemon=True).start()
         threading.Thread(target=self._pump, name=f"job-{self.job_id}-io", daemon=True).start()
         threading.Thread(target=self._watch, name=f"job-{self.job_id}-watch", daemon=True).start()
+
+    def _reap(self) -> None:
+        # wait4 rather than Popen.wait: its rusage counts the CPU time of the
+        # main process and every descendant it reaped, even a job too short for
+        # the tree sampler to ever see.
+        while True:
+            try:
+                _, status, ru = os.wait4(self.proc.pid, 0)
+                break
+            except InterruptedError:
+                continue
+            except ChildProcessError:
+                status, ru = 0, None
+                break
+        self.proc.returncode = os.waitstatus_to_exitcode(status)
+        self._rusage = ru
+        self._exited.set()
 
     # -- output ------------------------------------------------------------
     def _pump(self) -> None:
@@ -140,7 +160,7 @@ class JobProcess:
         while streams:
             # A grandchild may keep the pipes open after the job's main process
             # exited (cpython#119710): stop reading shortly after the exit.
-            if exited_at is None and self.proc.poll() is not None:
+            if exited_at is None and self._exited.is_set():
                 exited_at = time.monotonic()
             if exited_at is not None and time.monotonic() - exited_at > 1.0:
                 break
@@ -184,7 +204,7 @@ class JobProcess:
 
     def _watch(self) -> None:
         max_cpu = 0.0
-        while self.proc.poll() is None:
+        while not self._exited.is_set():
             rss, cpu = self._sample()
             max_cpu = max(max_cpu, cpu)
             self.outcome.peak_rss = max(self.outcome.peak_rss, rss)
@@ -195,18 +215,21 @@ class JobProcess:
             if lim.max_seconds and time.monotonic() - self._started > lim.max_seconds:
                 self.kill(f"time limit exceeded ({lim.max_seconds:g} s)")
                 break
-            if self._done.wait(WATCH_INTERVAL):
+            if self._exited.wait(WATCH_INTERVAL):
                 break
         self._sampled_cpu = max_cpu
 
     def _finish(self) -> None:
-        code = self.proc.wait()
+        self._exited.wait()
+        code = self.proc.returncode
         wall = time.monotonic() - self._started
         # Whatever the main process left behind dies with the job.
         self._kill_tree(signal.SIGKILL)
         o = self.outcome
         o.wall_s = round(wall, 3)
-        o.cpu_s = round(max(getattr(self, "_sampled_cpu", 0.0), 0.0), 3)
+        ru = self._rusage
+        reaped = (ru.ru_utime + ru.ru_stime) if ru else 0.0
+        o.cpu_s = round(max(getattr(self, "_sampled_cpu", 0.0), reaped), 3)
         if code < 0:
             o.signal = -code
             o.code = 128 - code

@@ -45,7 +45,7 @@ class Job:
         "gpu", "executor", "scheduler", "tag", "peer_name", "peer_ip", "peer_port", "peer_instance",
         "remote_offset", "code", "signal", "reason", "exit_code", "message", "results", "started_at",
         "finished_at", "waiting", "why", "cpu_s", "wall_s", "gpu_s", "attempts", "collected", "interrupts",
-        "upload_files", "upload_bytes", "sent_bytes", "via",
+        "upload_files", "upload_bytes", "sent_bytes", "via", "retries", "lost_peers",
     )
 
     def __init__(self, doc: dict, outbox: Path):
@@ -129,10 +129,13 @@ class Submitter:
         job_id = new_job_id()
         doc = {
             "id": job_id, "created": time.time(), "state": "queued", "script_path": str(script_path.resolve()),
-            "args": list(args), "cwd": str(cwd), "files": list(req.get("files") or []),
+            "args": list(args), "cwd": str(cwd),
+            # -f paths and globs are the user's, relative to where they typed the command
+            "files": [f if os.path.isabs(f) else str(cwd / f) for f in (req.get("files") or [])],
             "directory": str(directory.resolve()) if directory else None, "peer": pin,
             "gpu": bool(req.get("gpu")), "executor": req.get("executor") or self.config.executor,
             "scheduler": req.get("scheduler") or self.config.scheduler, "tag": req.get("tag"),
+            "retries": max(0, int(req.get("retries") or 0)),
             "remote_offset": 0, "results": [], "interrupts": 0,
         }
         job = Job(doc, self.outbox)
@@ -150,7 +153,7 @@ class Submitter:
         base = directory or script_path.parent
         try:
             collected = files.collect([str(script_path), *job.files], directory=directory, base=base)
-        except ManifestError as e:
+        except HomieError as e:
             raise HomieError(str(e), EXIT_USAGE) from None
         entries = []
         sources = {}
@@ -235,10 +238,14 @@ class Submitter:
             return
         candidates = self._candidates()
         for job in queued:
+            if job.lost_peers:
+                cands = [p for p in candidates if p.instance not in job.lost_peers]
+            else:
+                cands = candidates
             req = scheduling.JobRequest(job_id=job.id, script=job.script, submitter=self.node.name, gpu=job.gpu,
                                         peer=job.peer, scheduler=job.scheduler or "auto",
                                         executor=job.executor or "auto", queued_at=job.created)
-            peer, verdicts = scheduling.choose(req, candidates, self.config)
+            peer, verdicts = scheduling.choose(req, cands, self.config)
             if peer is None:
                 permanent = self._permanent(req, verdicts)
                 if permanent:
@@ -351,7 +358,7 @@ class Submitter:
                 ch.close()
                 raise HomieError(f"{job.peer_name} refused the job: {reply['message']}", EXIT_INTERNAL)
             self._upload(job, ch, reply["hashes"])
-            job.update(state="running", started_at=time.time())
+            job.update(state="running")  # started_at comes with the worker's "started"
             self._save(job)
             self._stream(job, ch)
         except (ConnectionClosed, socket.timeout, OSError) as e:
@@ -365,7 +372,8 @@ class Submitter:
 
     def _requeue(self, job: Job, why: str) -> None:
         self._unpend(job)
-        job.update(state="queued", why=why, peer_name=None, peer_ip=None, peer_port=None, peer_instance=None)
+        job.update(state="queued", why=why, peer_name=None, peer_ip=None, peer_port=None, peer_instance=None,
+                   started_at=None)
         self._save(job)
         self.kick()
 
@@ -464,6 +472,13 @@ class Submitter:
 
     def _lost(self, job: Job, why: str) -> None:
         self.log.warning("job.lost", job_id=job.id, peer=job.peer_name, why=why)
+        if (job.retries or 0) > 0:
+            # Run it again elsewhere (homie map): the dead peer is out of the table by now.
+            job.log.append(protocol.STDERR, f"homie: {why}; retrying elsewhere\n".encode())
+            lost = list(job.lost_peers or []) + [job.peer_instance]
+            job.update(retries=job.retries - 1, lost_peers=lost, remote_offset=0)
+            self._requeue(job, f"retrying after {why}")
+            return
         self._finish(job, "lost", message=why, exit_code=EXIT_PEER_LOST)
 
     def _fetch(self, job: Job) -> None:

@@ -1,0 +1,92 @@
+"""`homie top`: a live view of the cluster, refreshed as heartbeats arrive."""
+
+from __future__ import annotations
+
+import os
+import select
+import sys
+
+
+def snapshot(client_factory) -> dict:
+    peers = client_factory().request("peers")
+    jobs = client_factory().request("ps", all=False)
+    return {"peers": peers["peers"], "me": peers["me"], "sent": jobs["jobs"], "here": jobs["here"],
+            "now": jobs["now"]}
+
+
+def _karma(k: dict | None) -> str:
+    if not k:
+        return ""
+    bal = float(k.get("given", 0.0)) - float(k.get("taken", 0.0))
+    return f"{bal:+.0f}s"
+
+
+def _age(seconds: float) -> str:
+    s = int(max(0, seconds))
+    return f"{s}s" if s < 60 else (f"{s // 60}m{s % 60:02d}s" if s < 3600 else f"{s // 3600}h{(s % 3600) // 60:02d}m")
+
+
+def render(state: dict):
+    from rich.console import Group
+    from rich.table import Table
+    from rich.text import Text
+
+    peers = Table(title="peers", title_justify="left", expand=True)
+    for col in ("NAME", "IP", "CPU IDLE", "RAM FREE", "GPU", "JOBS", "STATUS", "KARMA"):
+        peers.add_column(col)
+    rows = [dict(state["me"], name=state["me"]["name"] + " (me)")] + list(state["peers"])
+    for p in rows:
+        gpu = p.get("gpu") or "none"
+        if p.get("gpu_mem_free_gb") is not None and p.get("gpu"):
+            gpu += f" ({p['gpu_mem_free_gb']:.1f} GB free)"
+        status = p.get("status") or "?"
+        style = {"idle": "green", "busy": "yellow", "paused": "red"}.get(status, "")
+        peers.add_row(
+            p["name"], p["ip"],
+            f"{p['cpu_percent_idle']:.0f}%" if p.get("cpu_percent_idle") is not None else "?",
+            f"{p['ram_free_gb']:.1f} GB" if p.get("ram_free_gb") is not None else "?",
+            gpu, f"{p.get('running') or 0}/{p.get('max_jobs') if p.get('max_jobs') is not None else '?'}",
+            Text(status + (" (name conflict)" if p.get("conflict") else ""), style=style),
+            _karma(p.get("karma")),
+        )
+    jobs = Table(title="jobs", title_justify="left", expand=True)
+    for col in ("ID", "WHERE", "SCRIPT", "STATUS", "AGE"):
+        jobs.add_column(col)
+    now = state["now"]
+    for j in state["sent"]:
+        status = j["status"] + (f" ({j['why']})" if j["status"] == "queued" and j.get("why") else "")
+        jobs.add_row(j["job_id"], f"→ {j.get('peer') or '?'}", " ".join([os.path.basename(j["script"] or "?"),
+                     *j["args"]])[:40], status, _age(now - j["created"]))
+    for j in state["here"]:
+        jobs.add_row(j["job_id"], f"← {j['from']}", " ".join([j["script"], *j["args"]])[:40], j["status"],
+                     _age(now - j["created"]))
+    if not state["sent"] and not state["here"]:
+        jobs.add_row("", "", "no jobs running or queued", "", "")
+    return Group(peers, jobs, Text("q quits", style="dim"))
+
+
+def run_top(client_factory, once: bool = False, interval: float = 0.5) -> None:
+    from rich.console import Console
+    from rich.live import Live
+
+    console = Console()
+    if once or not sys.stdin.isatty():
+        console.print(render(snapshot(client_factory)))
+        return
+    import termios
+    import tty
+
+    fd = sys.stdin.fileno()
+    old = termios.tcgetattr(fd)
+    try:
+        tty.setcbreak(fd)
+        with Live(render(snapshot(client_factory)), console=console, screen=True, auto_refresh=False) as live:
+            while True:
+                ready, _, _ = select.select([sys.stdin], [], [], interval)
+                if ready and sys.stdin.read(1).lower() == "q":
+                    return
+                live.update(render(snapshot(client_factory)), refresh=True)
+    except KeyboardInterrupt:
+        return
+    finally:
+        termios.tcsetattr(fd, termios.TCSADRAIN, old)

@@ -1,0 +1,183 @@
+"""Helpers for the job tests that drive the real CLI across namespaced hosts
+(tests/test_jobs_netns.py, tests/test_security_netns.py).
+
+    from jobhelp import make_group, project, spawn_run
+    raj, mike, you = make_group(cluster, ["raj", "mike", "you"])
+    proj = project(you, {"train.py": "print('hi')"})
+    r = you.homie("run", "train.py", cwd=proj)
+
+Daemons only ever run inside the harness namespaces (discovery by broadcast on
+the cluster's private bridge); nothing listens in the root namespace.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+import uuid
+from pathlib import Path
+
+from netns import Cluster, Host, wait_until
+
+# Fast failure detection: a dead peer is noticed within peer_timeout.
+BASE_CONFIG = {"discovery": "[udp]", "heartbeat_interval": "0.5", "peer_timeout": "3"}
+
+
+def write_config(h: Host, **extra) -> None:
+    cfg = {**BASE_CONFIG, **{k: str(v) for k, v in extra.items()}}
+    (h.home / "config.yaml").write_text("".join(f"{k}: {v}\n" for k, v in cfg.items()))
+
+
+def start_daemon(h: Host) -> int:
+    r = h.homie("up", "--name", h.name, timeout=60)
+    assert r.returncode == 0, f"homie up on {h.name} failed: {r.stdout}{r.stderr}"
+    return daemon_pid(h)
+
+
+def make_group(cluster: Cluster, names: list[str], config: dict | None = None,
+               per_host: dict | None = None, start: bool = True) -> list[Host]:
+    """Hosts sharing one group key (init on the first, join on the others), each
+    with a config and a running daemon; returns once every host sees all others."""
+    hosts = [cluster.add_host(n) for n in names]
+    r = hosts[0].homie("init", "--name", hosts[0].name)
+    assert r.returncode == 0, r.stderr
+    key = re.search(r"group key: (\S+)", r.stdout).group(1)
+    for h in hosts[1:]:
+        r = h.homie("join", key)
+        assert r.returncode == 0, r.stderr
+    for h in hosts:
+        write_config(h, **(config or {}), **((per_host or {}).get(h.name, {})))
+    if start:
+        for h in hosts:
+            start_daemon(h)
+        for h in hosts:
+            others = {o.name for o in hosts if o is not h}
+            wait_until(lambda h=h, others=others: others <= peer_names(h), 15,
+                       msg=f"{h.name} to see {sorted(others)}")
+    return hosts
+
+
+def peer_names(h: Host) -> set[str]:
+    r = h.homie("peers", "--json")
+    return {p["name"] for p in json.loads(r.stdout)} if r.returncode == 0 else set()
+
+
+def daemon_pid(h: Host) -> int:
+    return int((h.home / "homie.pid").read_text().split()[0])
+
+
+def project(h: Host, files: dict[str, str | bytes]) -> Path:
+    """A project directory under the host's home holding `files` (text is dedented)."""
+    d = Path(tempfile.mkdtemp(prefix="proj-", dir=h.home))
+    d.chmod(0o755)
+    for name, content in files.items():
+        p = d / name
+        p.parent.mkdir(parents=True, exist_ok=True)
+        if isinstance(content, str):
+            p.write_text(textwrap.dedent(content).lstrip("\n"))
+        else:
+            p.write_bytes(content)
+        p.chmod(0o644)
+    return d
+
+
+def marker() -> str:
+    return f"hmk{uuid.uuid4().hex[:12]}"
+
+
+def gate_path() -> Path:
+    """A file a job waits for; /tmp is shared by all namespaces and passable for `nobody`."""
+    return Path("/tmp") / f"homie-gate-{uuid.uuid4().hex}"
+
+
+def processes(h: Host, mark: str) -> list[str]:
+    """Lines of `ps -eo pid,args` (run inside h's namespace) carrying `mark`, but for `homie run` itself.
+    All namespaces share one PID namespace, so the unique marker is what counts."""
+    r = h.run("ps", "-eo", "pid,args", check=True)
+    return [ln for ln in r.stdout.splitlines()
+            if mark in ln and "ps -eo" not in ln and "homie run" not in ln]  # not the CLI on the submitter
+
+
+def vm_hwm_kb(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    raise AssertionError(f"no VmHWM for pid {pid}")
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return not Path(f"/proc/{pid}/status").read_text().count("State:\tZ")
+
+
+class Run:
+    """A `homie run` in the background, stdout and stderr kept apart."""
+
+    # Runs the CLI as a child and reports its peak RSS (ru_maxrss of waited-for children, KiB).
+    RSS_WRAPPER = ("import resource, subprocess, sys\n"
+                   "rc = subprocess.call(sys.argv[2:])\n"
+                   "open(sys.argv[1], 'w').write(str(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss))\n"
+                   "sys.exit(rc)\n")
+
+    def __init__(self, h: Host, cwd: Path, *args: str, measure_rss: bool = False):
+        from netns import homie_bin
+
+        self.host = h
+        tmp = Path(tempfile.mkdtemp(prefix="homie-run-", dir=h.cluster.logdir))
+        self.out_path, self.err_path, self.rss_path = tmp / "stdout", tmp / "stderr", tmp / "maxrss"
+        cmd = [homie_bin(), "run", *args]
+        if measure_rss:
+            cmd = [sys.executable, "-c", self.RSS_WRAPPER, str(self.rss_path), *cmd]
+        with open(self.out_path, "w") as out, open(self.err_path, "w") as err:
+            self.proc = h.spawn(*cmd, cwd=cwd, stdout=out, stderr=err)
+        self.started = time.monotonic()
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def out(self) -> str:
+        return self.out_path.read_text(errors="replace")
+
+    def err(self) -> str:
+        return self.err_path.read_text(errors="replace")
+
+    def running(self) -> bool:
+        return self.proc.poll() is None
+
+    def wait_out(self, text: str, timeout: float = 20, stream: str = "out") -> float:
+        get = self.out if stream == "out" else self.err
+        return wait_until(lambda: text in get(), timeout,
+                          msg=f"{text!r} in the CLI's std{stream} (out: {self.out()[-500:]!r}"
+                              f" err: {self.err()[-500:]!r})")
+
+    def job_id(self, timeout: float = 20) -> str:
+        self.wait_out("→ job started: ", timeout)
+        return re.search(r"→ job started: (\w+)", self.out()).group(1)
+
+    def wait(self, timeout: float = 60) -> int:
+        try:
+            return self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"homie run still running after {timeout}s; out: {self.out()[-1000:]!r}"
+                                 f" err: {self.err()[-1000:]!r}") from None
+
+    def interrupt(self) -> None:
+        os.kill(self.proc.pid, signal.SIGINT)
+
+    def maxrss_kb(self) -> int:
+        return int(self.rss_path.read_text())
+
+
+def work_dir_empty(h: Host) -> bool:
+    return not any((h.home / "work").iterdir())

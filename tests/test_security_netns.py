@@ -1,0 +1,257 @@
+"""The job port under hostile input, on namespaced hosts: a wrong group key is
+refused before any application byte moves, in both directions; garbage,
+oversized frames, silence and connection floods are cut off and the daemon
+keeps serving real jobs.
+
+raj and you share a key and run daemons; eve is on the same LAN with python
+and homie's code but not the key. Probes are small python scripts run inside
+a namespace (h.run), so all traffic stays on the cluster's bridge.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import pytest
+
+from jobhelp import alive, daemon_pid, make_group, project, work_dir_empty
+from netns import Cluster, wait_until
+
+pytestmark = pytest.mark.netns
+
+PY = sys.executable
+PORT = 5556
+
+# argv: mode ip port [keyfile]. Prints one JSON line describing what happened.
+PROBE = r"""
+import json, secrets, socket, ssl, struct, sys, time
+from homie import protocol
+from homie.keys import load_key
+from homie.trust import SERVER_HOSTNAME, Trust
+
+mode, ip, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
+res = {"mode": mode, "handshake": None, "error": None, "got": b"".hex(), "closed_after": None}
+
+
+def drain(sock, limit=10.0):
+    # read until EOF / error; everything received is recorded
+    got = b""
+    t = time.monotonic()
+    sock.settimeout(limit)
+    try:
+        while True:
+            b = sock.recv(65536)
+            if not b:
+                res["error"] = res["error"] or "eof"
+                break
+            got += b
+    except ssl.SSLError as e:
+        res["error"] = f"SSLError: {e.reason or e}"
+    except socket.timeout:
+        res["error"] = "timeout"
+    except OSError as e:
+        res["error"] = f"{type(e).__name__}"
+    res["closed_after"] = round(time.monotonic() - t, 3)
+    res["got"] = got.hex()
+    return got
+
+
+raw = socket.create_connection((ip, port), timeout=5)
+if mode in ("wrong-key", "no-cert"):
+    # A client that accepts any server but presents a leaf of another group
+    # (or none): only the daemon's verification can stop it.
+    if mode == "wrong-key":
+        ctx = Trust(secrets.token_bytes(32), "eve").client_context()
+    else:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    try:
+        s = ctx.wrap_socket(raw, server_hostname=SERVER_HOSTNAME)
+        res["handshake"] = "ok"  # TLS 1.3: the client finishes before the server judges its cert
+    except ssl.SSLError as e:
+        res["handshake"] = "failed"
+        res["error"] = f"SSLError: {e.reason or e}"
+    else:
+        drain(s)
+elif mode == "strict-wrong-key":
+    # A homie node of another group: it refuses the daemon's certificate itself.
+    try:
+        Trust(secrets.token_bytes(32), "eve").client_context().wrap_socket(raw, server_hostname=SERVER_HOSTNAME)
+        res["handshake"] = "ok"
+    except ssl.SSLError as e:
+        res["handshake"] = "failed"
+        res["error"] = f"SSLError: {e.reason or e}"
+elif mode in ("garbage", "huge-plain", "silent"):
+    payload = {"garbage": b"GET / HTTP/1.1\r\nHost: homie\r\n\r\n" + bytes(range(256)) * 8,
+               "huge-plain": struct.pack("!IB", 0xFFFFFFFF, protocol.MSG), "silent": b""}[mode]
+    raw.sendall(payload)
+    drain(raw)
+elif mode in ("huge-tls", "bad-json-tls"):
+    # A member of the group (right key) that breaks the framing after the hello.
+    ctx = Trust(load_key(sys.argv[4]), "mallory").client_context()
+    s = ctx.wrap_socket(raw, server_hostname=SERVER_HOSTNAME)
+    res["handshake"] = "ok"
+    hdr = b""
+    while len(hdr) < 5:
+        hdr += s.recv(5 - len(hdr))
+    n, t = struct.unpack("!IB", hdr)
+    body = b""
+    while len(body) < n:
+        body += s.recv(n - len(body))
+    res["hello"] = json.loads(body)["t"]
+    if mode == "huge-tls":
+        s.sendall(struct.pack("!IB", 0xFFFFFFFF, protocol.MSG) + b"x" * 1000)
+    else:
+        s.sendall(struct.pack("!IB", 7, protocol.MSG) + b"{nope!!")
+    drain(s)
+elif mode == "flood":
+    socks = [raw] + [socket.create_connection((ip, port), timeout=5) for _ in range(39)]
+    time.sleep(0.5)
+    cut = 0
+    for c in socks:
+        c.setblocking(False)
+        try:
+            if c.recv(1) == b"":
+                cut += 1
+        except BlockingIOError:
+            pass
+        except OSError:
+            cut += 1
+    res["cut_at_once"] = cut
+    print(json.dumps(res), flush=True)
+    time.sleep(float(sys.argv[4]))  # hold the rest open while a real job runs
+    sys.exit(0)
+print(json.dumps(res), flush=True)
+"""
+
+# A TLS server holding a leaf of ANOTHER group, speaking first like a daemon.
+# argv: ip port. Prints "ready", then one JSON line per connection.
+FAKE_SERVER = r"""
+import json, secrets, socket, ssl, sys
+from homie import protocol
+from homie.trust import Trust
+ctx = Trust(secrets.token_bytes(32), "raj").server_context()
+ctx.verify_mode = ssl.CERT_NONE  # it would talk to anyone: only the client can refuse
+srv = socket.create_server((sys.argv[1], int(sys.argv[2])))
+print("ready", flush=True)
+while True:
+    c, _ = srv.accept()
+    c.settimeout(5)
+    try:
+        s = ctx.wrap_socket(c, server_side=True)
+        s.sendall(protocol.encode_msg("hello", name="raj", proto=1, homie="0", python="3", instance="00"))
+        print(json.dumps({"server": "handshake ok, hello sent"}), flush=True)
+    except (ssl.SSLError, OSError) as e:
+        print(json.dumps({"server": f"refused: {type(e).__name__}: {getattr(e, 'reason', e)}"}), flush=True)
+    finally:
+        c.close()
+"""
+
+# The daemon's own client code (Submitter.connect with the daemon's Trust) against
+# the fake server. argv: ip port keyfile.
+DAEMON_CLIENT = r"""
+import json, sys, types
+from homie.errors import HomieError
+from homie.keys import load_key
+from homie.submitter import Submitter
+from homie.trust import Trust
+node = types.SimpleNamespace(trust=Trust(load_key(sys.argv[3]), "you"))
+res = {}
+try:
+    Submitter.connect(types.SimpleNamespace(node=node), sys.argv[1], int(sys.argv[2]))
+    res["connected"] = True
+except HomieError as e:
+    res = {"connected": False, "message": str(e), "exit_code": e.exit_code}
+print(json.dumps(res))
+"""
+
+
+@pytest.fixture(scope="module")
+def lan():
+    with Cluster() as c:
+        raj, you = make_group(c, ["raj", "you"])
+        eve = c.add_host("eve")  # same LAN, no key, no daemon
+        yield c, raj, you, eve
+
+
+def probe(h, mode, target, *extra, timeout=30) -> dict:
+    r = h.run(PY, "-c", PROBE, mode, target.ip, PORT, *extra, timeout=timeout)
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def still_serving(raj, you, pid) -> None:
+    assert alive(pid) and daemon_pid(raj) == pid, "raj's daemon died"
+    proj = project(you, {"job.py": "print('still here')"})
+    r = you.homie("run", "-n", "raj", "job.py", cwd=proj)
+    assert r.returncode == 0 and "[raj] still here" in r.stdout, r.stdout + r.stderr
+    wait_until(lambda: work_dir_empty(raj), 5)
+
+
+def test_wrong_key_client_refused_before_any_byte(lan):
+    c, raj, you, eve = lan
+    pid = daemon_pid(raj)
+    for mode in ("wrong-key", "no-cert"):
+        res = probe(eve, mode, raj)
+        # Either the handshake fails, or (TLS 1.3) the first read brings the alert:
+        # never a single application byte (the daemon speaks first with HELLO).
+        assert res["got"] == "", res
+        assert res["error"] and res["error"].startswith("SSLError"), res
+        assert res["handshake"] == "failed" or res["closed_after"] < 3, res
+    res = probe(eve, "strict-wrong-key", raj)
+    assert res["handshake"] == "failed" and "CERTIFICATE_VERIFY_FAILED" in res["error"], res
+    still_serving(raj, you, pid)
+
+
+def test_daemon_client_refuses_wrong_key_server(lan):
+    c, raj, you, eve = lan
+    srv = eve.spawn(PY, "-c", FAKE_SERVER, eve.ip, PORT)
+    wait_until(lambda: "ready" in srv.log(), 10, msg="fake server")
+    r = you.run(PY, "-c", DAEMON_CLIENT, eve.ip, PORT, you.home / "key")
+    assert r.returncode == 0, r.stderr
+    res = json.loads(r.stdout)
+    assert res["connected"] is False and res["exit_code"] == 71, res
+    assert "refused our group key" in res["message"] and "CERTIFICATE_VERIFY_FAILED" in res["message"], res
+    wait_until(lambda: "refused" in srv.log(), 5, msg="the fake server to see the refusal")
+    assert "hello sent" not in srv.log(), srv.log()  # the handshake never completed
+    srv.kill()
+
+
+@pytest.mark.parametrize("mode", ["garbage", "huge-plain", "silent"])
+def test_plain_tcp_abuse_is_cut_off(lan, mode):
+    c, raj, you, eve = lan
+    pid = daemon_pid(raj)
+    res = probe(eve, mode, raj)
+    assert res["error"] in ("eof",) or res["error"].startswith(("ConnectionResetError", "SSLError")), res
+    assert res["error"] != "timeout", res
+    assert b"hello" not in bytes.fromhex(res["got"]), res
+    # silence is cut by the 2 s handshake timeout, junk at once
+    assert res["closed_after"] < (4 if mode == "silent" else 1.5), res
+    still_serving(raj, you, pid)
+
+
+@pytest.mark.parametrize("mode", ["huge-tls", "bad-json-tls"])
+def test_member_breaking_the_framing_is_cut_off(lan, mode):
+    c, raj, you, eve = lan
+    pid = daemon_pid(raj)
+    res = probe(eve, mode, raj, raj.home / "key")
+    assert res["hello"] == "hello" and res["closed_after"] < 1.5, res
+    assert b"protocol error" in bytes.fromhex(res["got"]), res  # told why, then cut
+    assert res["error"] in ("eof",) or res["error"].startswith(("ConnectionResetError", "SSLError")), res
+    still_serving(raj, you, pid)
+
+
+def test_connection_flood_is_capped_and_jobs_still_run(lan):
+    c, raj, you, eve = lan
+    pid = daemon_pid(raj)
+    flood = eve.spawn(PY, "-c", PROBE, "flood", raj.ip, PORT, 6)
+    wait_until(lambda: "cut_at_once" in flood.log(), 10, msg=f"flood ({flood.log()})")
+    res = json.loads(flood.log().strip().splitlines()[-1])
+    assert res["cut_at_once"] >= 40 - 16, res  # at most 16 connections per address get a slot
+    still_serving(raj, you, pid)
+    assert flood.poll() is None  # the job ran while eve still held her connections open
+    flood.kill()
