@@ -132,7 +132,9 @@ class Node:
         now = time.monotonic()
         if now - self._resources_at > 0.5:
             merged = {}
-            for r in plugins.call("homie_probe_resources", config=self.config):
+            # call() lists results first-called first (tryfirst and newest plugins);
+            # applying them in reverse lets those win over the built-ins.
+            for r in reversed(plugins.call("homie_probe_resources", config=self.config)):
                 if isinstance(r, dict):
                     merged.update(r)
             self._resources = merged

@@ -32,6 +32,7 @@ class Discovery:
         self._announce = threading.Event()
         self._probe_answers: dict[str, float] = {}
         self.heard_from: dict[str, float] = {}  # ip -> last verified packet (for `homie doctor`)
+        self._rounds: dict[str, set] = {}  # probe nonce -> (name, ip) of peers that answered it
         self.sent = 0
         self.received = 0
 
@@ -107,16 +108,17 @@ class Discovery:
                                 error=e.strerror or str(e))
 
     # -- sending -----------------------------------------------------------------
-    def body(self, kind: str) -> dict:
+    def body(self, kind: str, **extra) -> dict:
         if kind != "hb":
-            return {"k": kind, "name": self.node.name, "port": self.config.port}
+            return {"k": kind, "name": self.node.name, "port": self.config.port, **extra}
         body = {"k": "hb", "name": self.node.name, "port": self.config.port, "v": __version__}
         body.update(self.node.heartbeat_fields())
         body["timestamp"] = int(time.time())
+        body.update(extra)
         return body
 
-    def packet(self, kind: str) -> bytes:
-        body = self.body(kind)
+    def packet(self, kind: str, **extra) -> bytes:
+        body = self.body(kind, **extra)
         try:
             return self.signer.encode(body)
         except ValueError:
@@ -125,8 +127,8 @@ class Discovery:
             body.pop("karma", None)
             return self.signer.encode(body)
 
-    def announce(self, kind: str = "hb") -> None:
-        packet = self.packet(kind)
+    def announce(self, kind: str = "hb", **extra) -> None:
+        packet = self.packet(kind, **extra)
         for b in self.backends:
             try:
                 b.announce(packet)
@@ -150,6 +152,20 @@ class Discovery:
                 time.sleep(0.05)  # coalesce bursts (several jobs ending at once)
                 self._announce.clear()
             self.announce("hb")
+
+    def probe_round(self, wait: float = 1.0) -> set:
+        """Probe through every backend; return the (name, ip) of peers that
+        heard this probe and whose answer came back (used by `homie doctor`)."""
+        import secrets
+
+        nonce = secrets.token_hex(8)
+        self._rounds[nonce] = set()
+        try:
+            self.announce("probe", nonce=nonce)
+            time.sleep(wait)
+            return set(self._rounds[nonce])
+        finally:
+            self._rounds.pop(nonce, None)
 
     def goodbye(self) -> None:
         try:
@@ -212,10 +228,15 @@ class Discovery:
                 self._probe_answers[ip] = now
                 if len(self._probe_answers) > 1024:
                     self._probe_answers.clear()
-                self.sendto(self.packet("hb"), (ip, addr[1]))
+                nonce = body.get("nonce")
+                extra = {"re": nonce} if isinstance(nonce, str) and len(nonce) <= 32 else {}
+                self.sendto(self.packet("hb", **extra), (ip, addr[1]))
             return
         if kind != "hb" or not isinstance(body.get("name"), str) or not isinstance(body.get("port"), int):
             return
+        answer = body.get("re")
+        if answer is not None and answer in self._rounds:
+            self._rounds[answer].add((body["name"], ip))
         peer, is_new = self.node.peers.update(body, ip, inst)
         if is_new:
             self.log.info("peer.seen", name=peer.name, ip=ip, port=peer.port)

@@ -14,7 +14,7 @@ from typing import Any
 
 import pluggy
 
-from homie import hookspecs
+from homie import __version__, hookspecs
 
 DEFAULT_PLUGINS = (
     "homie.builtin.udp",
@@ -123,7 +123,8 @@ def describe() -> list[dict]:
         out.append({
             "name": name,
             "hooks": hooks,
-            "version": getattr(dist, "version", None) if dist else getattr(plugin, "__version__", None),
+            "version": getattr(dist, "version", None) if dist else (
+                __version__ if str(name).startswith("homie.builtin") else getattr(plugin, "__version__", None)),
             "package": dist.project_name if dist else ("homie (built-in)" if str(name).startswith("homie.builtin") else None),
         })
     for name, why in disabled.items():
