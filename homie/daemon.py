@@ -63,6 +63,14 @@ class RateLimitedLog:
         self._suppressed: dict[str, int] = {}
         self._lock = threading.Lock()
 
+    def due(self, event: str) -> bool:
+        """Would warn() log now? Lets a hot path skip building the details."""
+        if time.monotonic() - self._last.get(event, -1e9) < self.period:
+            with self._lock:
+                self._suppressed[event] = self._suppressed.get(event, 0) + 1
+            return False
+        return True
+
     def warn(self, event: str, msg: str, **kw) -> None:
         now = time.monotonic()
         with self._lock:
@@ -96,6 +104,8 @@ class Node:
         self.bind_address = self._bind_address()
         self.trust = Trust(key, self.name)
         self.store = Store(home.db)
+        self.store.on_error = lambda op, e: self.rate.warn("store.write_failed", "cannot write the job database",
+                                                           op=op, error=str(e))
         self.peers = PeerTable(config.peer_timeout)
         self._resources: dict = {}
         self._resources_at = 0.0
@@ -180,8 +190,9 @@ class Node:
 
     def note_dropped(self) -> None:
         self._dropped_seen += 1
-        self.rate.warn("discovery.dropped", "ignored heartbeats that failed verification",
-                       counts=dict(self.discovery.verifier.dropped))
+        if self.rate.due("discovery.dropped"):
+            self.rate.warn("discovery.dropped", "ignored heartbeats that failed verification",
+                           counts=dict(self.discovery.verifier.dropped))
 
     def trust_peer_name(self, tls) -> str:
         from homie.trust import peer_name

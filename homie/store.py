@@ -13,7 +13,26 @@ import threading
 import time
 
 
+def _tolerant(fn):
+    """A full disk must not take the daemon down: a failed write is logged by
+    the caller's logger (via on_error) and the job goes on in memory."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(self, *a, **kw):
+        try:
+            return fn(self, *a, **kw)
+        except sqlite3.Error as e:
+            if self.on_error:
+                self.on_error(fn.__name__, e)
+            return None
+
+    return wrapper
+
+
 class Store:
+    on_error = None
+
     def __init__(self, path):
         self.path = str(path)
         self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=10)
@@ -36,6 +55,7 @@ class Store:
             self._db.close()
 
     # -- submitted jobs --------------------------------------------------------
+    @_tolerant
     def save_job(self, doc: dict) -> None:
         with self._lock:
             self._db.execute(
@@ -52,15 +72,18 @@ class Store:
                 rows = self._db.execute("SELECT doc FROM jobs ORDER BY created").fetchall()
         return [json.loads(r[0]) for r in rows]
 
+    @_tolerant
     def delete_job(self, job_id: str) -> None:
         with self._lock:
             self._db.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
 
     # -- jobs run here for others ----------------------------------------------------
+    @_tolerant
     def worker_job(self, job_id: str, doc: dict) -> None:
         with self._lock:
             self._db.execute("INSERT OR REPLACE INTO worker_jobs (id, doc) VALUES (?, ?)", (job_id, json.dumps(doc)))
 
+    @_tolerant
     def worker_job_done(self, job_id: str) -> None:
         with self._lock:
             self._db.execute("DELETE FROM worker_jobs WHERE id = ?", (job_id,))
@@ -71,6 +94,7 @@ class Store:
         return {r[0]: json.loads(r[1]) for r in rows}
 
     # -- karma ledger -------------------------------------------------------------------
+    @_tolerant
     def record(self, job_id: str, peer: str, direction: str, cpu_s: float, gpu_s: float, wall_s: float) -> None:
         """direction: 'given' (we ran it for peer) or 'taken' (peer ran it for us)."""
         with self._lock:

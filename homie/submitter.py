@@ -28,6 +28,7 @@ from homie.trust import SERVER_HOSTNAME
 
 CONNECT_TIMEOUT = 5.0
 STREAM_TIMEOUT = 8.0  # the worker pings every 2 s; silence this long means the link is down
+STREAM_QUIET = 3.0  # silence after which a peer without heartbeats counts as gone
 CHUNK = 1 << 20
 TERMINAL = ("done", "failed", "lost", "killed")
 ACTIVE = ("uploading", "running", "fetching")
@@ -357,7 +358,15 @@ class Submitter:
             if reply.t == "error":
                 ch.close()
                 raise HomieError(f"{job.peer_name} refused the job: {reply['message']}", EXIT_INTERNAL)
-            self._upload(job, ch, reply["hashes"])
+            # A link may drop for a while mid-upload: TCP rides it out as long as
+            # the peer is alive, so wait well beyond the per-frame default.
+            ch.sock.settimeout(max(30.0, 3 * self.config.peer_timeout))
+            try:
+                self._upload(job, ch, reply["hashes"])
+            except (ConnectionClosed, OSError) as e:
+                # The worker may have said why before closing (disk full...).
+                raise HomieError(f"upload to {job.peer_name} failed: {self._last_word(ch) or e}",
+                                 EXIT_TRANSFER) from None
             job.update(state="running")  # started_at comes with the worker's "started"
             self._save(job)
             self._stream(job, ch)
@@ -369,6 +378,17 @@ class Submitter:
         except ProtocolError as e:
             ch.close()
             raise HomieError(f"{job.peer_name} broke the protocol: {e}", EXIT_INTERNAL) from None
+
+    @staticmethod
+    def _last_word(ch: Channel) -> str | None:
+        try:
+            ch.conv = None
+            while True:
+                ev = ch.recv(timeout=1.0)
+                if isinstance(ev, Message) and ev.t == "error":
+                    return ev["message"]
+        except Exception:
+            return None
 
     def _requeue(self, job: Job, why: str) -> None:
         self._unpend(job)
@@ -406,9 +426,31 @@ class Submitter:
 
     def _stream(self, job: Job, ch: Channel) -> None:
         """Mirror output until exit; returns normally at exit, raises on a dropped link."""
+        # A machine that vanishes (power, cable) sends no FIN: cut the stream as soon as it
+        # is quiet and the peer's heartbeats stopped too, not only after STREAM_TIMEOUT.
+        quiet = {"since": time.monotonic()}
+        done = threading.Event()
+        threading.Thread(target=self._watch_stream, args=(job, ch, quiet, done), name=f"watch-{job.id}",
+                         daemon=True).start()
+        try:
+            self._stream_frames(job, ch, quiet)
+        finally:
+            done.set()
+
+    def _watch_stream(self, job: Job, ch: Channel, quiet: dict, done: threading.Event) -> None:
+        while not done.wait(0.25):
+            if time.monotonic() - quiet["since"] > STREAM_QUIET and not self._peer_alive(job):
+                try:
+                    socket.socket.shutdown(ch.sock, socket.SHUT_RDWR)  # the blocked recv() returns
+                except OSError:
+                    pass
+                return
+
+    def _stream_frames(self, job: Job, ch: Channel, quiet: dict) -> None:
         saved_at = time.monotonic()
         while True:
             ev = ch.recv(timeout=STREAM_TIMEOUT)
+            quiet["since"] = time.monotonic()
             if isinstance(ev, Output):
                 job.log.append(ev.stream, ev.data)
                 job.doc["remote_offset"] = ev.end

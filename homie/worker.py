@@ -224,9 +224,8 @@ class Worker:
     def _connection(self, raw: socket.socket, ip: str) -> None:
         ch = None
         try:
-            raw.settimeout(HANDSHAKE_TIMEOUT)
             try:
-                tls = self.node.trust.server_context().wrap_socket(raw, server_side=True)
+                tls = self._handshake(raw)
             except (ssl.SSLError, OSError) as e:
                 self.node.rate_warn("worker.tls_refused", "TLS handshake failed (wrong key or not homie)",
                                     ip=ip, error=type(e).__name__)
@@ -261,6 +260,28 @@ class Worker:
                 self._conns[ip] -= 1
                 if not self._conns[ip]:
                     del self._conns[ip]
+
+    def _handshake(self, raw: socket.socket) -> ssl.SSLSocket:
+        """TLS handshake with one deadline for the whole of it: a per-read
+        timeout alone lets a slow-loris client trickle bytes forever."""
+        import select
+
+        raw.setblocking(False)
+        tls = self.node.trust.server_context().wrap_socket(raw, server_side=True, do_handshake_on_connect=False)
+        deadline = time.monotonic() + HANDSHAKE_TIMEOUT
+        while True:
+            try:
+                tls.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                want = ([tls], [])
+            except ssl.SSLWantWriteError:
+                want = ([], [tls])
+            left = deadline - time.monotonic()
+            if left <= 0 or not any(select.select(*want, [], left)[:2]):
+                raise TimeoutError("TLS handshake took too long")
+        tls.setblocking(True)
+        return tls
 
     def _session(self, ch: Channel, peer: str, ip: str) -> None:
         while True:

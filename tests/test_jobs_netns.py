@@ -257,7 +257,7 @@ def test_ps_on_both_sides(lan, gate):
     assert run.wait(20) == 0
     assert json.loads(you.homie("ps", "--json").stdout) == {"sent": [], "here": []}
     assert json.loads(raj.homie("ps", "--json").stdout) == {"sent": [], "here": []}
-    assert "exit" not in you.homie("ps", "--all").stdout.split(job)[1].splitlines()[0]
+    assert re.search(rf"^{job}\s+raj\s+wait\.py --some-arg\s+done\s", you.homie("ps", "--all").stdout, re.M)
     workers_clean(raj)
 
 
@@ -341,7 +341,11 @@ def test_no_peers_at_all(cluster):
     assert "never" not in r.stdout
 
 
-def test_peer_dies_mid_job(cluster, gate):
+@pytest.mark.parametrize("how", ["kill-9", "link-down"])
+def test_peer_dies_mid_job(cluster, gate, how):
+    """kill -9 of the worker's daemon (its sockets close), or the machine vanishing
+    from the LAN (no FIN at all): either way the run ends within peer_timeout (3 s)
+    + a few seconds, exit 71."""
     raj, you = make_group(cluster, ["raj", "you"])
     mark = marker()
     proj = project(you, {"long.py": f"""
@@ -354,11 +358,20 @@ def test_peer_dies_mid_job(cluster, gate):
     run.wait_out("[raj] started")
     pid = daemon_pid(raj)
     t = time.monotonic()
-    os.kill(pid, signal.SIGKILL)
-    code = run.wait(3 + 6)  # peer_timeout + a few seconds
+    if how == "kill-9":
+        os.kill(pid, signal.SIGKILL)
+    else:
+        raj.link_down()
+    code = run.wait(3 + 4)  # peer_timeout + a few seconds
     took = time.monotonic() - t
     assert code == 71, (code, run.out(), run.err())
-    assert "raj went away" in run.err(), run.err()
-    print(f"lost peer noticed after {took:.2f}s")
-    gate.touch()  # the orphaned job ends too
-    wait_until(lambda: not processes(raj, mark), 5)
+    assert "→ job lost: raj went away" in run.err(), run.err()
+    print(f"{how}: lost peer noticed after {took:.2f}s")
+    if how == "kill-9":
+        # The orphaned job outlived its daemon; the next start of the daemon reaps it
+        # and removes its directory.
+        assert processes(raj, mark)
+        start_daemon_again = raj.homie("up", "--name", "raj")
+        assert start_daemon_again.returncode == 0, start_daemon_again.stderr
+        wait_until(lambda: not processes(raj, mark), 5, msg="the orphan to be reaped")
+        workers_clean(raj)
