@@ -143,8 +143,12 @@ class Pipeline:
                 return
             fn, buf, n = item
             try:
-                if self._error is None:
-                    fn(memoryview(buf)[:n] if buf is not None else None)
+                # After an error, data is dropped but markers (buf None) still
+                # run, so drain() always returns.
+                if buf is None:
+                    fn(None)
+                elif self._error is None:
+                    fn(memoryview(buf)[:n])
             except BaseException as e:  # handed to the reading thread in check()
                 self._error = e
             finally:

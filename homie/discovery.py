@@ -237,10 +237,12 @@ class Discovery:
         answer = body.get("re")
         if answer is not None and answer in self._rounds:
             self._rounds[answer].add((body["name"], ip))
+        version = self.node.peers.version
         peer, is_new = self.node.peers.update(body, ip, inst)
         if is_new:
             self.log.info("peer.seen", name=peer.name, ip=ip, port=peer.port)
-        self.node.peers_changed()
+        if self.node.peers.version != version:
+            self.node.peers_changed()
 
     def stop(self) -> None:
         for b in self.backends:

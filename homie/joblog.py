@@ -49,6 +49,13 @@ class JobLog:
             self.cond.notify_all()
             return self.end
 
+    def truncate(self, end: int) -> None:
+        """Cut the log back to `end`, a record boundary (appends go on from there)."""
+        with self.cond:
+            if end < self.end:
+                os.truncate(self.path, end)
+                self.end = end
+
     def finish(self) -> None:
         with self.cond:
             self.finished = True

@@ -65,6 +65,10 @@ def peer_from_heartbeat(body: dict, ip: str, instance: str, now: float) -> Peer:
     return Peer(ip=ip, instance=instance, last_seen=now, **kw)
 
 
+def _material(p: Peer) -> tuple:
+    return (p.name, p.ip, p.port, p.status, p.slots_free, p.max_jobs, p.running, p.accept_gpu, bool(p.gpus or p.gpu))
+
+
 class PeerTable:
     def __init__(self, timeout: float, clock=time.time):
         self.timeout = timeout
@@ -92,9 +96,16 @@ class PeerTable:
                 for old in [p for p in self._peers.values() if (p.ip, p.port) == (peer.ip, peer.port)]:
                     del self._peers[old.instance]
                     self._gone.add(old.instance)  # a late packet of it must not swap them back
+            prev = self._peers.get(instance)
             self._peers[instance] = peer
-            self._mark_conflicts()
-            self._bump()
+            if is_new or prev.name != peer.name:
+                self._mark_conflicts()
+            else:
+                peer.conflict = prev.conflict
+            # A refresh that changes nothing a scheduler looks at wakes nobody:
+            # with hundreds of peers heartbeating, that is most packets.
+            if is_new or _material(prev) != _material(peer):
+                self._bump()
         return peer, is_new
 
     def goodbye(self, instance: str) -> Peer | None:

@@ -46,7 +46,8 @@ class Job:
         "gpu", "executor", "scheduler", "tag", "peer_name", "peer_ip", "peer_port", "peer_instance",
         "remote_offset", "code", "signal", "reason", "exit_code", "message", "results", "started_at",
         "finished_at", "waiting", "why", "cpu_s", "wall_s", "gpu_s", "attempts", "collected", "interrupts",
-        "upload_files", "upload_bytes", "sent_bytes", "via", "retries", "lost_peers",
+        "upload_files", "upload_bytes", "sent_bytes", "via", "retries", "lost_peers", "dispatched_at",
+        "first_dispatched_at", "log_end",
     )
 
     def __init__(self, doc: dict, outbox: Path):
@@ -89,6 +90,7 @@ class Job:
             "job_id": d["id"], "peer": d["peer_name"], "script": d["script"], "args": d["args"],
             "status": d["state"], "created": d["created"], "exit_code": d["exit_code"], "why": d["why"],
             "reason": d["reason"], "tag": d["tag"], "results": len(d["results"] or []),
+            "dispatched_at": d["dispatched_at"], "first_dispatched_at": d["first_dispatched_at"], "started_at": d["started_at"], "finished_at": d["finished_at"],
         }
 
 
@@ -141,9 +143,12 @@ class Submitter:
         }
         job = Job(doc, self.outbox)
         self._collect(job)  # errors in the inputs are reported now, not after queueing
-        self._save(job)
         with self.lock:
+            # Queue order is the order jobs become visible to the dispatcher,
+            # not when their request arrived (hashing inputs takes a while).
+            job.doc["created"] = time.time()
             self.jobs[job_id] = job
+        self._save(job)
         self.log.info("job.submitted", job_id=job_id, script=job.script, files=len(job.manifest))
         self.kick()
         return job
@@ -201,6 +206,9 @@ class Submitter:
                 except HomieError as e:
                     self._finish(job, "failed", message=str(e), exit_code=EXIT_USAGE)
                     continue
+            if job.state == "running" and job.log_end is not None and job.log.end > job.log_end:
+                # output mirrored after the last save comes again from the saved remote offset
+                job.log.truncate(job.log_end)
             if job.state in ("running", "fetching"):
                 self._start_driver(job)
         self.kick()
@@ -221,14 +229,24 @@ class Submitter:
                 self.wake.wait(0.5)
 
     def _candidates(self) -> list:
+        """Online peers with the free slots we can count on: a heartbeat may
+        not show yet the jobs we just sent, but our own records do."""
         now = time.time()
+        ours: dict[str, int] = {}
+        with self.lock:
+            for j in self.jobs.values():
+                if j.state in ("uploading", "running") and j.peer_instance:
+                    ours[j.peer_instance] = ours.get(j.peer_instance, 0) + 1
         out = []
         for p in [self.node.local_peer(), *self.node.peers.snapshot()]:
-            pend = len(self.pending.get(p.instance, ()))
             if self.refused.get(p.instance, 0) > now:
                 p.slots_free = 0
-            elif pend and p.slots_free is not None:
-                p.slots_free = max(0, p.slots_free - pend)
+            elif p.slots_free is not None:
+                pend = len(self.pending.get(p.instance, ()))
+                free = p.slots_free - pend
+                if p.max_jobs is not None:
+                    free = min(free, p.max_jobs - ours.get(p.instance, 0))
+                p.slots_free = max(0, free)
             out.append(p)
         return out
 
@@ -249,7 +267,7 @@ class Submitter:
             peer, verdicts = scheduling.choose(req, cands, self.config)
             if peer is None:
                 permanent = self._permanent(req, verdicts)
-                if permanent:
+                if permanent and not self._settling():
                     self._finish(job, "failed", message=permanent, exit_code=EXIT_NO_PEER)
                 else:
                     why = scheduling.why_waiting(verdicts, req)
@@ -262,7 +280,8 @@ class Submitter:
             self.pending.setdefault(peer.instance, set()).add(job.id)
             job.update(state="uploading", why=None, peer_name=peer.name, peer_ip=peer.ip, peer_port=peer.port,
                        peer_instance=peer.instance, attempts=(job.attempts or 0) + 1,
-                       via="chosen" if job.peer else "best available")
+                       via="chosen" if job.peer else "best available", dispatched_at=time.time(),
+                       first_dispatched_at=job.first_dispatched_at or time.time())
             self._save(job)
             self._start_driver(job)
 
@@ -373,11 +392,30 @@ class Submitter:
         except (ConnectionClosed, socket.timeout, OSError) as e:
             ch.close()
             if job.state == "uploading":
+                if (job.retries or 0) > 0:  # homie map: try another peer
+                    why = f"upload to {job.peer_name} failed: {e}"
+                    job.log.append(protocol.STDERR, f"homie: {why}; retrying elsewhere\n".encode())
+                    job.update(retries=job.retries - 1, lost_peers=list(job.lost_peers or []) + [job.peer_instance],
+                               log_end=job.log.end)
+                    self._requeue(job, f"retrying after {why}")
+                    return
                 raise HomieError(f"upload to {job.peer_name} failed: {e}", EXIT_TRANSFER) from None
             # the job runs on: _follow reconnects
         except ProtocolError as e:
             ch.close()
             raise HomieError(f"{job.peer_name} broke the protocol: {e}", EXIT_INTERNAL) from None
+
+    @staticmethod
+    def _check_refusal(ch: Channel) -> None:
+        """The worker speaks mid-upload only to refuse it (disk full, bad file):
+        stop sending at once and say why."""
+        import select
+
+        if ch.sock.pending() or select.select([ch.sock], [], [], 0)[0]:
+            ev = ch.recv(timeout=5)
+            if isinstance(ev, Message) and ev.t == "error":
+                raise HomieError(ev["message"], EXIT_TRANSFER)
+            raise ProtocolError("unexpected frame from the worker during the upload")
 
     @staticmethod
     def _last_word(ch: Channel) -> str | None:
@@ -407,6 +445,7 @@ class Submitter:
         buf = bytearray(CHUNK)
         view = memoryview(buf)
         sent = 0
+        chunks = 0
         for sha in need:
             entry = by_sha[sha]
             ch.send("blob", sha256=sha, size=entry.size)
@@ -420,6 +459,9 @@ class Submitter:
                     left -= n
                     sent += n
                     job.progress["done"] = sent
+                    chunks += 1
+                    if chunks % 8 == 0:
+                        self._check_refusal(ch)
         ch.send("upload_done")
         job.doc["sent_bytes"] = sent
         job.progress = None
@@ -452,8 +494,9 @@ class Submitter:
             ev = ch.recv(timeout=STREAM_TIMEOUT)
             quiet["since"] = time.monotonic()
             if isinstance(ev, Output):
-                job.log.append(ev.stream, ev.data)
-                job.doc["remote_offset"] = ev.end
+                # The local log's end goes with the remote offset: a restart resumes from
+                # the saved pair, so nothing is mirrored twice.
+                job.doc.update({"log_end": job.log.append(ev.stream, ev.data), "remote_offset": ev.end})
                 if time.monotonic() - saved_at > 1.0:
                     self._save(job)
                     saved_at = time.monotonic()
@@ -485,7 +528,16 @@ class Submitter:
     def _peer_alive(self, job: Job) -> bool:
         if job.peer_instance == self.node.instance_hex:
             return True
-        return self.node.peers.get(job.peer_instance) is not None
+        if self.node.peers.get(job.peer_instance) is not None:
+            return True
+        # Just (re)started: no heartbeat had time to arrive yet. A peer counts as gone
+        # only after peer_timeout without one, counted from our own start.
+        return time.time() - self.node.started < self.config.peer_timeout
+
+    def _settling(self) -> bool:
+        """Right after start the peer table is still filling: no job fails for want of peers yet."""
+        grace = min(self.config.peer_timeout, 2 * self.config.heartbeat_interval + 1.0)
+        return time.time() - self.node.started < grace
 
     def _follow(self, job: Job) -> None:
         """(Re)attach to a running job until it exits, surviving dropped links."""
@@ -518,7 +570,7 @@ class Submitter:
             # Run it again elsewhere (homie map): the dead peer is out of the table by now.
             job.log.append(protocol.STDERR, f"homie: {why}; retrying elsewhere\n".encode())
             lost = list(job.lost_peers or []) + [job.peer_instance]
-            job.update(retries=job.retries - 1, lost_peers=lost, remote_offset=0)
+            job.update(retries=job.retries - 1, lost_peers=lost, remote_offset=0, log_end=job.log.end)
             self._requeue(job, f"retrying after {why}")
             return
         self._finish(job, "lost", message=why, exit_code=EXIT_PEER_LOST)

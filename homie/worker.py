@@ -329,16 +329,35 @@ class Worker:
                 self._receive_blobs(ch, set(need), sizes)
             except OSError as e:
                 ch.send("error", message=f"{self.node.name} cannot store the upload: {e.strerror or e}", code="disk")
+                self._discard_rest(ch)
                 return
             except ManifestError as e:
                 ch.send("error", message=str(e), code="bad_upload")
+                self._discard_rest(ch)
                 return
             job = self._materialize(ch, msg, entries, peer, ip)
         if job is None:
             return
         self._stream(ch, job, 0)
 
+    @staticmethod
+    def _discard_rest(ch: Channel, seconds: float = 5.0) -> None:
+        """After refusing an upload, read and drop what is still in flight until
+        the submitter hangs up: closing with unread data would reset the
+        connection and could destroy the error message before it is read."""
+        ch.conv = None
+        deadline = time.monotonic() + seconds
+        try:
+            while time.monotonic() < deadline:
+                ch.recv(timeout=max(0.1, deadline - time.monotonic()))
+        except Exception:
+            pass
+        raise ConnectionClosed("upload refused")
+
     def _refusal(self, msg: Message) -> tuple[str, str] | None:
+        if self.user.differs and not self._reachable():
+            return ("setup", f"{self.node.name} cannot run jobs: its job user {self.user.name!r} cannot reach"
+                             f" {self.home.jobs} (make the parent directories traversable: chmod o+x)")
         if self.paused:
             return ("paused", f"{self.node.name} is paused by its owner")
         if self.running() >= self.config.max_jobs:
@@ -354,6 +373,13 @@ class Worker:
         if ex != "auto" and ex not in self._executors:
             return ("executor", f"{self.node.name} has no executor {ex!r} (has: {', '.join(self.executor_names())})")
         return None
+
+    def _reachable(self) -> bool:
+        # The home and its work folder are opened up (0711) on the first job; above them is the owner's business.
+        for d in (self.home.root, Path(self.home.jobs)):
+            if not os.stat(d).st_mode & 0o001:
+                os.chmod(d, (os.stat(d).st_mode & 0o7777) | 0o711)
+        return _accessible_to_others(str(self.home.jobs))
 
     def _have(self, sha: str, size: int) -> bool:
         if not self.blobs.has(sha):
@@ -451,7 +477,8 @@ class Worker:
                 if st.st_nlink == 1:
                     os.chown(p, uid, gid, follow_symlinks=False)
         # The way down to the job directory must be passable (not listable) for the job user.
-        for d in (self.home.root, Path(self.home.jobs)):
+        # So must the way to the cached virtual environments (the venv executor's).
+        for d in (self.home.root, Path(self.home.jobs), Path(self.home.venvs).parent, Path(self.home.venvs)):
             mode = os.stat(d).st_mode
             if not mode & 0o001:
                 os.chmod(d, (mode & 0o7777) | 0o711)

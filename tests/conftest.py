@@ -59,3 +59,31 @@ def homie_home(tmp_path, monkeypatch):
     home.mkdir()
     monkeypatch.setenv("HOMIE_HOME", str(home))
     return home
+
+
+# ---------------------------------------------------------------- docs/reliability.md from the run itself
+
+import reliability  # noqa: E402
+
+
+@pytest.fixture
+def recorder():
+    """Hardening tests record each case here; see tests/reliability.py."""
+    return reliability.Recorder()
+
+
+@pytest.hookimpl(hookwrapper=True, trylast=True)
+def pytest_runtest_call(item):
+    # Innermost wrapper: Hypothesis reports its statistics (cases run) to us.
+    try:
+        from hypothesis.statistics import collector
+    except ImportError:
+        yield
+        return
+    with collector.with_value(lambda stats: reliability.count_hypothesis(item.nodeid, stats)):
+        yield
+
+
+def pytest_sessionfinish(session, exitstatus):
+    args = " ".join(session.config.invocation_params.args) or "tests"
+    reliability.write(f"./scripts/test.sh {args}".strip())

@@ -95,12 +95,26 @@ class VenvExecutor:
             emit(STDERR, f"homie: building environment {key}\n".encode())
             tmp = root / f".{key}.{os.getpid()}.tmp"
             shutil.rmtree(tmp, ignore_errors=True)
-            self._run(job, [self.ctx.python, "-m", "venv", str(tmp)], emit)
-            req = Path(job.dir, "requirements.txt")
-            pip = [str(tmp / "bin" / "python"), "-m", "pip", "install", "--disable-pip-version-check",
-                   "--no-input", "-r", str(req)]
-            # Local wheels/paths in requirements.txt are relative to the job directory.
-            self._run(job, pip, emit, cwd=job.dir)
+            user = self.ctx.user
+            try:
+                # Built as the job user (installing can run the job's code: setup.py of a local
+                # sdist), then handed back to the daemon so no later job can change it.
+                tmp.mkdir(mode=0o755)
+                if user.differs:
+                    os.chown(tmp, user.uid, user.gid)
+                self._run(job, [self.ctx.python, "-m", "venv", str(tmp)], emit)
+                req = Path(job.dir, "requirements.txt")
+                pip = [str(tmp / "bin" / "python"), "-m", "pip", "install", "--disable-pip-version-check",
+                       "--no-input", "-r", str(req)]
+                # Local wheels/paths in requirements.txt are relative to the job directory.
+                self._run(job, pip, emit, cwd=job.dir)
+                if user.differs:
+                    for d, dirs, fnames in os.walk(tmp):
+                        for name in [d, *(os.path.join(d, n) for n in dirs + fnames)]:
+                            os.lchown(name, os.geteuid(), os.getegid())
+            except BaseException:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
             (tmp / ".homie-ready").touch()
             try:
                 os.rename(tmp, target)
@@ -109,10 +123,13 @@ class VenvExecutor:
             self.ctx.evict_venvs(keep={key})
 
     def _run(self, job, argv, emit, cwd=None) -> None:
-        env = {**self.ctx.base_env, "PIP_NO_INPUT": "1"}
+        tmpdir = str(Path(job.dir, ".homie", "tmp"))  # the job user's: pip's cache and temp files
+        env = {**self.ctx.base_env, "PIP_NO_INPUT": "1", "HOME": tmpdir, "TMPDIR": tmpdir}
+        user = self.ctx.user
+        kw = {"user": user.uid, "group": user.gid, "extra_groups": []} if user.differs else {}
         # umask 022: the environment is shared by jobs that may run as another user
         proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                cwd=cwd, env=env, start_new_session=True, umask=0o022)
+                                cwd=cwd, env=env, start_new_session=True, umask=0o022, **kw)
         job.prepare_pid = proc.pid
         for line in proc.stdout:
             emit(STDOUT, line)

@@ -1,0 +1,291 @@
+"""Turning a Bench's results into the printed table and docs/benchmarks.md."""
+
+from __future__ import annotations
+
+import platform
+import shlex
+
+from bench.util import median
+
+MB = 1_000_000
+MiB = 1 << 20
+
+
+def _s(x, unit="s", nd=3):
+    return "n/a" if x is None else f"{x:.{nd}f} {unit}"
+
+
+def _ms(x):
+    return "n/a" if x is None else f"{x * 1000:.0f} ms"
+
+
+def _ratio(a, b):
+    return None if a is None or b in (None, 0) else a / b
+
+
+def _fmt_ratio(r):
+    return "n/a" if r is None else f"{r:.2f}×"
+
+
+def _met(value, limit, higher_is_better: bool):
+    if value is None:
+        return "n/a"
+    return "yes" if (value >= limit if higher_is_better else value <= limit) else "**no**"
+
+
+def _rows_table(header, rows) -> str:
+    out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    out += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
+    return "\n".join(out)
+
+
+def _mbps(size, seconds):
+    return None if not seconds or seconds <= 0 else size / MB / seconds
+
+
+def _stats(xs, fmt=_ms):
+    xs = [x for x in xs if x is not None]
+    if not xs:
+        return "n/a"
+    return f"{fmt(median(xs))} (min {fmt(min(xs))}, max {fmt(max(xs))}, n={len(xs)})"
+
+
+def compute(bench) -> tuple[list, list]:
+    """(goal rows, detail lines)."""
+    R = bench.results
+    size = bench.size
+    goals, details = [], []
+
+    up = R.get("upload")
+    if up:
+        base_wall = median([r["wall"] for r in up["baseline"]])
+        base_wire = median([r["a_sent"] + r["a_received"] for r in up["baseline"]])
+        base_log = median([r["log_upload"] for r in up["baseline"]])
+        warm_cli = [r["wall"] - base_wall for r in up["warm"]] if base_wall is not None else []
+        warm_log = [r["log_upload"] for r in up["warm"]]
+        homie_mbps = _mbps(size, median(warm_cli))
+        homie_log_mbps = _mbps(size, median(warm_log))
+        scp_mbps = _mbps(size, median([r["seconds"] for r in up["scp"]]))
+        raw_mbps = _mbps(size, median([r["seconds"] for r in up["raw"]]))
+        label = f"{size / 2**30:g} GiB" if size >= 1 << 30 else f"{size / MiB:g} MiB"
+        r1 = _ratio(homie_mbps, scp_mbps)
+        goals.append([f"{label} upload throughput vs scp", _s(homie_mbps, "MB/s", 0), _s(scp_mbps, "MB/s", 0),
+                      _fmt_ratio(r1), "≥ 2×", _met(r1, 2.0, True)])
+        r2 = _ratio(homie_mbps, raw_mbps)
+        goals.append([f"{label} upload throughput vs raw TLS", _s(homie_mbps, "MB/s", 0),
+                      _s(raw_mbps, "MB/s", 0), _fmt_ratio(r2), "≥ 0.7×", _met(r2, 0.7, True)])
+        wire = median([r["a_sent"] for r in up["warm"]])
+        raw_wire = median([r["a_sent"] for r in up["raw"]])
+        wr = _ratio(wire, size)
+        goals.append(["bytes on the wire / payload (upload, a→)",
+                      "n/a" if wr is None else f"{wr:.4f}",
+                      "raw TLS " + ("n/a" if raw_wire is None else f"{raw_wire / size:.4f}"),
+                      "n/a" if wr is None else f"{wr:.4f}", "≤ 1.02", _met(wr, 1.02, False)])
+        a_hwm = up["a_hwm_kb"]
+        b_hwm = max([x for x in up["b_hwm_kb"] if x] or [0]) or None
+        jobs = [up["cold"]] + up["warm"] + up["rerun"] if up["cold"] else up["warm"] + up["rerun"]
+        cli_rss = max([r["maxrss_kb"] for r in jobs if r] or [0]) or None
+        for who, kb in (("submitting daemon (a)", a_hwm), ("worker daemon (b)", b_hwm), ("`homie run` CLI", cli_rss)):
+            mbv = None if kb is None else kb * 1024 / MB
+            goals.append([f"peak RSS, {who}", _s(mbv, "MB", 1), "", "", "≤ 80 MB", _met(mbv, 80, False)])
+        rerun_wire = median([r["a_sent"] + r["a_received"] for r in up["rerun"]])
+        goals.append(["re-run, input unchanged: bytes on the wire (both ways)",
+                      "n/a" if rerun_wire is None else f"{rerun_wire / 1024:.1f} KiB",
+                      "no-file job " + ("n/a" if base_wire is None else f"{base_wire / 1024:.1f} KiB"), "",
+                      "≤ 1 MiB", _met(rerun_wire, MiB, False)])
+        rerun_wall = median([r["wall"] for r in up["rerun"]])
+        added = None if rerun_wall is None or base_wall is None else rerun_wall - base_wall
+        goals.append(["re-run, input unchanged: added time", _s(added),
+                      "no-file job " + _s(base_wall), "", "≤ 0.5 s", _met(added, 0.5, False)])
+
+        cold = up["cold"]
+        details.append(f"### Upload of {label} ({size} bytes of random data)")
+        details.append("")
+        rows = []
+        if cold:
+            rows.append(["homie, cold (a hashes the file, b lacks it)", _s(cold["wall"]),
+                         _s(cold["wall"] - base_wall if base_wall else None),
+                         _s(_mbps(size, cold["wall"] - base_wall if base_wall else None), "MB/s", 0),
+                         _s(cold["log_upload"]), _s(_mbps(size, cold["log_upload"]), "MB/s", 0),
+                         f"{cold['a_sent'] / size:.4f}"])
+        rows.append(["homie, warm hash (a knows the hash, b lacks it)",
+                     _s(median([r["wall"] for r in up["warm"]])), _s(median(warm_cli)), _s(homie_mbps, "MB/s", 0),
+                     _s(median(warm_log)), _s(homie_log_mbps, "MB/s", 0),
+                     "n/a" if wr is None else f"{wr:.4f}"])
+        rows.append(["homie, no file (baseline job)", _s(base_wall), "", "", _s(base_log), "",
+                     "n/a" if base_wire is None else f"{base_wire} B"])
+        rows.append(["homie, re-run unchanged", _s(rerun_wall), _s(added), "", _s(median([r["log_upload"] for r in up["rerun"]])),
+                     "", "n/a" if rerun_wire is None else f"{rerun_wire} B"])
+        if up["scp"]:
+            scp_s = median([r["seconds"] for r in up["scp"]])
+            rows.append([f"scp (fresh connection, cipher {bench.results.get('ssh_cipher', '?')})", _s(scp_s), _s(scp_s),
+                         _s(scp_mbps, "MB/s", 0), "", "",
+                         f"{median([r['a_sent'] for r in up['scp']]) / size:.4f}"])
+        if up["raw"]:
+            raw_s = median([r["seconds"] for r in up["raw"]])
+            rows.append(["raw TLS socket (bench/rawtls.py)", _s(median([r["wall"] for r in up["raw"]])), _s(raw_s),
+                         _s(raw_mbps, "MB/s", 0), "", "", f"{raw_wire / size:.4f}"])
+        details.append(_rows_table(["method", "CLI wall (median)", "transfer time", "throughput",
+                                    "log: submitted→accepted", "log throughput", "wire/payload (a→)"], rows))
+        details.append("")
+        details.append(f"- homie warm-hash CLI wall: {_stats([r['wall'] for r in up['warm']], lambda x: f'{x:.3f} s')}")
+        if up["scp"]:
+            details.append(f"- scp: {_stats([r['seconds'] for r in up['scp']], lambda x: f'{x:.3f} s')}")
+        details.append(f"- raw TLS: {_stats([r['seconds'] for r in up['raw']], lambda x: f'{x:.3f} s')}")
+        details.append(f"- baseline job: {_stats([r['wall'] for r in up['baseline']], lambda x: f'{x:.3f} s')}")
+        details.append(f"- re-run: {_stats([r['wall'] for r in up['rerun']], lambda x: f'{x:.3f} s')}, "
+                       f"bytes a→ {[r['a_sent'] for r in up['rerun']]}, a← {[r['a_received'] for r in up['rerun']]}")
+        if cold and base_wall is not None and cold["log_upload"] is not None:
+            h = (cold["wall"] - base_wall) - median(warm_cli) if warm_cli else None
+            details.append(f"- hashing cost on the cold run (cold minus warm-hash transfer): {_s(h)}"
+                           + (f" ≈ {size / MB / h:.0f} MB/s" if h and h > 0 else ""))
+        details.append(f"- peak RSS: a {a_hwm} KiB, b {b_hwm} KiB (max over {len(up['b_hwm_kb'])} daemon lives), "
+                       f"CLI {cli_rss} KiB; scp client {max([r['maxrss_kb'] for r in up['scp']] or [0])} KiB, "
+                       f"raw TLS sender {max([r['maxrss_kb'] for r in up['raw']] or [0])} KiB")
+        details.append("")
+
+    hello = R.get("hello")
+    if hello:
+        h = median(hello["homie"])
+        f = median(hello.get("ssh_fresh", []))
+        r = _ratio(h, f)
+        goals.append(["`homie run hello.py` vs fresh `ssh peer python hello.py`", _ms(h), _ms(f), _fmt_ratio(r),
+                      "≤ 0.3×", _met(r, 0.3, False)])
+        details.append("### hello.py (prints hello)")
+        details.append("")
+        names = {"local": "python hello.py (local)", "homie": "homie run -n b hello.py",
+                 "ssh_fresh": "ssh (fresh connection)", "ssh_master": "ssh (ControlMaster, warm)"}
+        details.append(_rows_table(["method", "wall: median (min, max, n)"],
+                                   [[names[k], _stats(v)] for k, v in hello.items()]))
+        details.append("")
+        tl = bench.results.get("hello_timeline") or []
+        if tl:
+            details.append("Where `homie run -n b hello.py` spends its time (seconds after the CLI started, "
+                           "from the daemons' JSON logs; medians):")
+            details.append("")
+            keys = list(tl[0].keys())
+            keys = [k for k in keys if k != "CLI exits"] + ["CLI exits"]
+            details.append(_rows_table(["event", "at (median)"],
+                                       [[k, _ms(median([t.get(k) for t in tl]))] for k in keys]))
+            details.append("")
+
+    pc = R.get("peers")
+    if pc:
+        p, c = median(pc["peers"]), median(pc["click"])
+        r = _ratio(p, c)
+        goals.append(["`homie peers` vs `python -c \"import click\"`", _ms(p), _ms(c), _fmt_ratio(r), "≤ 1.3×",
+                      _met(r, 1.3, False)])
+        details.append("### Start-up")
+        details.append("")
+        details.append(f"- `homie peers`: {_stats(pc['peers'])}")
+        details.append(f"- `python -c \"import click\"`: {_stats(pc['click'])}")
+        details.append("")
+
+    d = R.get("discovery")
+    if d:
+        goals.append(["discovery: `homie up` returned → visible in `homie peers`", _ms(median(d["up"])),
+                      "", "", "(report)", ""])
+        goals.append(["discovery: `homie down` returned → gone from `homie peers`", _ms(median(d["down"])),
+                      "", "", "(report)", ""])
+        details.append("### Discovery")
+        details.append("")
+        details.append(_rows_table(["interval", "median (min, max, n)"], [
+            ["`homie up` on b returned → first `homie peers --json` on a listing b finished", _stats(d["up"])],
+            ["`homie up` on b returned → a's log `peer.seen` (negative: before up returned)", _stats(d["up_log"])],
+            ["`homie down` on b returned → first `homie peers --json` on a without b finished", _stats(d["down"])],
+            ["`homie down` on b returned → a's log `peer.gone`", _stats(d["down_log"])],
+            ["`homie up` command itself", _stats(d["up_cmd"])],
+            ["`homie down` command itself", _stats(d["down_cmd"])],
+        ]))
+        details.append("")
+    return goals, details
+
+
+def render(bench) -> tuple[str, str]:
+    goals, details = compute(bench)
+    header = ["measurement", "homie", "baseline", "ratio", "goal", "met"]
+    table = _rows_table(header, goals)
+    cmd = "sudo .venv/bin/python -m bench" + (" " + " ".join(shlex.quote(a) for a in bench.args.argv)
+                                              if bench.args.argv else "")
+    when = bench.started.strftime("%Y-%m-%d %H:%M UTC")
+    facts = "\n".join(f"- {k}: {v}" for k, v in bench.facts.items())
+    errors = "\n".join(f"- {e}" for e in bench.errors)
+    notes = "\n".join(f"- {n}" for n in bench.notes)
+    ssh_note = (f"- ssh/scp baselines missing: {bench.ssh_missing}\n" if bench.ssh_missing else "")
+    doc = f"""# Benchmarks
+
+Measured by `bench/` in one run: every figure below comes from the same invocation, on two
+network-namespace hosts (`a` 10.203.0.11 submits, `b` 10.203.0.12 works) joined by veth pairs to a
+private bridge (tests/netns.py), daemons with the default configuration, all commands run with
+the venv interpreter.
+
+```sh
+{cmd}
+```
+
+Run {when}{' (quick run: smaller upload, fewer repeats)' if bench.quick else ''}.
+
+{facts}
+
+{('**Steps that failed:**' + chr(10) + errors + chr(10)) if errors else ''}{ssh_note}{notes}
+
+## Goals
+
+{table}
+
+Ratios are homie / baseline (for throughput: homie's MB/s over the baseline's). 1 MB = 10^6 bytes.
+
+## Details
+
+{chr(10).join(details)}
+
+## Method
+
+- **Timing.** Commands are started by the bench process itself after it enters the host's network
+  namespace (setns), so a wall time is fork-to-reap of that one command, without `ip netns exec`;
+  its peak RSS is the `ru_maxrss` of the reaped child (wait4). Medians are reported; round 0 of the
+  hello.py and start-up comparisons warms caches and is not counted.
+- **Discovery.** `homie up` / `homie down` on b, then `homie peers --json` on a back to back until b
+  appears / disappears; the time is from the command returning to the end of the first poll that
+  shows the change (so it includes up to one `homie peers` run). The `peer.seen` / `peer.gone`
+  lines in a's JSON log give the moment a's daemon itself learned it.
+- **hello.py.** `homie run -n b hello.py` (ships the script, runs it in a job directory on b,
+  streams the output back, looks for results) against `python hello.py` on a and
+  `ssh -F none ... root@b python hello.py` against an sshd started for the run inside b's namespace
+  (port {2222}, key-only, `PermitRootLogin prohibit-password`, `StrictModes no`, `UsePAM no`, no
+  environment accepted; host and user keys made in a temp dir). The ssh runs use the same
+  interpreter and the same file (the namespaces share one file system, so ssh ships nothing);
+  "fresh" opens a new connection each time, "ControlMaster" reuses a persistent master
+  (`ControlMaster=auto`, `ControlPersist=60`) warmed first.
+- **Upload.** A file of random bytes on disk (not tmpfs), in the page cache for every method.
+  - *homie*: `homie run -n b -f big.bin noop.py`. The upload time is the CLI wall time minus the
+    median wall time of the same job without the file (the baseline), measured both *cold* (first
+    time ever: a's daemon hashes the file, sha256) and *warm hash* (a's hash cache knows the file;
+    b was stopped, its `cache/blobs` removed, and started again). The log columns give the interval
+    from `job.submitted` in a's log (written after hashing) to `job.accepted` in b's log (after the
+    last byte is written and the job directory is linked), which includes the connection,
+    handshake and job negotiation but no hashing.
+  - *scp*: `scp -F none` with the default cipher of this OpenSSH, a fresh connection each time
+    (the handshake is included, as it is for homie); the file is written on b's side.
+  - *raw TLS*: `bench/rawtls.py`: mutual TLS 1.3 with the same `homie.trust.Trust` contexts as
+    homie's channel, blocking sockets, 1 MiB buffers, an 8-byte length prefix and nothing else;
+    the receiver writes the bytes to a file (as homie's worker and scp do), closes it and
+    acknowledges; the time runs from connect to the acknowledgement.
+  - Received copies are deleted and `sync` runs between transfers so that writeback of one does
+    not land in the next; no method fsyncs.
+- **Bytes on the wire** come from the host-side veth counters of a (`rx_bytes` of a's veth is what
+  a sent) read before and after each transfer. They count every frame a sent in that window:
+  Ethernet, IP and TCP headers, TLS records, homie's framing and control messages, and also a's
+  discovery heartbeats and ARP. The veths use segmentation offload, so a large TCP send crosses
+  the veth as one super-frame carrying one set of headers: on a real 1500-byte-MTU link each
+  ~1448-byte segment would add ~66 bytes of headers (≈ 4.5 %), for homie, scp and raw TLS alike.
+  The raw TLS figure is therefore the floor to compare homie's with.
+- **Re-run.** The same job with the same unchanged file after b already holds it: bytes counted
+  in both directions on a's veth while the CLI ran, and the wall time minus the no-file baseline.
+- **Peak RSS.** `VmHWM` from `/proc/PID/status` of each daemon (pids from `HOMIE_HOME/homie.pid`):
+  a's covers its whole life through every upload; b is restarted between warm-hash rounds, and the
+  maximum over its lives is reported. The CLI's is its `ru_maxrss`.
+- The machine was not otherwise idle unless the load average above says so; figures from a busy
+  machine are noisy.
+"""
+    return table, doc
