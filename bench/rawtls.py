@@ -30,6 +30,13 @@ def _trust(name: str):
     return Trust(load_key(Home().key), name)
 
 
+def _cpu() -> float:
+    import resource
+
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return ru.ru_utime + ru.ru_stime
+
+
 def _recv_exact(sock, n: int) -> bytes:
     out = bytearray()
     while len(out) < n:
@@ -72,7 +79,7 @@ def recv(args) -> int:
         pass
     sock.close()
     srv.close()
-    print(json.dumps({"bytes": got, "seconds": elapsed}), flush=True)
+    print(json.dumps({"bytes": got, "seconds": elapsed, "cpu": _cpu()}), flush=True)
     return 0
 
 
@@ -102,7 +109,7 @@ def send(args) -> int:
     sock.close()
     if ack != b"ok":
         raise RuntimeError(f"bad acknowledgement {ack!r}")
-    print(json.dumps({"bytes": sent, "seconds": elapsed}), flush=True)
+    print(json.dumps({"bytes": sent, "seconds": elapsed, "cpu": _cpu()}), flush=True)
     return 0
 
 

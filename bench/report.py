@@ -142,6 +142,20 @@ def compute(bench) -> tuple[list, list]:
         details.append(f"- peak RSS: a {a_hwm} KiB, b {b_hwm} KiB (max over {len(up['b_hwm_kb'])} daemon lives), "
                        f"CLI {cli_rss} KiB; scp client {max([r['maxrss_kb'] for r in up['scp']] or [0])} KiB, "
                        f"raw TLS sender {max([r['maxrss_kb'] for r in up['raw']] or [0])} KiB")
+        idle = up.get("idle_rss_kb") or {}
+        details.append(f"- daemons before the upload part: a VmRSS {idle.get('a')} KiB (VmHWM {idle.get('a_hwm')} KiB), "
+                       f"b VmRSS {idle.get('b')} KiB; a's VmHWM after the cold run "
+                       f"{cold['a_hwm_kb'] if cold else 'n/a'} KiB, after each warm run "
+                       f"{[r['a_hwm_kb'] for r in up['warm']]} KiB")
+
+        def _cpu(xs):
+            xs = [x for x in xs if x is not None]
+            return "n/a" if not xs else f"{median(xs):.2f} s"
+        details.append(f"- CPU time (user+system) per transfer, medians: homie sender daemon "
+                       f"{_cpu([r['a_cpu'] for r in up['warm']])} (cold run: {_cpu([cold['a_cpu']] if cold else [])}), "
+                       f"homie worker daemon {_cpu([r['b_cpu'] for r in up['warm']])}; raw TLS sender {_cpu([r['send_cpu'] for r in up['raw']])}, "
+                       f"receiver {_cpu([r['recv_cpu'] for r in up['raw']])}; scp client "
+                       f"{_cpu([r['cpu'] for r in up['scp']])} (sshd side not measured)")
         details.append("")
 
     hello = R.get("hello")

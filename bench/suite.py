@@ -20,7 +20,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
 
 from bench import sshd as sshmod  # noqa: E402
-from bench.util import BenchError, NETNS, machine_facts, median, spread, timed, vm_hwm_kb  # noqa: E402
+from bench.util import (BenchError, NETNS, cpu_seconds, machine_facts, median, spread, timed, vm_hwm_kb,
+                        vm_rss_kb)  # noqa: E402
 
 MB = 1_000_000
 MiB = 1 << 20
@@ -319,9 +320,12 @@ class Bench:
     def homie_job(self, a, b, proj: Path, with_file: bool, label: str) -> dict:
         argv = [self.homie_cli(), "run", "-n", "b", *(["-f", "big.bin"] if with_file else []), "noop.py"]
         timeout = 120 + (self.size / (5 * MB) if with_file else 0)
+        pa, pb = self.daemon_pid(a), self.daemon_pid(b)
+        ua0, ub0 = cpu_seconds(pa), cpu_seconds(pb)
         ca0, cb0 = a.iface_counters(), b.iface_counters()
         r = timed(a, argv, cwd=proj, timeout=timeout).check(f"homie job ({label})")
         ca1, cb1 = a.iface_counters(), b.iface_counters()
+        ua1, ub1 = cpu_seconds(pa), cpu_seconds(pb)
         m = re.search(r"job started: ([0-9a-f]+)", r.out)
         if not m:
             raise BenchError(f"no job id in homie run's output ({label}): {r.out!r}")
@@ -332,7 +336,9 @@ class Bench:
                    a_sent=ca1["sent"] - ca0["sent"], a_received=ca1["received"] - ca0["received"],
                    b_received=cb1["received"] - cb0["received"],
                    log_upload=(acc - sub) if (sub and acc) else None,
-                   b_hwm_kb=vm_hwm_kb(self.daemon_pid(b) or -1))
+                   b_hwm_kb=vm_hwm_kb(self.daemon_pid(b) or -1), a_hwm_kb=vm_hwm_kb(pa or -1),
+                   a_cpu=None if ua0 is None or ua1 is None else ua1 - ua0,
+                   b_cpu=None if ub0 is None or ub1 is None else ub1 - ub0)
         return rec
 
     def restart_b_empty(self, a, b) -> None:
@@ -351,7 +357,7 @@ class Bench:
         if got != self.size:
             raise BenchError(f"scp delivered {got} of {self.size} bytes")
         dst.unlink()
-        return dict(seconds=r.wall, a_sent=ca1["sent"] - ca0["sent"], maxrss_kb=r.maxrss_kb)
+        return dict(seconds=r.wall, a_sent=ca1["sent"] - ca0["sent"], maxrss_kb=r.maxrss_kb, cpu=r.cpu)
 
     def raw_once(self, a, b, big: Path, recv: Path) -> dict:
         dst = recv / "big.raw"
@@ -374,11 +380,16 @@ class Bench:
         if proc.returncode != 0:
             raise BenchError(f"raw TLS receiver failed: {proc.log()[-1500:]}")
         info = json.loads(r.out.strip().splitlines()[-1])
+        try:
+            rinfo = json.loads(proc.log().strip().splitlines()[-1])
+        except (ValueError, IndexError):
+            rinfo = {}
         got = dst.stat().st_size if dst.exists() else -1
         if got != self.size:
             raise BenchError(f"raw TLS delivered {got} of {self.size} bytes")
         dst.unlink()
-        return dict(seconds=info["seconds"], wall=r.wall, a_sent=ca1["sent"] - ca0["sent"], maxrss_kb=r.maxrss_kb)
+        return dict(seconds=info["seconds"], wall=r.wall, a_sent=ca1["sent"] - ca0["sent"], maxrss_kb=r.maxrss_kb,
+                    send_cpu=info.get("cpu"), recv_cpu=rinfo.get("cpu"))
 
     def upload(self, a, b, proj: Path) -> None:
         big = self.make_big(proj)
@@ -386,6 +397,8 @@ class Bench:
         recv.mkdir(mode=0o755)
         res = self.results["upload"] = {"baseline": [], "cold": None, "rerun": [], "warm": [], "scp": [],
                                         "raw": [], "a_hwm_kb": None, "b_hwm_kb": []}
+        res["idle_rss_kb"] = {"a": vm_rss_kb(self.daemon_pid(a)), "b": vm_rss_kb(self.daemon_pid(b)),
+                              "a_hwm": vm_hwm_kb(self.daemon_pid(a) or -1)}
         nb = self.reps["baseline"]
         self.log(f"upload: {nb} tiny jobs without the file (baseline)")
         self.homie_job(a, b, proj, False, "warm-up")

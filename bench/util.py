@@ -66,6 +66,7 @@ class Result:
     out: str
     err: str
     maxrss_kb: int       # peak RSS of the command (ru_maxrss of the reaped child)
+    cpu: float           # user+system CPU seconds of the command
     started: float       # time.time() at start
     ended: float         # time.time() at the end
 
@@ -112,7 +113,7 @@ def timed(host, argv, cwd=None, timeout: float = 120, env: dict | None = None) -
         out.seek(0)
         err.seek(0)
         res = Result(argv, p.returncode, wall, out.read().decode(errors="replace"),
-                     err.read().decode(errors="replace"), ru.ru_maxrss, started, ended)
+                     err.read().decode(errors="replace"), ru.ru_maxrss, ru.ru_utime + ru.ru_stime, started, ended)
     if killed:
         raise BenchError(f"timed out after {timeout:g}s: {' '.join(argv)}\nstdout: {res.out[-1500:]}\n"
                          f"stderr: {res.err[-1500:]}")
@@ -135,6 +136,27 @@ def vm_hwm_kb(pid: int) -> int | None:
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
             if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def cpu_seconds(pid: int | None) -> float | None:
+    """utime+stime of a running process (all its threads), from /proc/PID/stat."""
+    if not pid:
+        return None
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def vm_rss_kb(pid: int | None) -> int | None:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
                 return int(line.split()[1])
     except OSError:
         return None

@@ -46,7 +46,7 @@ class Job:
         "gpu", "executor", "scheduler", "tag", "peer_name", "peer_ip", "peer_port", "peer_instance",
         "remote_offset", "code", "signal", "reason", "exit_code", "message", "results", "started_at",
         "finished_at", "waiting", "why", "cpu_s", "wall_s", "gpu_s", "attempts", "collected", "interrupts",
-        "upload_files", "upload_bytes", "sent_bytes", "via", "retries", "lost_peers", "dispatched_at",
+        "upload_files", "upload_bytes", "sent_bytes", "via", "retries", "lost_peers", "dispatched_at", "refusals",
         "first_dispatched_at", "log_end",
     )
 
@@ -257,16 +257,16 @@ class Submitter:
             return
         candidates = self._candidates()
         for job in queued:
-            if job.lost_peers:
-                cands = [p for p in candidates if p.instance not in job.lost_peers]
-            else:
-                cands = candidates
+            skip = set(job.lost_peers or []) | set(job.refusals or {})
+            cands = [p for p in candidates if p.instance not in skip] if skip else candidates
             req = scheduling.JobRequest(job_id=job.id, script=job.script, submitter=self.node.name, gpu=job.gpu,
                                         peer=job.peer, scheduler=job.scheduler or "auto",
                                         executor=job.executor or "auto", queued_at=job.created)
             peer, verdicts = scheduling.choose(req, cands, self.config)
             if peer is None:
                 permanent = self._permanent(req, verdicts)
+                if permanent and job.refusals:
+                    permanent += "; refused by " + "; ".join(job.refusals.values())
                 if permanent and not self._settling():
                     self._finish(job, "failed", message=permanent, exit_code=EXIT_NO_PEER)
                 else:
@@ -370,7 +370,11 @@ class Submitter:
                     executor=job.executor or "auto", gpu=bool(job.gpu))
             reply = ch.recv_msg("need", "refuse", "error", timeout=30)
             if reply.t == "refuse":
-                self.refused[job.peer_instance] = time.time() + 1.0
+                if reply["code"] in ("busy", "paused"):
+                    self.refused[job.peer_instance] = time.time() + 1.0
+                else:
+                    # It will never take this job (no GPU, no such executor...): ask others.
+                    job.update(refusals={**(job.refusals or {}), job.peer_instance: f"{job.peer_name}: {reply['reason']}"})
                 self._requeue(job, reply["reason"])
                 ch.close()
                 return
@@ -384,20 +388,17 @@ class Submitter:
                 self._upload(job, ch, reply["hashes"])
             except (ConnectionClosed, OSError) as e:
                 # The worker may have said why before closing (disk full...).
-                raise HomieError(f"upload to {job.peer_name} failed: {self._last_word(ch) or e}",
-                                 EXIT_TRANSFER) from None
+                why = f"upload to {job.peer_name} failed: {self._last_word(ch) or e}"
+                if self._retry_upload(job, ch, why):
+                    return
+                raise HomieError(why, EXIT_TRANSFER) from None
             job.update(state="running")  # started_at comes with the worker's "started"
             self._save(job)
             self._stream(job, ch)
         except (ConnectionClosed, socket.timeout, OSError) as e:
             ch.close()
             if job.state == "uploading":
-                if (job.retries or 0) > 0:  # homie map: try another peer
-                    why = f"upload to {job.peer_name} failed: {e}"
-                    job.log.append(protocol.STDERR, f"homie: {why}; retrying elsewhere\n".encode())
-                    job.update(retries=job.retries - 1, lost_peers=list(job.lost_peers or []) + [job.peer_instance],
-                               log_end=job.log.end)
-                    self._requeue(job, f"retrying after {why}")
+                if self._retry_upload(job, ch, f"upload to {job.peer_name} failed: {e}"):
                     return
                 raise HomieError(f"upload to {job.peer_name} failed: {e}", EXIT_TRANSFER) from None
             # the job runs on: _follow reconnects
@@ -427,6 +428,17 @@ class Submitter:
                     return ev["message"]
         except Exception:
             return None
+
+    def _retry_upload(self, job: Job, ch: Channel, why: str) -> bool:
+        """A job with retries left (homie map) goes to another peer after a failed upload."""
+        if (job.retries or 0) <= 0:
+            return False
+        ch.close()
+        job.log.append(protocol.STDERR, f"homie: {why}; retrying elsewhere\n".encode())
+        job.update(retries=job.retries - 1, lost_peers=list(job.lost_peers or []) + [job.peer_instance],
+                   log_end=job.log.end)
+        self._requeue(job, f"retrying after {why}")
+        return True
 
     def _requeue(self, job: Job, why: str) -> None:
         self._unpend(job)
@@ -518,7 +530,7 @@ class Submitter:
                 self._save(job)
                 self.node.karma_record(job.peer_name, given=False, cpu_s=job.cpu_s or 0.0,
                                        wall_s=job.wall_s or 0.0, gpu_s=job.gpu_s or 0.0, job_id=job.id)
-                ch.close()
+                job.channel = ch  # back in IDLE: the results come over this same connection
                 return
             if ev.t == "error":
                 if ev.get("code") == "unknown_job":
@@ -579,7 +591,9 @@ class Submitter:
         tries = 0
         while True:
             try:
-                ch = self.connect(job.peer_ip, job.peer_port)
+                ch, job.channel = job.channel, None
+                if ch is None or ch.closed:
+                    ch = self.connect(job.peer_ip, job.peer_port)
                 try:
                     self._download(job, ch)
                 finally:
@@ -653,6 +667,7 @@ class Submitter:
         self._save(job)
         ch.send("ack", job_id=job.id)
         ch.recv_msg("ok", "error", timeout=10)
+        ch.send("bye")
 
     def _finish(self, job: Job, state: str, **fields) -> None:
         fields.setdefault("finished_at", time.time())

@@ -37,6 +37,24 @@ MAX_PER_ADDRESS = 16
 CHUNK = 1 << 20
 
 
+WAIT_TTL = 3.0  # a refused submitter retries about every second; after this it went elsewhere
+
+
+@dataclass
+class _Waiting:
+    job_id: str
+    submitter: str
+    queued_at: float
+    seen: float
+
+
+def _balance(karma: dict | None) -> float:
+    try:
+        return float((karma or {}).get("given", 0.0)) - float((karma or {}).get("taken", 0.0))
+    except (TypeError, ValueError):
+        return 0.0
+
+
 @dataclass
 class WorkerJob:
     id: str
@@ -154,6 +172,7 @@ class Worker:
         # cut is caught by the size check in _have() (docs/architecture.md).
         self.blobs = files.BlobCache(self.home.blobs, int(self.config.cache_max_gb * 2**30), fsync=False)
         self._conns: dict[str, int] = {}
+        self._waiting: dict[str, _Waiting] = {}
         self._conn_total = 0
         self._executors = {}
         for group in plugins.call("homie_executors"):
@@ -302,7 +321,7 @@ class Worker:
     # -- submit: negotiate, upload, start ---------------------------------
     def _on_submit(self, ch: Channel, msg: Message, peer: str, ip: str) -> None:
         job_id = msg["job_id"]
-        refusal = self._refusal(msg)
+        refusal = self._refusal(msg, peer)
         if refusal:
             ch.send("refuse", reason=refusal[1], code=refusal[0])
             return
@@ -354,14 +373,18 @@ class Worker:
             pass
         raise ConnectionClosed("upload refused")
 
-    def _refusal(self, msg: Message) -> tuple[str, str] | None:
+    def _refusal(self, msg: Message, peer: str) -> tuple[str, str] | None:
         if self.user.differs and not self._reachable():
             return ("setup", f"{self.node.name} cannot run jobs: its job user {self.user.name!r} cannot reach"
                              f" {self.home.jobs} (make the parent directories traversable: chmod o+x)")
         if self.paused:
             return ("paused", f"{self.node.name} is paused by its owner")
-        if self.running() >= self.config.max_jobs:
+        free = self.config.max_jobs - self.running()
+        ahead = self._ahead_of(msg["job_id"], peer, free)
+        if free <= 0:
             return ("busy", f"{self.node.name} is busy ({self.running()}/{self.config.max_jobs} jobs)")
+        if ahead:
+            return ("busy", f"{self.node.name} is busy (its next slot goes to {ahead}'s job)")
         if self.config.accept_jobs == "idle" and self.node.cpu_idle() < self.config.idle_threshold:
             return ("busy", f"{self.node.name} is in use by its owner")
         if msg.get("gpu"):
@@ -373,6 +396,35 @@ class Worker:
         if ex != "auto" and ex not in self._executors:
             return ("executor", f"{self.node.name} has no executor {ex!r} (has: {', '.join(self.executor_names())})")
         return None
+
+    def _ahead_of(self, job_id: str, submitter: str, free: int) -> str | None:
+        """Who gets the free slots when several submitters want them.
+
+        Jobs refused for lack of a slot are remembered for a few seconds
+        (their submitters retry about every second); when slots free up they
+        go in the order the homie_order_queue plugins decide (the karma plugin:
+        friends who gave the most first), arrival order otherwise. Returns the
+        submitter this job must let go first, or None.
+        """
+        now = time.monotonic()
+        with self.lock:
+            w = self._waiting.get(job_id)
+            self._waiting[job_id] = _Waiting(job_id, submitter, w.queued_at if w else time.time(), now)
+            for jid in [j for j, e in self._waiting.items() if now - e.seen > WAIT_TTL]:
+                del self._waiting[jid]
+            waiting = list(self._waiting.values())
+        if free <= 0:
+            return None
+        karma = {p.name: _balance(p.karma) for p in self.node.peers.snapshot()}
+        order = plugins.call("homie_order_queue", jobs=waiting, karma=karma)
+        if not order:
+            order = sorted(waiting, key=lambda e: e.queued_at)
+        first = [e.job_id for e in order[:free]]
+        if job_id in first:
+            with self.lock:
+                self._waiting.pop(job_id, None)
+            return None
+        return order[0].submitter
 
     def _reachable(self) -> bool:
         # The home and its work folder are opened up (0711) on the first job; above them is the owner's business.
