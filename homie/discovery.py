@@ -16,6 +16,8 @@ from homie import __version__, plugins
 from homie.heartbeat import Signer, Verifier
 
 PROBE_ANSWER_INTERVAL = 0.25  # at most this often per asking address
+NONCE_TTL = 5.0  # an answer to a probe of ours counts as fresh for this long
+CHALLENGE_INTERVAL = 0.5  # at most this often per unknown instance
 
 
 class Discovery:
@@ -29,10 +31,16 @@ class Discovery:
         self.rx: list[socket.socket] = []
         self.backends = []
         self._send_lock = threading.Lock()
+        # Encoding assigns the sequence number: encode and send under one lock,
+        # or two threads could put seq n+1 on the wire before n, and receivers
+        # would drop n as a replay.
+        self._tx_lock = threading.RLock()
         self._announce = threading.Event()
-        self._probe_answers: dict[str, float] = {}
+        self._probe_answers: dict[str, tuple] = {}  # ip -> (when, nonce) of our last answer
         self.heard_from: dict[str, float] = {}  # ip -> last verified packet (for `homie doctor`)
         self._rounds: dict[str, set] = {}  # probe nonce -> (name, ip) of peers that answered it
+        self._nonces: dict[str, float] = {}  # nonces of our probes -> when issued
+        self._challenged: dict[str, float] = {}  # unknown instance -> when we last challenged it
         self.sent = 0
         self.received = 0
 
@@ -128,13 +136,18 @@ class Discovery:
             return self.signer.encode(body)
 
     def announce(self, kind: str = "hb", **extra) -> None:
-        packet = self.packet(kind, **extra)
-        for b in self.backends:
-            try:
-                b.announce(packet)
-            except Exception as e:
-                self.node.rate_warn("discovery.backend_failed", "discovery backend failed",
-                                    backend=b.name, error=str(e))
+        with self._tx_lock:
+            packet = self.packet(kind, **extra)
+            for b in self.backends:
+                try:
+                    b.announce(packet)
+                except Exception as e:
+                    self.node.rate_warn("discovery.backend_failed", "discovery backend failed",
+                                        backend=b.name, error=str(e))
+
+    def reply(self, kind: str, addr: tuple[str, int], **extra) -> None:
+        with self._tx_lock:
+            self.sendto(self.packet(kind, **extra), addr)
 
     def announce_soon(self) -> None:
         self._announce.set()
@@ -142,8 +155,9 @@ class Discovery:
     def heartbeat_loop(self, stop: threading.Event) -> None:
         self.announce("hb")
         # A probe makes everyone answer at once: a new node sees its peers in
-        # well under a second instead of after a heartbeat interval.
-        self.announce("probe")
+        # well under a second instead of after a heartbeat interval (and the
+        # answers carry our nonce, so they count as fresh first contact).
+        self.announce("probe", nonce=self._nonce())
         while not stop.is_set():
             fired = self._announce.wait(self.config.heartbeat_interval)
             if stop.is_set():
@@ -153,12 +167,38 @@ class Discovery:
                 self._announce.clear()
             self.announce("hb")
 
-    def probe_round(self, wait: float = 1.0) -> set:
-        """Probe through every backend; return the (name, ip) of peers that
-        heard this probe and whose answer came back (used by `homie doctor`)."""
+    def _nonce(self) -> str:
         import secrets
 
         nonce = secrets.token_hex(8)
+        now = time.monotonic()
+        with self._send_lock:
+            self._nonces[nonce] = now
+            if len(self._nonces) > 4096:
+                for n in [n for n, t in self._nonces.items() if now - t > NONCE_TTL]:
+                    del self._nonces[n]
+        return nonce
+
+    def _fresh(self, answer) -> bool:
+        if not isinstance(answer, str):
+            return False
+        issued = self._nonces.get(answer)
+        return issued is not None and time.monotonic() - issued <= NONCE_TTL
+
+    def _challenge(self, inst: str, addr: tuple[str, int]) -> None:
+        now = time.monotonic()
+        if now - self._challenged.get(inst, 0.0) < CHALLENGE_INTERVAL:
+            return
+        self._challenged[inst] = now
+        if len(self._challenged) > 4096:
+            self._challenged.clear()
+        self.log.debug("discovery.challenge", instance=inst[:8], to=addr[0])
+        self.reply("probe", addr, nonce=self._nonce(), to=inst)
+
+    def probe_round(self, wait: float = 1.0) -> set:
+        """Probe through every backend; return the (name, ip) of peers that
+        heard this probe and whose answer came back (used by `homie doctor`)."""
+        nonce = self._nonce()
         self._rounds[nonce] = set()
         try:
             self.announce("probe", nonce=nonce)
@@ -223,20 +263,34 @@ class Discovery:
                 self.node.peers_changed()
             return
         if kind == "probe":
+            # Answered only to the asking address, once per nonce and at most
+            # every PROBE_ANSWER_INTERVAL per address otherwise: replayed probes
+            # cannot make us send more than one packet for one.
+            nonce = body.get("nonce")
+            nonce = nonce if isinstance(nonce, str) and len(nonce) <= 32 else None
             now = time.monotonic()
-            if now - self._probe_answers.get(ip, 0.0) >= PROBE_ANSWER_INTERVAL:
-                self._probe_answers[ip] = now
+            last_at, last_nonce = self._probe_answers.get(ip, (0.0, None))
+            if (nonce is not None and nonce != last_nonce) or now - last_at >= PROBE_ANSWER_INTERVAL:
+                self._probe_answers[ip] = (now, nonce)
                 if len(self._probe_answers) > 1024:
                     self._probe_answers.clear()
-                nonce = body.get("nonce")
-                extra = {"re": nonce} if isinstance(nonce, str) and len(nonce) <= 32 else {}
-                self.sendto(self.packet("hb", **extra), (ip, addr[1]))
+                extra = {"re": nonce} if nonce else {}
+                self.log.debug("discovery.answer", to=ip, nonce=nonce)
+                self.reply("hb", (ip, addr[1]), **extra)
+            else:
+                self.log.debug("discovery.answer_limited", to=ip, nonce=nonce)
             return
         if kind != "hb" or not isinstance(body.get("name"), str) or not isinstance(body.get("port"), int):
             return
         answer = body.get("re")
         if answer is not None and answer in self._rounds:
             self._rounds[answer].add((body["name"], ip))
+        if self.node.peers.get(inst) is None and not self._fresh(answer):
+            # First contact: a valid packet may still be a replay from the last
+            # 30 s (even of a peer that has since said goodbye). Only an answer
+            # to a nonce of ours proves the sender holds the key right now.
+            self._challenge(inst, addr)
+            return
         version = self.node.peers.version
         peer, is_new = self.node.peers.update(body, ip, inst)
         if is_new:

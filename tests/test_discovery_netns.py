@@ -206,6 +206,29 @@ print(p.hex())
 """
 
 
+# A key holder on one UDP socket: heartbeat, then answer the receiver's
+# challenge (a probe with a nonce) with a heartbeat that echoes it.
+ANSWERING = r"""
+import json, socket, sys, time
+from homie.heartbeat import Signer, Verifier
+from homie.keys import load_key
+key = load_key(sys.argv[1]); dst = (sys.argv[2], int(sys.argv[3])); name = sys.argv[4]
+sig, ver = Signer(key), Verifier(key)
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.settimeout(5)
+def hb(**extra):
+    return sig.encode({"k": "hb", "name": name, "port": 5556, "status": "idle", "timestamp": int(time.time()), **extra})
+s.sendto(hb(), dst)
+while True:
+    data, addr = s.recvfrom(2048)
+    got = ver.verify(data)
+    if got and got.body.get("k") == "probe" and got.body.get("nonce"):
+        s.sendto(hb(re=got.body["nonce"]), dst)
+        print("answered", flush=True)
+        break
+"""
+
+
 def inject(sender, packets_hex: list[str], dst: str) -> None:
     cp = sender.run(PY, "-c", INJECT, dst, DISCOVERY_PORT, input="\n".join(packets_hex) + "\n")
     assert cp.returncode == 0 and "sent" in cp.stdout, cp.stdout + cp.stderr
@@ -412,10 +435,17 @@ def test_forged_replayed_and_stale_heartbeats_are_ignored(cluster):
     mia_never_shows_snoop(1.5)
     assert peers(mia) == []
 
-    # Positive control: the same path with a genuine fresh heartbeat IS accepted,
-    # so the packets above really reached mia's daemon and were dropped there.
-    good = craft(sniffer, key_file, "valid", "control")
+    # 5. a correctly signed, fresh heartbeat from a sender that cannot answer
+    # mia's challenge (a replay made within the 30 s window looks exactly like
+    # this) is not enough for first contact either.
+    good = craft(sniffer, key_file, "valid", "unanswered")
     inject(sniffer, [good], mia.ip)
+    mia_never_shows_snoop(1.5)
+
+    # Positive control: a key holder that answers the challenge IS accepted, so
+    # the packets above really reached mia's daemon and were dropped there.
+    cp = sniffer.run(PY, "-c", ANSWERING, str(key_file), mia.ip, str(DISCOVERY_PORT), "control", timeout=15)
+    assert cp.returncode == 0 and "answered" in cp.stdout, cp.stdout + cp.stderr
     wait_until(lambda: view(mia) == {("control", sniffer.ip)}, 3, msg="the control heartbeat to be accepted")
 
 

@@ -164,21 +164,27 @@ def closed_by_server(s, wait):
         return True
 
 if which == "idle500":
+    import select
     socks = []
     for _ in range(500):
         s = socket.socket(); s.setblocking(False)
         try: s.connect((victim, port))
         except BlockingIOError: pass
         socks.append(s)
-    time.sleep(0.5)
-    refused_fast = 0
-    for s in socks:
-        s.setblocking(True)
-        if closed_by_server(s, 0.01): refused_fast += 1
-    t0 = time.time(); cut = 0
-    for s in socks:
-        if closed_by_server(s, max(0.01, 4.0 - (time.time() - t0))): cut += 1
-    out = {"opened": len(socks), "closed_at_once": refused_fast, "closed_within_4s": cut}
+    # Hold them all for 5 s, sending nothing; note which the server closes.
+    closed = set(); connected = set(); t0 = time.time()
+    while time.time() - t0 < 5:
+        _, writable, _ = select.select([], [s for s in socks if s not in connected], [], 0.1)
+        for s in writable:
+            if s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0:
+                connected.add(s)
+        readable, _, _ = select.select([s for s in connected if s not in closed], [], [], 0.1)
+        for s in readable:
+            try:
+                if s.recv(1) == b"": closed.add(s)
+            except OSError:
+                closed.add(s)
+    out = {"opened": len(socks), "connected": len(connected), "closed_by_server": len(closed)}
     for s in socks: s.close()
 
 elif which == "slowloris":
@@ -312,8 +318,20 @@ def test_abuse_while_a_job_runs(cluster, recorder):
     key_file = victim.home / "key"
     warnings_before = count_log(victim, "discovery.dropped")
     results = {}
+    held = []
+    watching = threading.Event()
+
+    def watch_connections():
+        # What the victim itself holds open on its job port while under attack.
+        while not watching.wait(0.2):
+            out = victim.run("ss", "-tnH", "state", "established", "( sport = :5556 )").stdout
+            held.append(len(out.splitlines()))
+
+    watcher = threading.Thread(target=watch_connections, daemon=True)
+    watcher.start()
     for which in ("idle500", "slowloris", "random", "hugeframe", "wrongkey", "replay"):
         results[which] = attack(attacker, victim, key_file, which)
+    watching.set()
     cpu0, t0 = stats.cpu(), time.monotonic()
     dropped_logs_before = count_log(victim, "discovery.dropped")
     results["flood"] = attack(attacker, victim, key_file, "flood", 10000, 3)
@@ -331,7 +349,10 @@ def test_abuse_while_a_job_runs(cluster, recorder):
     assert cp.returncode == 0 and "[victim] still serving" in cp.stdout, cp.stdout + cp.stderr
 
     r = results
-    assert r["idle500"]["closed_within_4s"] == r["idle500"]["opened"], r["idle500"]
+    # Connections are capped before any TLS work: 64 in all, 16 per address.
+    assert held and max(held) <= 64 + 4, f"the victim held {max(held)} connections at once"
+    # (Connections beyond the listen backlog wait in SYN-RECV in the kernel,
+    # where the daemon spends nothing on them; the client sees them connected.)
     assert r["slowloris"]["cut"] == r["slowloris"]["connections"], r["slowloris"]
     assert r["random"]["cut"] == r["random"]["connections"], r["random"]
     assert r["hugeframe"]["plain_cut"] and r["hugeframe"]["member_cut"] and r["hugeframe"]["got_hello"]
@@ -344,9 +365,10 @@ def test_abuse_while_a_job_runs(cluster, recorder):
 
     area = "abuse"
     job_note = f"legitimate job: {n}/{n} lines in order, exit 0"
-    recorder.record(area, "500 idle TCP connections", "opened 500 connections at once, sent nothing, held 4 s", 1,
-                    f"{r['idle500']['closed_at_once']} refused at once (connection caps), all 500 closed within 4 s;"
-                    f" {job_note}")
+    recorder.record(area, "500 idle TCP connections", "opened 500 connections at once, sent nothing, held 5 s", 1,
+                    f"{r['idle500']['connected']} connected (client's view), {r['idle500']['closed_by_server']}"
+                    f" closed by the victim within 5 s, the rest left waiting past the listen backlog; it never held more than {max(held)} connections at once (cap 64, 16 per"
+                    f" address); {job_note}")
     recorder.record(area, "slow-loris", "20 connections trickling a TLS ClientHello, 1 byte every 0.3 s", 20,
                     f"all cut by the handshake deadline, the last after {r['slowloris']['max_seconds_until_cut']} s")
     recorder.record(area, "random bytes", "64 KiB of random bytes on a fresh connection", 50,
@@ -602,19 +624,36 @@ SIM = r'''
 import socket, sys, time
 sys.path.insert(0, REPO)
 from homie.keys import load_key
-from homie.heartbeat import Signer
+from homie.heartbeat import Signer, Verifier
 key = load_key(sys.argv[1]); victim = sys.argv[2]; n = int(sys.argv[3]); seconds = float(sys.argv[4])
 # each simulated daemon has its own port: one ip:port is one daemon (a new instance there replaces the old)
 signers = [Signer(key) for _ in range(n)]
+by_instance = {sg.instance.hex(): i for i, sg in enumerate(signers)}
+verifier = Verifier(key)
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.settimeout(0.05)
+
+def beat(i, **extra):
+    body = {"k": "hb", "name": f"sim-{i:03d}", "port": 6000 + i, "status": "idle", "ram_free_gb": 8.0,
+            "cpu_percent_idle": 90, "gpu": None, "gpu_mem_free_gb": None, "timestamp": int(time.time()),
+            "slots_free": 2, "max_jobs": 2, "running": 0, **extra}
+    s.sendto(signers[i].encode(body), (victim, 5555))
+
 t0 = time.time()
+next_round = t0
 while time.time() - t0 < seconds:
-    for i, sg in enumerate(signers):
-        body = {"k": "hb", "name": f"sim-{i:03d}", "port": 6000 + i, "status": "idle", "ram_free_gb": 8.0,
-                "cpu_percent_idle": 90, "gpu": None, "gpu_mem_free_gb": None, "timestamp": int(time.time()),
-                "slots_free": 2, "max_jobs": 2, "running": 0}
-        s.sendto(sg.encode(body), (victim, 5555))
-    time.sleep(2.0)
+    if time.time() >= next_round:
+        for i in range(n):
+            beat(i)
+        next_round += 2.0
+    try:
+        data, _ = s.recvfrom(2048)
+    except socket.timeout:
+        continue
+    # The victim challenges each new instance: answer as that instance.
+    got = verifier.verify(data)
+    if got and got.body.get("k") == "probe" and got.body.get("to") in by_instance:
+        beat(by_instance[got.body["to"]], re=got.body.get("nonce"))
 '''
 
 

@@ -11,7 +11,6 @@ a namespace (h.run), so all traffic stays on the cluster's bridge.
 from __future__ import annotations
 
 import json
-import os
 import sys
 
 import pytest
