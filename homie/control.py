@@ -121,6 +121,10 @@ class ControlServer:
     def close(self) -> None:
         if self.sock:
             try:
+                self.sock.shutdown(socket.SHUT_RDWR)  # wakes the thread blocked in accept()
+            except OSError:
+                pass
+            try:
                 self.sock.close()
             except OSError:
                 pass

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import struct
-from dataclasses import dataclass
 
 from homie import messages
 from homie.errors import ProtocolError
@@ -42,10 +41,32 @@ STDERR = 2
 STREAM_NAMES = {STDOUT: "stdout", STDERR: "stderr"}
 
 
-@dataclass(frozen=True)
-class Message:
-    t: str
-    body: dict
+class _Event:
+    """Plain slotted classes: dataclasses cost milliseconds of import time,
+    and the CLI imports this module on every run."""
+
+    __slots__ = ()
+
+    def _key(self) -> tuple:
+        return tuple(getattr(self, f) for f in self.__slots__)
+
+    def __eq__(self, other) -> bool:
+        return type(other) is type(self) and self._key() == other._key()
+
+    def __hash__(self) -> int:
+        return hash((type(self).__name__, *(repr(v) for v in self._key())))
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{f}={getattr(self, f)!r}" for f in self.__slots__)
+        return f"{type(self).__name__}({args})"
+
+
+class Message(_Event):
+    __slots__ = ("t", "body")
+
+    def __init__(self, t: str, body: dict):
+        self.t = t
+        self.body = body
 
     def __getitem__(self, key):
         return self.body[key]
@@ -54,16 +75,20 @@ class Message:
         return self.body.get(key, default)
 
 
-@dataclass(frozen=True)
-class Data:
-    data: bytes | memoryview
+class Data(_Event):
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes | memoryview):
+        self.data = data
 
 
-@dataclass(frozen=True)
-class Output:
-    stream: int
-    end: int  # log offset just past this chunk: where a reconnect resumes
-    data: bytes
+class Output(_Event):
+    __slots__ = ("stream", "end", "data")
+
+    def __init__(self, stream: int, end: int, data: bytes):
+        self.stream = stream
+        self.end = end  # log offset just past this chunk: where a reconnect resumes
+        self.data = data
 
 
 Event = Message | Data | Output

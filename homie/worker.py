@@ -243,6 +243,8 @@ class Worker:
     def _connection(self, raw: socket.socket, ip: str) -> None:
         ch = None
         try:
+            # Small frames (hello, need, exit) must not wait for Nagle + delayed ACK (~40 ms each).
+            raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             try:
                 tls = self._handshake(raw)
             except (ssl.SSLError, OSError) as e:
@@ -815,6 +817,10 @@ class Worker:
         for j in jobs:
             j.done.wait(max(0.0, deadline - time.monotonic()))
         if self.sock:
+            try:
+                self.sock.shutdown(socket.SHUT_RDWR)  # wakes the thread blocked in accept()
+            except OSError:
+                pass
             try:
                 self.sock.close()
             except OSError:
