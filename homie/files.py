@@ -551,6 +551,7 @@ class BlobWriter:
         fd, self._tmp = tempfile.mkstemp(dir=cache._tmp, prefix=sha[:12] + ".")
         self._file: IO[bytes] | None = os.fdopen(fd, "wb")
         self.state = "open"  # -> "committed" | "aborted"
+        self._hashed_apart = False
 
     def write(self, chunk: bytes | bytearray | memoryview) -> None:
         if self.state != "open":
@@ -563,8 +564,15 @@ class BlobWriter:
                 f"blob {self.sha[:12]}: more bytes than the declared size {self.size}; content does not match its hash"
             )
         self._file.write(chunk)
-        self._hash.update(chunk)
+        if not self._hashed_apart:
+            self._hash.update(chunk)
         self.written += n
+
+    def hash_apart(self, chunk: bytes | bytearray | memoryview) -> None:
+        """Hash a chunk here and write() it elsewhere (another thread, same
+        order): receiving, hashing and writing then overlap on two cores."""
+        self._hashed_apart = True
+        self._hash.update(chunk)
 
     def commit(self) -> None:
         if self.state == "committed":

@@ -472,6 +472,7 @@ class Worker:
                         if got > size:
                             pipe.give_back(buf)
                             raise ManifestError("file upload longer than announced")
+                        w.hash_apart(ev.data)  # here, while the pipeline thread writes the previous chunk
                         pipe.put(w.write, buf, n)
                     pipe.drain()
                     w.commit()
