@@ -454,8 +454,27 @@ class Submitter:
         total = sum(by_sha[h].size for h in need)
         job.update(sent_bytes=0)
         job.progress = {"phase": "upload", "done": 0, "total": total, "files": len(need)}
-        buf = bytearray(CHUNK)
-        view = memoryview(buf)
+        view = memoryview(bytearray(CHUNK))
+        # The same watchdog as for output: a peer that vanished mid-upload is
+        # noticed after its heartbeats stop, not after the socket's long timeout.
+        quiet = {"since": time.monotonic()}
+        done = threading.Event()
+        threading.Thread(target=self._watch_stream, args=(job, ch, quiet, done), name=f"watch-up-{job.id}",
+                         daemon=True).start()
+        try:
+            self._upload_blobs(job, ch, need, by_sha, view, quiet)
+        except (ConnectionClosed, OSError) as e:
+            if not self._peer_alive(job):
+                raise ConnectionClosed(f"{job.peer_name} went away (no heartbeat for"
+                                       f" {self.config.peer_timeout:g} s)") from None
+            raise e
+        finally:
+            done.set()
+        ch.send("upload_done")
+        job.doc["sent_bytes"] = job.progress["done"]
+        job.progress = None
+
+    def _upload_blobs(self, job: Job, ch: Channel, need: list, by_sha: dict, view, quiet: dict) -> None:
         sent = 0
         chunks = 0
         for sha in need:
@@ -468,15 +487,13 @@ class Submitter:
                     if not n:
                         raise HomieError(f"{entry.path} shrank while uploading; run again", EXIT_TRANSFER)
                     ch.send_data(view[:n])
+                    quiet["since"] = time.monotonic()
                     left -= n
                     sent += n
                     job.progress["done"] = sent
                     chunks += 1
                     if chunks % 8 == 0:
                         self._check_refusal(ch)
-        ch.send("upload_done")
-        job.doc["sent_bytes"] = sent
-        job.progress = None
 
     def _stream(self, job: Job, ch: Channel) -> None:
         """Mirror output until exit; returns normally at exit, raises on a dropped link."""
@@ -670,6 +687,7 @@ class Submitter:
         ch.send("bye")
 
     def _finish(self, job: Job, state: str, **fields) -> None:
+        _clear(job.dir / ".incoming")  # a download cut short leaves nothing behind
         fields.setdefault("finished_at", time.time())
         job.update(state=state, **fields)
         job.log.finish()

@@ -677,7 +677,10 @@ class Worker:
             if time.monotonic() - last > PING_EVERY:
                 ch.send("ping")
                 last = time.monotonic()
-            job.log.wait(offset, 0.5)
+            if job.log.finished and offset >= job.log.end:
+                job.done.wait(0.5)  # output over; results are being collected
+            else:
+                job.log.wait(offset, 0.5)
 
     def _on_attach(self, ch, msg, peer, ip) -> None:
         job = self._job(ch, msg["job_id"])
