@@ -371,7 +371,8 @@ class Submitter:
             reply = ch.recv_msg("need", "refuse", "error", timeout=30)
             if reply.t == "refuse":
                 if reply["code"] in ("busy", "paused"):
-                    self.refused[job.peer_instance] = time.time() + 1.0
+                    # Short: the worker may be holding its next slot for us after a karma decision.
+                    self.refused[job.peer_instance] = time.time() + 0.3
                 else:
                     # It will never take this job (no GPU, no such executor...): ask others.
                     job.update(refusals={**(job.refusals or {}), job.peer_instance: f"{job.peer_name}: {reply['reason']}"})

@@ -38,6 +38,8 @@ CHUNK = 1 << 20
 
 
 WAIT_TTL = 3.0  # a refused submitter retries about every second; after this it went elsewhere
+WAIT_MAX = 3600.0
+CONTENTION_WINDOW = 0.25  # after a full worker frees a slot: gather contenders this long, then pick by karma
 
 
 @dataclass
@@ -173,6 +175,8 @@ class Worker:
         self.blobs = files.BlobCache(self.home.blobs, int(self.config.cache_max_gb * 2**30), fsync=False)
         self._conns: dict[str, int] = {}
         self._waiting: dict[str, _Waiting] = {}
+        self._slot_freed_at = 0.0
+        self._contended_until = 0.0
         self._conn_total = 0
         self._executors = {}
         for group in plugins.call("homie_executors"):
@@ -412,11 +416,23 @@ class Worker:
         with self.lock:
             w = self._waiting.get(job_id)
             self._waiting[job_id] = _Waiting(job_id, submitter, w.queued_at if w else time.time(), now)
-            for jid in [j for j, e in self._waiting.items() if now - e.seen > WAIT_TTL]:
+            # Submitters stop asking while our heartbeats say busy, so an entry
+            # lives until WAIT_TTL after it was last asked for or after a slot
+            # last came free, whichever is later (and never beyond WAIT_MAX).
+            for jid in [j for j, e in self._waiting.items()
+                        if (now - max(e.seen, self._slot_freed_at) > WAIT_TTL) or now - e.seen > WAIT_MAX]:
                 del self._waiting[jid]
             waiting = list(self._waiting.values())
         if free <= 0:
             return None
+        # A slot that just came free after a busy spell: every submitter queued
+        # for it reacts to our heartbeat within moments. Gather them before
+        # choosing, or the slot goes to whoever's packet was fastest.
+        wait = self._contended_until - time.monotonic()
+        if wait > 0:
+            time.sleep(wait)
+        with self.lock:
+            waiting = list(self._waiting.values())
         karma = {p.name: _balance(p.karma) for p in self.node.peers.snapshot()}
         order = plugins.call("homie_order_queue", jobs=waiting, karma=karma)
         if not order:
@@ -608,7 +624,11 @@ class Worker:
                 outcome.reason = f"could not collect results: {e}"
         job.outcome = outcome
         job.finished_at = time.time()
+        was_full = self.running() >= self.config.max_jobs  # still counts this job
         job.state = "exited"
+        self._slot_freed_at = time.monotonic()
+        if was_full:
+            self._contended_until = self._slot_freed_at + CONTENTION_WINDOW
         job.log.finish()
         job.done.set()
         self.node.store.worker_job(job.id, {"state": "exited", "dir": str(job.dir), "from": job.submitter})

@@ -254,3 +254,34 @@ def test_connection_flood_is_capped_and_jobs_still_run(lan):
     still_serving(raj, you, pid)
     assert flood.poll() is None  # the job ran while eve still held her connections open
     flood.kill()
+
+
+# A member of the group running another protocol version: the same key, a HELLO
+# announcing protocol 99. argv: ip port keyfile.
+OTHER_VERSION_SERVER = r"""
+import socket, sys
+from homie import protocol
+from homie.keys import load_key
+from homie.trust import Trust
+ctx = Trust(load_key(sys.argv[3]), "raj").server_context()
+srv = socket.create_server((sys.argv[1], int(sys.argv[2])))
+print("ready", flush=True)
+c, _ = srv.accept()
+s = ctx.wrap_socket(c, server_side=True)
+s.sendall(protocol.encode_msg("hello", name="raj", proto=99, homie="9.9.0", python="3.99.0", instance="00"))
+s.recv(100)
+"""
+
+
+def test_version_mismatch_is_one_clear_sentence(lan):
+    c, raj, you, eve = lan
+    srv = eve.spawn(PY, "-c", OTHER_VERSION_SERVER, eve.ip, PORT, you.home / "key")
+    wait_until(lambda: "ready" in srv.log(), 10, msg="the other-version server")
+    r = you.run(PY, "-c", DAEMON_CLIENT, eve.ip, PORT, you.home / "key")
+    assert r.returncode == 0, r.stderr
+    res = json.loads(r.stdout)
+    assert res["connected"] is False and res["exit_code"] == 71, res
+    msg = res["message"]
+    assert "raj runs homie 9.9.0 (protocol 99, Python 3.99.0)" in msg and "upgrade" in msg, msg
+    assert "Traceback" not in msg and "\n" not in msg
+    srv.kill()
