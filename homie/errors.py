@@ -12,8 +12,8 @@ EXIT_NO_DAEMON = 69  # EX_UNAVAILABLE: the local daemon is not running
 EXIT_NO_PEER = 70  # no peer could take the job / unknown peer
 EXIT_PEER_LOST = 71  # the peer died or the link dropped for good mid-job
 EXIT_TRANSFER = 72  # upload or result download failed
-EXIT_INTERNAL = 73  # a homie bug or a refused job (limits, disk full on the worker)
-EXIT_KILLED_LIMIT = 74  # the worker killed the job for exceeding a limit
+EXIT_INTERNAL = 73  # a homie bug, or a job the worker could not start
+# A job killed for exceeding a limit exits 128+N like any signalled job; the reason is printed.
 
 
 class HomieError(Exception):
