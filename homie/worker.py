@@ -569,6 +569,9 @@ class Worker:
             "TMPDIR": str(job.dir / ".homie" / "tmp"),
             "HOMIE_SUBMITTER": job.submitter,
             "HOMIE_PEER": self.node.name,
+            # Importing a shipped module must not write pkg/__pycache__/*.pyc into the
+            # job directory: it would come back as a "result" (the inputs never carry it).
+            "PYTHONDONTWRITEBYTECODE": "1",
         })
         if job.gpu:
             gpus = self.node.resources().get("gpus") or []

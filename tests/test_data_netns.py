@@ -175,8 +175,10 @@ def test_directory_job_honours_ignore_rules_and_f_globs(cluster):
     for rel in skipped:
         assert rel not in seen
     n_dir = len(seen)
+    # The job created nothing, so nothing comes back: no bytecode of the shipped pkg/util.py either.
     back = sorted(str(p.relative_to(top / "results")) for p in (top / "results").rglob("*") if p.is_file()) \
         if (top / "results").exists() else []
+    assert back == [], f"results of a job that wrote nothing: {back}"
 
     # -f with a quoted glob and several -f files; without -d, names are relative to the script's dir.
     fj = workdir(sub, "fjob")
@@ -381,6 +383,7 @@ def test_download_cut_midway_leaves_no_result(cluster):
     leftovers = [p for p in (d / "results").rglob("*") if p.is_file()] if (d / "results").exists() else []
     assert not leftovers, leftovers
     assert not incoming.exists(), "a partial download stayed in .incoming"
+    assert not (sub.home / "jobs" / job_id / "results").exists()
     work.link_up()
     print(f"\n[data] download cut: run exited {code} {took:.1f} s after link down; last line:"
           f" {out.strip().splitlines()[-1]}")
