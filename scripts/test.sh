@@ -17,6 +17,7 @@ fi
 .venv/bin/pip install -q -e '.[test]'
 
 rc=0
+export HOMIE_TEST_COMMAND="./scripts/test.sh${*:+ $*}"
 .venv/bin/python -m pytest -q -p no:cacheprovider "$@" || rc=$?
 if [ "$rc" -eq 5 ]; then
     echo "scripts/test.sh: pytest collected no tests; treating that as a failure" >&2

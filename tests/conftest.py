@@ -85,5 +85,6 @@ def pytest_runtest_call(item):
 
 
 def pytest_sessionfinish(session, exitstatus):
-    args = " ".join(session.config.invocation_params.args) or "tests"
-    reliability.write(f"./scripts/test.sh {args}".strip())
+    # scripts/test.sh says how it was called; a bare pytest run names itself.
+    command = os.environ.get("HOMIE_TEST_COMMAND") or "pytest " + " ".join(session.config.invocation_params.args)
+    reliability.write(command.strip())

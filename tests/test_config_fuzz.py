@@ -17,7 +17,9 @@ from hypothesis import strategies as st
 from homie.config import CONFIG_KEYS, Config, load_config
 from homie.errors import ConfigError
 
-SETTINGS = settings(max_examples=1000, deadline=None, suppress_health_check=list(HealthCheck))
+from reliability import fuzz_budget  # noqa: E402
+
+SETTINGS = settings(max_examples=fuzz_budget(1000), deadline=None, suppress_health_check=list(HealthCheck))
 KEYS = [s.name for s in CONFIG_KEYS]
 
 scalars = (

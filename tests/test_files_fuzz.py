@@ -9,13 +9,15 @@ import tempfile
 from pathlib import Path
 
 import pytest
+
+from reliability import fuzz_budget
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from homie.errors import ManifestError
 from homie.files import SafeWriter, validate_manifest
 
-FUZZ = settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+FUZZ = settings(max_examples=fuzz_budget(1500), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 SHA = hashlib.sha256(b"").hexdigest()
 
@@ -119,7 +121,7 @@ def test_accepted_manifests_write_inside_root(raw):
             assert Path(root, e.path).read_bytes() == e.path.encode()
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=fuzz_budget(300), deadline=None)
 @given(
     st.lists(st.sampled_from(["a", "b", "c"]), min_size=1, max_size=4).map("/".join),
     st.integers(0, 3),

@@ -2,6 +2,8 @@ import hmac
 import json
 
 import pytest
+
+from reliability import fuzz_budget
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -202,13 +204,13 @@ _VALID = [Signer(KEY).encode(BODY, now=NOW), forge(KEY, b"[" * 560 + b"]" * 560)
 _FUZZ_VERIFIER = make_verifier(max_instances=8)
 
 
-@settings(max_examples=2000, deadline=None)
+@settings(max_examples=fuzz_budget(2000), deadline=None)
 @given(st.binary(max_size=1500))
 def test_fuzz_random_bytes_never_raise(data):
     assert _FUZZ_VERIFIER.verify(data) is None
 
 
-@settings(max_examples=2000, deadline=None)
+@settings(max_examples=fuzz_budget(2000), deadline=None)
 @given(
     st.sampled_from(_VALID),
     st.lists(st.tuples(st.integers(0, 1300), st.integers(0, 255)), max_size=8),
@@ -225,7 +227,7 @@ def test_fuzz_mutated_packets_never_raise(packet, flips, cut, extra):
     assert result is None or isinstance(result.body, dict)
 
 
-@settings(max_examples=500, deadline=None)
+@settings(max_examples=fuzz_budget(500), deadline=None)
 @given(st.binary(max_size=MAX_PACKET - HEADER.size - MAC_BYTES), st.integers(0, 2**64 - 1), st.integers(0, 2**64 - 1))
 def test_fuzz_authenticated_payloads_never_raise(payload, seq, ts_ms):
     # Only a member can sign, but a buggy member must not crash everyone else.

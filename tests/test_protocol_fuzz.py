@@ -38,7 +38,9 @@ from homie.protocol import (
     encode,
 )
 
-EXAMPLES = int(os.environ.get("HOMIE_FUZZ_EXAMPLES", "2000"))
+from reliability import fuzz_budget  # noqa: E402
+
+EXAMPLES = fuzz_budget(int(os.environ.get("HOMIE_FUZZ_EXAMPLES", "2000")))
 FUZZ = settings(
     max_examples=EXAMPLES,
     deadline=None,
