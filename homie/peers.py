@@ -7,6 +7,7 @@ a conflict, instead of flapping over each other.
 
 from __future__ import annotations
 
+import copy
 import threading
 import time
 from dataclasses import asdict, dataclass, field
@@ -137,8 +138,9 @@ class PeerTable:
             p.conflict = names[p.name] > 1
 
     def snapshot(self) -> list[Peer]:
+        """Copies: callers (the scheduler adjusting free slots) may change them."""
         with self.changed:
-            return sorted(self._peers.values(), key=lambda p: (p.name, p.ip))
+            return sorted((copy.copy(p) for p in self._peers.values()), key=lambda p: (p.name, p.ip))
 
     def by_name(self, name: str) -> list[Peer]:
         return [p for p in self.snapshot() if p.name == name]

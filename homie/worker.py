@@ -177,6 +177,7 @@ class Worker:
         self._waiting: dict[str, _Waiting] = {}
         self._slot_freed_at = 0.0
         self._contended_until = 0.0
+        self._reserved = 0  # slots taken by jobs still uploading
         self._conn_total = 0
         self._executors = {}
         for group in plugins.call("homie_executors"):
@@ -186,8 +187,12 @@ class Worker:
 
     # -- capacity and status ---------------------------------------------
     def running(self) -> int:
+        """Jobs holding a slot: running, preparing, or accepted and still uploading."""
         with self.lock:
-            return sum(1 for j in self.jobs.values() if j.state in ("preparing", "running"))
+            return self._running_locked()
+
+    def _running_locked(self) -> int:
+        return self._reserved + sum(1 for j in self.jobs.values() if j.state in ("preparing", "running"))
 
     def status(self) -> str:
         if self.paused:
@@ -345,6 +350,22 @@ class Worker:
             if job_id in self.jobs or not JOB_ID_RE.match(job_id):
                 ch.send("error", message=f"bad or duplicate job id {job_id!r}", code="bad_job")
                 return
+            # Take the slot now, not when the upload is done: two submitters
+            # checking at the same moment must not both get the last one.
+            if self._running_locked() >= self.config.max_jobs:
+                ch.send("refuse", reason=f"{self.node.name} is busy ({self.config.max_jobs}/"
+                                         f"{self.config.max_jobs} jobs)", code="busy")
+                return
+            self._reserved += 1
+        slot = {"reserved": True}
+        try:
+            self._accept(ch, msg, entries, peer, ip, slot)
+        finally:
+            with self.lock:
+                if slot["reserved"]:
+                    self._reserved -= 1
+
+    def _accept(self, ch: Channel, msg: Message, entries: list, peer: str, ip: str, slot: dict) -> None:
         sizes = {e.sha256: e.size for e in entries}
         shas = sorted(sizes)
         need = [s for s in shas if not self._have(s, sizes[s])]
@@ -360,7 +381,7 @@ class Worker:
                 ch.send("error", message=str(e), code="bad_upload")
                 self._discard_rest(ch)
                 return
-            job = self._materialize(ch, msg, entries, peer, ip)
+            job = self._materialize(ch, msg, entries, peer, ip, slot)
         if job is None:
             return
         self._stream(ch, job, 0)
@@ -500,7 +521,7 @@ class Worker:
         finally:
             pipe.close()
 
-    def _materialize(self, ch, msg, entries, peer, ip) -> WorkerJob | None:
+    def _materialize(self, ch, msg, entries, peer, ip, slot: dict) -> WorkerJob | None:
         job_id = msg["job_id"]
         jobdir = Path(self.home.jobs) / job_id
         try:
@@ -531,6 +552,8 @@ class Worker:
         job.inputs_stat = files.snapshot(jobdir)
         with self.lock:
             self.jobs[job_id] = job
+            self._reserved -= 1  # the job itself holds the slot from here on
+            slot["reserved"] = False
         self.node.store.worker_job(job_id, {"state": "preparing", "dir": str(jobdir), "from": peer})
         self.log.info("job.accepted", job_id=job_id, submitter=peer, script=job.script, files=len(entries))
         threading.Thread(target=self._run, args=(job,), name=f"job-{job_id}", daemon=True).start()
