@@ -7,7 +7,6 @@ import datetime as dt
 import json
 import os
 import re
-import shlex
 import shutil
 import subprocess
 import sys
@@ -20,7 +19,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
 
 from bench import sshd as sshmod  # noqa: E402
-from bench.util import (BenchError, NETNS, cpu_seconds, machine_facts, median, spread, timed, vm_hwm_kb,
+from bench.util import (BenchError, NETNS, cpu_seconds, machine_facts, timed, vm_hwm_kb,
                         vm_rss_kb)  # noqa: E402
 
 MB = 1_000_000

@@ -15,7 +15,7 @@ import signal
 import subprocess
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from homie.joblog import JobLog
 from homie.protocol import STDERR, STDOUT

@@ -31,7 +31,6 @@ STREAM_TIMEOUT = 8.0  # the worker pings every 2 s; silence this long means the 
 STREAM_QUIET = 3.0  # silence after which a peer without heartbeats counts as gone
 CHUNK = 1 << 20
 TERMINAL = ("done", "failed", "lost", "killed")
-ACTIVE = ("uploading", "running", "fetching")
 
 
 def new_job_id() -> str:
@@ -52,7 +51,6 @@ class Job:
 
     def __init__(self, doc: dict, outbox: Path):
         self.doc = {k: doc.get(k) for k in self.FIELDS}
-        self.doc.setdefault("attempts", 0)
         self.dir = outbox / self.doc["id"]
         self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.log = JobLog(self.dir / "output.log")

@@ -563,7 +563,7 @@ class Worker:
         # The job user owns its directory. Hard-linked cache blobs stay ours and
         # read-only, so a job cannot change a cached input for the next one.
         uid, gid = self.user.uid, self.user.gid
-        for root, dirs, fnames in os.walk(jobdir):
+        for root, _dirs, fnames in os.walk(jobdir):
             os.chown(root, uid, gid)
             for f in fnames:
                 p = os.path.join(root, f)
