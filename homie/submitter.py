@@ -332,7 +332,12 @@ class Submitter:
             tls = self.node.trust.client_context().wrap_socket(raw, server_hostname=SERVER_HOSTNAME)
         except ssl.SSLError as e:
             raw.close()
-            raise HomieError(f"{ip}:{port} refused our group key (TLS: {e.reason or e})", EXIT_PEER_LOST) from None
+            if isinstance(e, ssl.SSLCertVerificationError) or (e.reason or "") in _KEY_REFUSALS:
+                raise HomieError(f"{ip}:{port} refused our group key (TLS: {e.reason or e})",
+                                 EXIT_PEER_LOST) from None
+            # EOF or a reset mid-handshake is the link (or the 2 s handshake deadline on a
+            # lossy link), not the key: the caller tries again.
+            raise ConnectionClosed(f"TLS handshake with {ip}:{port} failed: {e.reason or e}") from None
         except OSError as e:
             raw.close()
             raise ConnectionClosed(f"TLS handshake with {ip}:{port} failed: {e}") from None
@@ -721,6 +726,11 @@ class Submitter:
         self.store.delete_job(job.id)
         job.log.close()
         _clear(job.dir)
+
+
+# TLS failures that mean "not our group" rather than "the link broke".
+_KEY_REFUSALS = {"CERTIFICATE_VERIFY_FAILED", "TLSV1_ALERT_UNKNOWN_CA", "TLSV13_ALERT_CERTIFICATE_REQUIRED",
+                 "SSLV3_ALERT_BAD_CERTIFICATE", "TLSV1_ALERT_DECRYPT_ERROR", "SSLV3_ALERT_CERTIFICATE_UNKNOWN"}
 
 
 class _Lost(Exception):

@@ -153,9 +153,15 @@ victim, port, dport, keyfile, which = sys.argv[1], int(sys.argv[2]), int(sys.arg
 out = {}
 
 def closed_by_server(s, wait):
-    s.settimeout(wait)
+    # Closed = EOF or reset within `wait`; bytes before it (a TLS alert) don't count as open.
+    deadline = time.time() + wait
     try:
-        return s.recv(1) == b""
+        while True:
+            s.settimeout(max(0.001, deadline - time.time()))
+            if s.recv(4096) == b"":
+                return True
+            if time.time() >= deadline:
+                return False
     except (ConnectionResetError, BrokenPipeError):
         return True
     except socket.timeout:
