@@ -268,6 +268,7 @@ class Node:
         self.discovery.goodbye()
         self.control.close()
         self.worker.shutdown(grace=3.0)
+        self.submitter.save_all()
         self.discovery.stop()
         left = self.tasks.join(SHUTDOWN_GRACE)
         if left:

@@ -396,7 +396,9 @@ class Submitter:
                 if self._retry_upload(job, ch, why):
                     return
                 raise HomieError(why, EXIT_TRANSFER) from None
-            job.update(state="running")  # started_at comes with the worker's "started"
+            # started_at comes with the worker's "started". The local log's end is saved
+            # with the remote offset (0 here), so a restart never mirrors output twice.
+            job.update(state="running", remote_offset=0, log_end=job.log.end)
             self._save(job)
             self._stream(job, ch)
         except (ConnectionClosed, socket.timeout, OSError) as e:
@@ -719,6 +721,14 @@ class Submitter:
         if sig == signal.SIGINT:
             job.update(interrupts=(job.interrupts or 0) + 1)
         return f"sent {signal.Signals(sig).name} to job {job.id} on {job.peer_name}"
+
+    def save_all(self) -> None:
+        """On the way down: every job's remote offset and log end, so the next
+        start resumes each output exactly where it stopped."""
+        with self.lock:
+            jobs = [j for j in self.jobs.values() if not j.terminal]
+        for job in jobs:
+            self._save(job)
 
     def forget(self, job: Job) -> None:
         with self.lock:
