@@ -16,6 +16,7 @@ import click
 
 from homie import __version__
 from homie.errors import EXIT_NO_DAEMON, EXIT_USAGE, HomieError
+from homie.fmt import age as _age
 from homie.home import Home
 
 ARROW = "→"
@@ -41,17 +42,6 @@ def _request(t: str, **fields) -> dict:
         return _client().request(t, **fields)
     except HomieError as e:
         _fail(e)
-
-
-def _age(seconds: float) -> str:
-    s = int(max(0, seconds))
-    if s < 60:
-        return f"{s}s"
-    if s < 3600:
-        return f"{s // 60}m{s % 60:02d}s"
-    if s < 86400:
-        return f"{s // 3600}h{(s % 3600) // 60:02d}m"
-    return f"{s // 86400}d{(s % 86400) // 3600}h"
 
 
 def _table(headers: list[str], rows: list[list[str]]) -> str:

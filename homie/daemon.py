@@ -109,7 +109,6 @@ class Node:
         self.peers = PeerTable(config.peer_timeout)
         self._resources: dict = {}
         self._resources_at = 0.0
-        self._dropped_seen = 0
         plugins.on_error(lambda name, hook, exc: self.log.error("plugin.disabled", plugin=name, hook=hook,
                                                                  error=f"{type(exc).__name__}: {exc}"))
         plugins.load_plugins(config.plugins, config.disable_plugins)
@@ -189,7 +188,6 @@ class Node:
         self.rate.warn(event, msg, **kw)
 
     def note_dropped(self) -> None:
-        self._dropped_seen += 1
         if self.rate.due("discovery.dropped"):
             self.rate.warn("discovery.dropped", "ignored heartbeats that failed verification",
                            counts=dict(self.discovery.verifier.dropped))

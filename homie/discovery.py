@@ -37,12 +37,9 @@ class Discovery:
         self._tx_lock = threading.RLock()
         self._announce = threading.Event()
         self._probe_answers: dict[str, tuple] = {}  # ip -> (when, nonce) of our last answer
-        self.heard_from: dict[str, float] = {}  # ip -> last verified packet (for `homie doctor`)
         self._rounds: dict[str, set] = {}  # probe nonce -> (name, ip) of peers that answered it
         self._nonces: dict[str, float] = {}  # nonces of our probes -> when issued
         self._challenged: dict[str, float] = {}  # unknown instance -> when we last challenged it
-        self.sent = 0
-        self.received = 0
 
     # -- addresses -------------------------------------------------------------
     def interfaces(self) -> list[dict]:
@@ -110,7 +107,6 @@ class Discovery:
             with self._send_lock:
                 # non-blocking socket: a full send buffer drops a heartbeat, never stalls the loop
                 self.sock.sendto(packet, addr)
-            self.sent += 1
         except OSError as e:
             self.node.rate_warn("discovery.send_failed", "cannot send heartbeat", target=f"{addr[0]}:{addr[1]}",
                                 error=e.strerror or str(e))
@@ -253,9 +249,7 @@ class Discovery:
             return
         if hb.instance == self.node.instance:
             return  # our own broadcast
-        self.received += 1
         ip = addr[0]
-        self.heard_from[ip] = time.time()
         body = hb.body
         kind = body.get("k")
         inst = hb.instance.hex()

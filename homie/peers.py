@@ -66,6 +66,15 @@ def peer_from_heartbeat(body: dict, ip: str, instance: str, now: float) -> Peer:
     return Peer(ip=ip, instance=instance, last_seen=now, **kw)
 
 
+def balance(karma: dict | None) -> float:
+    """A peer's karma balance: CPU-seconds given minus taken (heartbeat data: any shape)."""
+    k = karma if isinstance(karma, dict) else {}
+    try:
+        return float(k.get("given", 0.0)) - float(k.get("taken", 0.0))
+    except (TypeError, ValueError):
+        return 0.0
+
+
 def _material(p: Peer) -> tuple:
     return (p.name, p.ip, p.port, p.status, p.slots_free, p.max_jobs, p.running, p.accept_gpu, bool(p.gpus or p.gpu))
 

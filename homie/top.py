@@ -6,6 +6,9 @@ import os
 import select
 import sys
 
+from homie.fmt import age as _age
+from homie.peers import balance
+
 
 def snapshot(client_factory) -> dict:
     peers = client_factory().request("peers")
@@ -15,15 +18,7 @@ def snapshot(client_factory) -> dict:
 
 
 def _karma(k: dict | None) -> str:
-    if not k:
-        return ""
-    bal = float(k.get("given", 0.0)) - float(k.get("taken", 0.0))
-    return f"{bal:+.0f}s"
-
-
-def _age(seconds: float) -> str:
-    s = int(max(0, seconds))
-    return f"{s}s" if s < 60 else (f"{s // 60}m{s % 60:02d}s" if s < 3600 else f"{s // 3600}h{(s % 3600) // 60:02d}m")
+    return f"{balance(k):+.0f}s" if k else ""
 
 
 def render(state: dict):

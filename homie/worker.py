@@ -24,6 +24,7 @@ from homie import PROTOCOL_VERSION, __version__, files, plugins, protocol
 from homie.channel import Channel, ConnectionClosed, Pipeline
 from homie.errors import HomieError, ManifestError, ProtocolError
 from homie.joblog import JobLog, read_records
+from homie.peers import balance
 from homie.protocol import Conversation, Data, Message
 from homie.runner import JobProcess, Limits, Outcome, job_user, processes_of_job
 
@@ -48,13 +49,6 @@ class _Waiting:
     submitter: str
     queued_at: float
     seen: float
-
-
-def _balance(karma: dict | None) -> float:
-    try:
-        return float((karma or {}).get("given", 0.0)) - float((karma or {}).get("taken", 0.0))
-    except (TypeError, ValueError):
-        return 0.0
 
 
 @dataclass
@@ -454,7 +448,7 @@ class Worker:
             time.sleep(wait)
         with self.lock:
             waiting = list(self._waiting.values())
-        karma = {p.name: _balance(p.karma) for p in self.node.peers.snapshot()}
+        karma = {p.name: balance(p.karma) for p in self.node.peers.snapshot()}
         order = plugins.call("homie_order_queue", jobs=waiting, karma=karma)
         if not order:
             order = sorted(waiting, key=lambda e: e.queued_at)
@@ -466,11 +460,17 @@ class Worker:
         return order[0].submitter
 
     def _reachable(self) -> bool:
-        # The home and its work folder are opened up (0711) on the first job; above them is the owner's business.
-        for d in (self.home.root, Path(self.home.jobs)):
-            if not os.stat(d).st_mode & 0o001:
-                os.chmod(d, (os.stat(d).st_mode & 0o7777) | 0o711)
+        self._open_way()
         return _accessible_to_others(str(self.home.jobs))
+
+    def _open_way(self) -> None:
+        """Make the way down to job directories and cached virtual environments
+        passable (not listable, 0711) for the job user; above the home is the
+        owner's business."""
+        for d in (self.home.root, Path(self.home.jobs), Path(self.home.venvs).parent, Path(self.home.venvs)):
+            mode = os.stat(d).st_mode
+            if not mode & 0o001:
+                os.chmod(d, (mode & 0o7777) | 0o711)
 
     def _have(self, sha: str, size: int) -> bool:
         if not self.blobs.has(sha):
@@ -570,12 +570,7 @@ class Worker:
                 st = os.lstat(p)
                 if st.st_nlink == 1:
                     os.chown(p, uid, gid, follow_symlinks=False)
-        # The way down to the job directory must be passable (not listable) for the job user.
-        # So must the way to the cached virtual environments (the venv executor's).
-        for d in (self.home.root, Path(self.home.jobs), Path(self.home.venvs).parent, Path(self.home.venvs)):
-            mode = os.stat(d).st_mode
-            if not mode & 0o001:
-                os.chmod(d, (mode & 0o7777) | 0o711)
+        self._open_way()
 
     # -- running -------------------------------------------------------------
     def _executor_for(self, job: WorkerJob):

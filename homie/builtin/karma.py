@@ -9,14 +9,7 @@ from __future__ import annotations
 
 from homie.builtin.best_idle import idleness
 from homie.hookspecs import hookimpl
-
-
-def balance(karma: dict | None) -> float:
-    k = karma or {}
-    try:
-        return float(k.get("given", 0.0)) - float(k.get("taken", 0.0))
-    except (TypeError, ValueError):
-        return 0.0
+from homie.peers import balance
 
 
 @hookimpl
