@@ -164,9 +164,16 @@ def compute(bench) -> tuple[list, list]:
         r = _ratio(h, f)
         goals.append(["`homie run hello.py` vs fresh `ssh peer python hello.py`", _ms(h), _ms(f), _fmt_ratio(r),
                       "≤ 0.3×", _met(r, 0.3, False)])
+        if hello.get("homie_nosandbox"):
+            # The sandbox's cost: the same job on b (bubblewrap) and on c (sandbox: off), interleaved.
+            added = median([x - y for x, y in zip(hello["homie"], hello["homie_nosandbox"])])
+            goals.append(["sandbox cost: `homie run hello.py`, sandboxed minus unsandboxed (median of pairs)",
+                          _ms(added), _ms(median(hello["homie_nosandbox"])), "", "≤ +15 ms",
+                          "yes" if added <= 0.015 else "no"])
         details.append("### hello.py (prints hello)")
         details.append("")
         names = {"local": "python hello.py (local)", "homie": "homie run -n b hello.py",
+                 "homie_nosandbox": "homie run -n c hello.py (c: `sandbox: off`)",
                  "ssh_fresh": "ssh (fresh connection)", "ssh_master": "ssh (ControlMaster, warm)"}
         details.append(_rows_table(["method", "wall: median (min, max, n)"],
                                    [[names[k], _stats(v)] for k, v in hello.items()]))

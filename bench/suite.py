@@ -165,13 +165,17 @@ class Bench:
 
     def make_group(self, cluster):
         homes = []
-        for n in ("a", "b"):
+        for n in ("a", "b", "c"):
             d = self.work / f"home-{n}"
             d.mkdir(mode=0o700)
             homes.append(d)
         a = cluster.add_host("a", home=homes[0])
         b = cluster.add_host("b", home=homes[1])
-        for h in (a, b):
+        # c: b's twin with the job sandbox off, to measure what the sandbox costs in the same run
+        c = cluster.add_host("c", home=homes[2])
+        (homes[2] / "config.yaml").write_text("sandbox: off\n")
+        self.c = c
+        for h in (a, b, c):
             # Measure an installed homie as users have it: bytecode cached, not recompiled each start.
             if h.env.pop("PYTHONDONTWRITEBYTECODE", None) is not None:
                 note = ("PYTHONDONTWRITEBYTECODE was set in the caller's environment; it was removed for "
@@ -182,12 +186,15 @@ class Bench:
         m = re.search(r"group key: (\S+)", r.stdout)
         if r.returncode != 0 or not m:
             raise BenchError(f"homie init failed ({r.returncode}): {r.stdout}{r.stderr}")
-        r = b.homie("join", m.group(1), timeout=60)
-        if r.returncode != 0:
-            raise BenchError(f"homie join failed ({r.returncode}): {r.stdout}{r.stderr}")
+        for h in (b, c):
+            r = h.homie("join", m.group(1), timeout=60)
+            if r.returncode != 0:
+                raise BenchError(f"homie join failed ({r.returncode}): {r.stdout}{r.stderr}")
         self.up(a)
         self.up(b)
+        self.up(c)
         self.wait_sees(a, "b")
+        self.wait_sees(a, "c")
         self.wait_sees(b, "a")
         return a, b
 
@@ -267,6 +274,7 @@ class Bench:
         methods = {
             "local": lambda: timed(a, [self.py, "hello.py"], cwd=proj, timeout=60),
             "homie": lambda: timed(a, [homie, "run", "-n", "b", "hello.py"], cwd=proj, timeout=120),
+            "homie_nosandbox": lambda: timed(a, [homie, "run", "-n", "c", "hello.py"], cwd=proj, timeout=120),
         }
         if self.sshd:
             script = str(proj / "hello.py")

@@ -206,17 +206,22 @@ def _start_background(home, config, name, port, discovery_port, interface, bind)
     os.close(r)
     text = data.decode(errors="replace").strip()
     if text.startswith("ok "):
-        _, nm, prt = text.split(" ", 2)
+        first, *rest = text.splitlines()
+        _, nm, prt = first.split(" ", 2)
         click.echo(f'daemon started, broadcasting as "{nm}"')
         click.echo(f"listening for jobs on :{prt}")
+        for line in rest:
+            if line.startswith("warn "):
+                click.echo(f"warning: {line[5:]}", err=True)
         return
     if text.startswith("already running"):
         click.echo(f"homie is {text}")
         return
     if text.startswith("error: "):
-        click.echo(text, err=True)
-    else:
-        click.echo(f"error: the daemon did not start; see {err_path} and {home.log}", err=True)
+        message, _, code = text.partition("\nexit ")
+        click.echo(message, err=True)
+        sys.exit(int(code) if code.strip().isdigit() else 1)
+    click.echo(f"error: the daemon did not start; see {err_path} and {home.log}", err=True)
     sys.exit(1)
 
 
@@ -267,6 +272,9 @@ def status(as_json):
     click.echo(f'  uptime:    {_age(st["uptime"])}')
     click.echo(f'  peers:     {st["peers"]}')
     click.echo(f'  status:    {st["status"]} ({st["jobs_here"]} job(s) here for others, {st["jobs_out"]} sent out)')
+    if st.get("sandbox") is not None:
+        on = st["sandbox"] != "none"
+        click.echo(f'  sandbox:   {"on (bubblewrap)" if on else "OFF: " + st["sandbox_reason"]}')
     click.echo(f'  group:     {st["key_fingerprint"]}')
     click.echo(f'  home:      {st["home"]}')
 
@@ -283,7 +291,7 @@ def peers(as_json):
             d = {k: p.get(k) for k in ("name", "ip", "port", "ram_free_gb", "cpu_percent_idle", "gpu",
                                        "gpu_mem_free_gb", "gpus", "status", "timestamp", "last_seen",
                                        "slots_free", "max_jobs", "running", "version", "karma", "conflict",
-                                       "instance")}
+                                       "instance", "sandbox")}
             out.append(d)
         click.echo(json.dumps(out, indent=2))
         return
@@ -301,6 +309,8 @@ def peers(as_json):
         status = p.get("status") or "?"
         if p.get("conflict"):
             status += " (name conflict)"
+        if p.get("sandbox") == "none":
+            status += " (unsandboxed)"
         rows.append([p["name"], p["ip"], cpu, ram, gpu, status])
     click.echo(_table(["NAME", "IP", "CPU", "RAM", "GPU", "STATUS"], rows))
 

@@ -153,6 +153,29 @@ def _choice(*choices: str) -> Callable[[Any], str]:
     return check
 
 
+def _sandbox_mode(v: Any) -> str:
+    # YAML reads a bare `off`/`no` as false and `on`/`yes` as true: take them as meant.
+    if isinstance(v, bool):
+        return "required" if v else "off"
+    return _choice("auto", "required", "off")(v)
+
+
+def _uid_range(v: Any) -> str:
+    from homie.identity import parse_range
+
+    try:
+        a, b = parse_range(v)
+    except ValueError as e:
+        raise _Bad(f"{e} (got {_show(v)})") from None
+    return f"{a}-{b}"
+
+
+def _abs_path(v: Any) -> str:
+    if not isinstance(v, str) or not v.startswith("/") or "\x00" in v or "/../" in v + "/":
+        raise _Bad(f"must be an absolute path (got {_show(v)})")
+    return v.rstrip("/") or "/"
+
+
 def _name(v: Any) -> str:
     if not isinstance(v, str) or not _NAME_RE.fullmatch(v):
         raise _Bad(
@@ -341,7 +364,16 @@ CONFIG_KEYS: tuple[KeySpec, ...] = (
     _spec("disable_plugins", "list", [], _list_of(_str, "plugin names"),
           "Plugins (built-in or installed) not to load."),
     _spec("job_user", "str|null", None, _str,
-          "User that jobs run as when the daemon runs as root (never root itself).", "nobody"),
+          "Run every job as this user when the daemon runs as root (never root itself); null gives each"
+          " job a uid of its own from job_uids.", "null"),
+    _spec("job_uids", "str", "61184-65519", _uid_range,
+          "Range of uids a root daemon gives its jobs, one per running job (systemd's DynamicUser range)."),
+    _spec("sandbox", "str", "auto", _sandbox_mode,
+          "Run jobs in a bubblewrap sandbox: 'auto' (when it works, else warn), 'required' (yes) or 'off' (no)."),
+    _spec("job_network", "bool", True, _bool, "Let jobs run here use the network (false: loopback only)."),
+    _spec("sandbox_tmp_mb", "int", 1024, _int(16), "Size cap (MB) of a sandboxed job's private /tmp."),
+    _spec("sandbox_ro_paths", "list", [], _list_of(_abs_path, "absolute paths"),
+          "Host paths shown read-only to sandboxed jobs, at the same path (e.g. a shared data set)."),
     _spec("job_python", "str|null", None, _str,
           "Python interpreter for .py jobs.", "the daemon's own, if the job user can run it"),
     _spec("log_level", "str", "info", _choice(*LOG_LEVELS),
@@ -396,6 +428,11 @@ class Config:
     plugins: list[str] = _field(SPECS["plugins"])
     disable_plugins: list[str] = _field(SPECS["disable_plugins"])
     job_user: str | None = _field(SPECS["job_user"])
+    job_uids: str = _field(SPECS["job_uids"])
+    sandbox: str = _field(SPECS["sandbox"])
+    job_network: bool = _field(SPECS["job_network"])
+    sandbox_tmp_mb: int = _field(SPECS["sandbox_tmp_mb"])
+    sandbox_ro_paths: list[str] = _field(SPECS["sandbox_ro_paths"])
     job_python: str | None = _field(SPECS["job_python"])
     log_level: str = _field(SPECS["log_level"])
 

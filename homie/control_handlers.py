@@ -36,7 +36,7 @@ class Handlers:
             jobs_out=sum(1 for j in n.submitter.jobs.values() if not j.terminal),
             discovery=[b.name for b in n.discovery.backends], broadcast=n.discovery.broadcast_addresses(),
             home=str(n.home.root), key_fingerprint=fingerprint(n.key), instance=n.instance_hex,
-            retries=n.config.retries,
+            retries=n.config.retries, sandbox=n.worker.sandbox.label, sandbox_reason=n.worker.sandbox.reason,
         )
 
     def do_peers(self, msg) -> None:

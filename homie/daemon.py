@@ -162,6 +162,8 @@ class Node:
             "running": self.worker.running(),
             "accept_gpu": self.config.allow_gpu,
             "karma": self.karma_totals(),
+            # Everyone sees whether jobs here are sandboxed: submitters and owners both know.
+            "sandbox": self.worker.sandbox.label,
         })
         r.setdefault("gpu", None)
         r.setdefault("gpu_mem_free_gb", None)
@@ -174,9 +176,18 @@ class Node:
             instance=self.instance_hex, status=f["status"], ram_free_gb=f.get("ram_free_gb"),
             cpu_percent_idle=f.get("cpu_percent_idle"), gpu=f.get("gpu"), gpu_mem_free_gb=f.get("gpu_mem_free_gb"),
             gpus=f.get("gpus") or [], slots_free=f["slots_free"], max_jobs=f["max_jobs"], running=f["running"],
-            version=__version__, karma=f["karma"], accept_gpu=f["accept_gpu"], timestamp=time.time(),
+            version=__version__, karma=f["karma"], accept_gpu=f["accept_gpu"], sandbox=f["sandbox"],
+            timestamp=time.time(),
             last_seen=time.time(), local=True,
         )
+
+    def warnings(self) -> list[str]:
+        """What the owner must hear at `homie up`."""
+        sb = self.worker.sandbox
+        if sb.active:
+            return []
+        return [f"jobs from friends run here unsandboxed ({sb.reason}); friends see this machine marked"
+                " unsandboxed"]
 
     def announce_soon(self) -> None:
         self.discovery.announce_soon()
@@ -341,7 +352,7 @@ def run(home: Home, config, key: bytes, foreground: bool, ready_fd: int | None =
         node = Node(home, config, key, foreground=foreground, shutdown_trigger=shutdown_trigger)
         node.start()
     except HomieError as e:
-        report(f"error: {e}")
+        report(f"error: {e}\nexit {e.exit_code}")
         if node is not None:
             node.shutdown()
         if ready_fd is None:
@@ -355,10 +366,13 @@ def run(home: Home, config, key: bytes, foreground: bool, ready_fd: int | None =
         signal.signal(signal.SIGTERM, on_signal)
         signal.signal(signal.SIGINT, on_signal)
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    report(f"ok {node.name} {config.port}")
+    warnings = node.warnings()
+    report("\n".join([f"ok {node.name} {config.port}", *(f"warn {w}" for w in warnings)]))
     if foreground:
         print(f'daemon started, broadcasting as "{node.name}"', flush=True)
         print(f"listening for jobs on :{config.port}", flush=True)
+        for w in warnings:
+            print(f"warning: {w}", file=sys.stderr, flush=True)
     try:
         node.wait()
     finally:

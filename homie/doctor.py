@@ -36,11 +36,32 @@ def offline_findings(home) -> list[dict]:
     return out
 
 
+def lending_findings(worker) -> list[dict]:
+    """Can this machine run friends' jobs, and how safely?"""
+    out = []
+    sb = worker.sandbox
+    if sb.active:
+        net = "network on" if worker.config.job_network else "no network (job_network: false)"
+        out.append(_f(True, "sandbox", f"jobs run in a bubblewrap sandbox ({net}), each as "
+                      + ("a uid of its own" if worker.identities.per_job and worker.identities.root
+                         else f"user {worker.identities.fixed.name} in its own user namespace")))
+    else:
+        out.append(_f(False, "sandbox", f"jobs run unsandboxed: {sb.reason}",
+                      "install bubblewrap (apt-get install bubblewrap) and keep `sandbox: auto` or `required`"))
+    cg = worker.cgroups
+    if cg is not None:
+        out.append(_f(bool(cg.parents), "cgroups", cg.describe(),
+                      None if cg.parents else "run homie as a systemd unit with Delegate=yes (homie service"
+                      " install) to get a cgroup per job", warn=not cg.parents))
+    return out
+
+
 def diagnose(node) -> list[dict]:
     """Checks that need the running daemon: network, peers, clocks."""
     out = []
     disc = node.discovery
     cfg = node.config
+    out += lending_findings(node.worker)
     ifaces = disc.interfaces()
     backends = [b.name for b in disc.backends]
     if "udp" in backends:

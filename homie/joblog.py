@@ -68,6 +68,12 @@ class JobLog:
         except OSError:
             pass
 
+    def read(self, offset: int = 0, max_bytes: int = 1 << 20, until: int | None = None):
+        """Records from `offset`, read through the descriptor this log holds
+        (never reopened by path), and never past what this log wrote."""
+        end = self.end if until is None else min(until, self.end)
+        return _parse(lambda pos, n: os.pread(self._f.fileno(), n, pos), offset, end, max_bytes)
+
     def wait(self, offset: int, timeout: float) -> bool:
         """Wait until there is data past `offset` or the log is finished."""
         with self.cond:
@@ -76,29 +82,37 @@ class JobLog:
             return self.end > offset
 
 
+def _parse(pread, offset: int, end: int | None, max_bytes: int):
+    """(stream, end_offset, data) records in [offset, end). The budget counts
+    headers too: a log of empty records (or one swapped for /dev/zero) ends a
+    read at max_bytes instead of growing a list without bound."""
+    out = []
+    pos = offset
+    while pos - offset < max_bytes:
+        if end is not None and pos + REC.size > end:
+            break
+        hdr = pread(pos, REC.size)
+        if len(hdr) < REC.size:
+            break
+        stream, n = REC.unpack(hdr)
+        if end is not None and pos + REC.size + n > end:
+            break
+        data = pread(pos + REC.size, n) if n else b""
+        if len(data) < n:
+            break
+        pos += REC.size + n
+        out.append((stream, pos, data))
+    return out
+
+
 def read_records(path: str, offset: int = 0, max_bytes: int = 1 << 20, until: int | None = None):
     """(stream, end_offset, data) records from `offset`, at most ~max_bytes,
     none ending past `until`."""
-    out = []
     try:
-        f = open(path, "rb")
-    except FileNotFoundError:
-        return out
-    with f:
-        f.seek(offset)
-        total = 0
-        pos = offset
-        while total < max_bytes:
-            hdr = f.read(REC.size)
-            if len(hdr) < REC.size:
-                break
-            stream, n = REC.unpack(hdr)
-            if until is not None and pos + REC.size + n > until:
-                break
-            data = f.read(n)
-            if len(data) < n:
-                break
-            pos += REC.size + n
-            total += n
-            out.append((stream, pos, data))
-    return out
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except (FileNotFoundError, OSError):
+        return []
+    try:
+        return _parse(lambda pos, n: os.pread(fd, n, pos), offset, until, max_bytes)
+    finally:
+        os.close(fd)

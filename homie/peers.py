@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 HB_FIELDS = (
     "name", "port", "ram_free_gb", "cpu_percent_idle", "gpu", "gpu_mem_free_gb", "gpus",
     "status", "timestamp", "slots_free", "max_jobs", "running", "version", "karma",
-    "accept_gpu",
+    "accept_gpu", "sandbox",
 )
 
 
@@ -38,6 +38,7 @@ class Peer:
     version: str | None = None
     karma: dict = field(default_factory=dict)
     accept_gpu: bool = True
+    sandbox: str | None = None  # "bwrap", or "none": jobs there run as a plain process
     timestamp: float | None = None
     last_seen: float = 0.0
     local: bool = False

@@ -8,8 +8,8 @@ limits enforced by watching the tree, and nothing left behind on kill.
 
 from __future__ import annotations
 
+import json
 import os
-import pwd
 import selectors
 import signal
 import subprocess
@@ -17,6 +17,8 @@ import threading
 import time
 from dataclasses import dataclass
 
+from homie.cgroup import JobCgroup
+from homie.identity import Identity
 from homie.joblog import JobLog
 from homie.protocol import STDERR, STDOUT
 
@@ -40,26 +42,25 @@ class Outcome:
 
 
 @dataclass
-class JobUser:
-    uid: int
-    gid: int
-    name: str
-    home_writable: bool = True
+class Launch:
+    """How to start one job's process, as the worker prepared it.
 
-    @property
-    def differs(self) -> bool:
-        return self.uid != os.geteuid()
+    argv is complete (launcher, sandbox and the job's own command); `user`
+    is who Popen switches to (None: whoever the launcher makes it);
+    `cgroup` holds the job's processes where cgroups exist; `info_fd` is the
+    read end of bubblewrap's --info-fd pipe (it tells the sandbox's init pid,
+    whose child is the job's session leader); `uid_sweep` is a uid that only
+    this job has, so at the end every process of that uid is the job's.
+    """
 
-
-def job_user(name: str | None) -> JobUser:
-    """Who jobs run as: this user, or an unprivileged one when the daemon is root."""
-    if os.geteuid() != 0:
-        pw = pwd.getpwuid(os.geteuid())
-        return JobUser(pw.pw_uid, pw.pw_gid, pw.pw_name)
-    pw = pwd.getpwnam(name or "nobody")
-    if pw.pw_uid == 0:
-        raise ValueError("job_user must not be root")
-    return JobUser(pw.pw_uid, pw.pw_gid, pw.pw_name)
+    argv: list[str]
+    cwd: str
+    user: Identity | None = None
+    cgroup: JobCgroup | None = None
+    info_fd: int | None = None
+    pass_fds: tuple = ()
+    uid_sweep: int | None = None
+    umask: int = 0o077
 
 
 def _tree(pid: int):
@@ -89,18 +90,32 @@ def processes_of_job(job_id: str, uid: int | None = None):
     return found
 
 
+def processes_of_uid(uid: int):
+    """Every process whose real uid is `uid` (a per-job uid: all of them are that job's)."""
+    import psutil
+
+    found = []
+    for p in psutil.process_iter(["uids"]):
+        try:
+            if p.info["uids"] and p.info["uids"].real == uid:
+                found.append(p)
+        except psutil.Error:
+            continue
+    return found
+
+
 class JobProcess:
     """One running job. start() returns at once; wait() gives the Outcome."""
 
-    def __init__(self, job_id: str, argv: list[str], cwd: str, env: dict, log: JobLog,
-                 user: JobUser, limits: Limits):
+    def __init__(self, job_id: str, launch: Launch, env: dict, log: JobLog, limits: Limits,
+                 finish_log: bool = True):
         self.job_id = job_id
-        self.argv = argv
-        self.cwd = cwd
+        self.finish_log = finish_log  # a set-up step shares the log with the job that follows
+        self.launch = launch
         self.env = env
         self.log = log
-        self.user = user
         self.limits = limits
+        self._info: dict | None = None
         self.proc: subprocess.Popen | None = None
         self.outcome = Outcome()
         self._done = threading.Event()
@@ -115,19 +130,26 @@ class JobProcess:
     def pid(self) -> int | None:
         return self.proc.pid if self.proc else None
 
-    def start(self) -> None:
+    def start(self, stdin=None) -> None:
         env = dict(self.env)
         env["HOMIE_JOB_ID"] = self.job_id
+        la = self.launch
         kw = {}
-        if self.user.differs:
-            kw = {"user": self.user.uid, "group": self.user.gid, "extra_groups": []}
+        if la.user is not None and la.user.differs:
+            kw = {"user": la.user.uid, "group": la.user.gid, "extra_groups": []}
         self._started = time.monotonic()
-        self.proc = subprocess.Popen(
-            self.argv, cwd=self.cwd, env=env, stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
-            close_fds=True, **kw,
-        )
+        try:
+            self.proc = subprocess.Popen(
+                la.argv, cwd=la.cwd, env=env, stdin=stdin if stdin is not None else subprocess.DEVNULL,
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
+                close_fds=True, pass_fds=la.pass_fds, umask=la.umask, **kw,
+            )
+        finally:
+            for fd in la.pass_fds:
+                os.close(fd)  # the child has them now
         self._seen.add(self.proc.pid)
+        if la.info_fd is not None:
+            threading.Thread(target=self._read_info, name=f"job-{self.job_id}-info", daemon=True).start()
         threading.Thread(target=self._reap, name=f"job-{self.job_id}-reap", daemon=True).start()
         threading.Thread(target=self._pump, name=f"job-{self.job_id}-io", daemon=True).start()
         threading.Thread(target=self._watch, name=f"job-{self.job_id}-watch", daemon=True).start()
@@ -148,6 +170,29 @@ class JobProcess:
         self.proc.returncode = os.waitstatus_to_exitcode(status)
         self._rusage = ru
         self._exited.set()
+
+    def _read_info(self) -> None:
+        data = b""
+        try:
+            while chunk := os.read(self.launch.info_fd, 4096):
+                data += chunk
+                if data.rstrip().endswith(b"}"):
+                    break
+        except OSError:
+            pass
+        finally:
+            os.close(self.launch.info_fd)
+        try:
+            self._info = json.loads(data or b"null")
+        except ValueError:
+            self._info = None
+
+    def _sandbox_init(self) -> int | None:
+        """The sandbox's init (pid 1 inside): with --new-session it leads the
+        session and process group the job runs in. Signals from outside reach
+        init only if it handles them, so killpg() reaches the job, not init."""
+        init = (self._info or {}).get("child-pid")
+        return init if isinstance(init, int) else None
 
     # -- output ------------------------------------------------------------
     def _pump(self) -> None:
@@ -233,10 +278,15 @@ class JobProcess:
         if code < 0:
             o.signal = -code
             o.code = 128 - code
+        elif self.launch.info_fd is not None and 128 < code < 128 + 65:
+            # bubblewrap reports a job killed by signal N as exit 128+N
+            o.signal = code - 128
+            o.code = code
         else:
             o.code = code
         o.reason = self._kill_reason
-        self.log.finish()
+        if self.finish_log:
+            self.log.finish()
         self._done.set()
 
     # -- control -----------------------------------------------------------
@@ -245,12 +295,20 @@ class JobProcess:
 
         if self.proc is None:
             return
-        try:
-            os.killpg(self.proc.pid, sig)
-        except (ProcessLookupError, PermissionError):
-            pass
-        targets = {p.pid: p for p in _tree(self.proc.pid)}
-        for pid in self._seen:
+        la = self.launch
+        live = not self._exited.is_set()  # once reaped, the pid may be someone else's
+        shell: set = set()
+        if la.info_fd is not None and sig != signal.SIGKILL:
+            # bubblewrap and its init die of most signals and would take the job
+            # with them at once: a SIGTERM must reach the job, not the sandbox.
+            shell = {self.proc.pid, (self._info or {}).get("child-pid")}
+        elif live:
+            try:
+                os.killpg(self.proc.pid, sig)
+            except (ProcessLookupError, PermissionError):
+                pass
+        targets = {p.pid: p for p in (_tree(self.proc.pid) if live else []) if p.pid not in shell}
+        for pid in self._seen - shell:
             if pid not in targets:
                 try:
                     p = psutil.Process(pid)
@@ -259,8 +317,15 @@ class JobProcess:
                 except (psutil.Error, OSError):
                     pass
         if sig == signal.SIGKILL:
-            for p in processes_of_job(self.job_id, self.user.uid):
-                targets.setdefault(p.pid, p)
+            if la.cgroup is not None:
+                la.cgroup.kill()
+            if la.uid_sweep is not None:
+                for p in processes_of_uid(la.uid_sweep):
+                    targets.setdefault(p.pid, p)
+            elif la.info_fd is None:  # unsandboxed, sharing a uid: find setsid escapees by their mark
+                uid = la.user.uid if la.user is not None else os.geteuid()
+                for p in processes_of_job(self.job_id, uid):
+                    targets.setdefault(p.pid, p)
         for p in targets.values():
             try:
                 p.send_signal(sig)
@@ -273,10 +338,17 @@ class JobProcess:
             self.suspended = sig == signal.SIGSTOP
             self._kill_tree(sig)
             return
-        if self.proc is None:
-            return
+        if self.proc is None or self._done.is_set():
+            return  # reaped: its pid may already belong to someone else
+        pgid = self.proc.pid
+        if self.launch.info_fd is not None:
+            # Signalling bubblewrap itself would end the sandbox outright: Ctrl-C
+            # goes to the job's own process group inside, as a terminal's would.
+            pgid = self._sandbox_init()
+            if pgid is None:
+                return
         try:
-            os.killpg(self.proc.pid, sig)
+            os.killpg(pgid, sig)
         except (ProcessLookupError, PermissionError):
             pass
 

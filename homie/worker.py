@@ -20,13 +20,15 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from homie import PROTOCOL_VERSION, __version__, files, plugins, protocol
+from homie import PROTOCOL_VERSION, __version__, files, jobdir, plugins, protocol, sandbox
+from homie.cgroup import LAUNCHER, Cgroups
 from homie.channel import Channel, ConnectionClosed, Pipeline
 from homie.errors import HomieError, ManifestError, ProtocolError
-from homie.joblog import JobLog, read_records
+from homie.identity import Identities, Identity, parse_range
+from homie.joblog import JobLog
 from homie.peers import balance
 from homie.protocol import Conversation, Data, Message
-from homie.runner import JobProcess, Limits, Outcome, job_user, processes_of_job
+from homie.runner import JobProcess, Launch, Limits, Outcome, processes_of_job, processes_of_uid
 
 JOB_ID_RE = re.compile(r"^[a-z0-9]{4,32}$")
 HANDSHAKE_TIMEOUT = 2.0
@@ -36,6 +38,7 @@ PING_EVERY = 2.0  # keepalive while a job is quiet, so a dead link is noticed
 MAX_CONNECTIONS = 64
 MAX_PER_ADDRESS = 16
 CHUNK = 1 << 20
+PIDS_MAX = 1024  # processes (threads count too) one job may have at once
 
 
 WAIT_TTL = 3.0  # a refused submitter retries about every second; after this it went elsewhere
@@ -67,8 +70,10 @@ class WorkerJob:
     state: str = "preparing"  # preparing, running, exited, delivered
     start_offset: int | None = None  # log offset where the job's own output starts
     proc: JobProcess | None = None
-    prepare_pid: int | None = None
+    prepare: JobProcess | None = None  # the executor's set-up step (building a venv), while it runs
+    cgroup: object | None = None  # homie.cgroup.JobCgroup, shared by set-up and the job
     gpu_index: str | None = None
+    ident: Identity | None = None
     outcome: Outcome | None = None
     results: list = field(default_factory=list)
     inputs_stat: dict = field(default_factory=dict)
@@ -107,36 +112,46 @@ def _accessible_to_others(path: str) -> bool:
 
 
 class WorkerContext:
-    """What executors may use: config, home, the job Python and base env."""
+    """What executors may use: config, the job Python, base env, and where
+    things are as the job sees them (inside the sandbox, or on the host)."""
 
-    def __init__(self, config, home, user):
+    def __init__(self, config, home, work: jobdir.WorkArea, per_job_uids: bool):
         self.config = config
         self.home = home
-        self.user = user
-        self.python = self._pick_python(config)
+        self.work = work
+        self.sandboxed = False  # set by the worker once the sandbox probe has run
+        self.python = self._pick_python(config, per_job_uids)
         self.python_version = "%d.%d" % sys.version_info[:2]
         self.base_env = {
-            "PATH": os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin"),
+            "PATH": "/usr/local/bin:/usr/bin:/bin",
             "LANG": os.environ.get("LANG", "C.UTF-8"),
             "PYTHONUNBUFFERED": "1",  # output must arrive live, not when the job ends
         }
 
-    def _pick_python(self, config) -> str:
+    @staticmethod
+    def _pick_python(config, per_job_uids: bool) -> str:
         wanted = getattr(config, "job_python", None)
         if wanted:
             return wanted
-        if not self.user.differs or _accessible_to_others(sys.executable):
-            return sys.executable
+        # The base interpreter, not the daemon's virtual environment: a job gets a
+        # plain Python, not homie's own dependencies.
+        base = os.path.realpath(getattr(sys, "_base_executable", None) or sys.executable)
+        if not per_job_uids or _accessible_to_others(base):
+            return base
         # The daemon's own interpreter may sit in a private home (e.g. /root);
-        # the unprivileged job user needs one it can execute.
+        # a job's own uid needs one it can execute.
         for cand in ("/usr/bin/python3", "/usr/local/bin/python3", shutil.which("python3") or ""):
             if cand and _accessible_to_others(cand):
                 return cand
-        return sys.executable
+        return base
+
+    def job_path(self, job) -> str:
+        """The job directory as the job sees it."""
+        return sandbox.JOB_DIR if self.sandboxed else str(job.dir)
 
     def evict_venvs(self, keep=()) -> None:
         cap = int(self.config.venv_cache_max_gb * 2**30)
-        root = Path(self.home.venvs)
+        root = Path(self.work.venvs)
         envs = []
         for d in root.iterdir() if root.exists() else []:
             ready = d / ".homie-ready"
@@ -148,7 +163,7 @@ class WorkerContext:
         for _, size, d in sorted(envs):
             if total <= cap:
                 break
-            shutil.rmtree(d, ignore_errors=True)
+            jobdir.remove(d)
             total -= size
 
 
@@ -162,8 +177,28 @@ class Worker:
         self.lock = threading.Lock()
         self.paused = False
         self.suspended = False
-        self.user = job_user(getattr(self.config, "job_user", None))
-        self.ctx = WorkerContext(self.config, self.home, self.user)
+        self.identities = Identities(parse_range(getattr(self.config, "job_uids", "61184-65519")),
+                                     getattr(self.config, "job_user", None))
+        try:
+            self.work = jobdir.WorkArea(self.home.root, self.identities.per_job)
+        except OSError as e:
+            raise HomieError(f"cannot set up the job directories: {e.strerror}: {e.filename}") from None
+        self.ctx = WorkerContext(self.config, self.home, self.work, self.identities.per_job)
+        # The job's output log and control files live where no job can write.
+        self.logs = Path(self.home.root) / "joblogs"
+        old = os.umask(0o077)
+        try:
+            self.logs.mkdir(exist_ok=True)
+        finally:
+            os.umask(old)
+        mode = sandbox.Mode(getattr(self.config, "sandbox", "auto"))
+        self.sandbox = sandbox.probe(mode, self.identities.probe_uid(), self.ctx.python)
+        if mode is sandbox.Mode.REQUIRED and not self.sandbox.active:
+            raise HomieError(f"sandbox: required, but {self.sandbox.reason}", 2)
+        self.ctx.sandboxed = self.sandbox.active
+        self.ctx.run_setup = self.run_setup
+        self._bwrap = sandbox.bwrap_path()
+        self.cgroups = Cgroups(str(self.home.root)) if sys.platform.startswith("linux") else None
         # No fsync per blob: it halves upload speed, and a blob torn by a power
         # cut is caught by the size check in _have() (docs/architecture.md).
         self.blobs = files.BlobCache(self.home.blobs, int(self.config.cache_max_gb * 2**30), fsync=False)
@@ -172,6 +207,7 @@ class Worker:
         self._slot_freed_at = 0.0
         self._contended_until = 0.0
         self._reserved = 0  # slots taken by jobs still uploading
+        self._incoming: set[str] = set()  # their ids
         self._conn_total = 0
         self._executors = {}
         for group in plugins.call("homie_executors"):
@@ -341,7 +377,9 @@ class Worker:
             ch.send("error", message=str(e), code="bad_job")
             return
         with self.lock:
-            if job_id in self.jobs or not JOB_ID_RE.match(job_id):
+            # A job id is one job on this worker: while one is uploading, running or
+            # holding results, a second submit with its id is refused.
+            if job_id in self.jobs or job_id in self._incoming or not JOB_ID_RE.match(job_id):
                 ch.send("error", message=f"bad or duplicate job id {job_id!r}", code="bad_job")
                 return
             # Take the slot now, not when the upload is done: two submitters
@@ -351,11 +389,13 @@ class Worker:
                                          f"{self.config.max_jobs} jobs)", code="busy")
                 return
             self._reserved += 1
+            self._incoming.add(job_id)
         slot = {"reserved": True}
         try:
             self._accept(ch, msg, entries, peer, ip, slot)
         finally:
             with self.lock:
+                self._incoming.discard(job_id)
                 if slot["reserved"]:
                     self._reserved -= 1
 
@@ -395,9 +435,6 @@ class Worker:
         raise ConnectionClosed("upload refused")
 
     def _refusal(self, msg: Message, peer: str) -> tuple[str, str] | None:
-        if self.user.differs and not self._reachable():
-            return ("setup", f"{self.node.name} cannot run jobs: its job user {self.user.name!r} cannot reach"
-                             f" {self.home.jobs} (make the parent directories traversable: chmod o+x)")
         if self.paused:
             return ("paused", f"{self.node.name} is paused by its owner")
         free = self.config.max_jobs - self.running()
@@ -459,19 +496,6 @@ class Worker:
             return None
         return order[0].submitter
 
-    def _reachable(self) -> bool:
-        self._open_way()
-        return _accessible_to_others(str(self.home.jobs))
-
-    def _open_way(self) -> None:
-        """Make the way down to job directories and cached virtual environments
-        passable (not listable, 0711) for the job user; above the home is the
-        owner's business."""
-        for d in (self.home.root, Path(self.home.jobs), Path(self.home.venvs).parent, Path(self.home.venvs)):
-            mode = os.stat(d).st_mode
-            if not mode & 0o001:
-                os.chmod(d, (mode & 0o7777) | 0o711)
-
     def _have(self, sha: str, size: int) -> bool:
         if not self.blobs.has(sha):
             return False
@@ -523,54 +547,40 @@ class Worker:
 
     def _materialize(self, ch, msg, entries, peer, ip, slot: dict) -> WorkerJob | None:
         job_id = msg["job_id"]
-        jobdir = Path(self.home.jobs) / job_id
         try:
-            old = os.umask(0o077)
-            try:
-                jobdir.mkdir()
-                (jobdir / ".homie" / "tmp").mkdir(parents=True)
-            finally:
-                os.umask(old)
-            writer = files.SafeWriter(jobdir)
-            for e in entries:
-                writer.link_or_copy_new(self.blobs.path(e.sha256), e.path, e.mode)
-                self.blobs.touch(e.sha256)
-            if self.user.differs:
-                self._hand_over(jobdir)
+            ident = self.identities.acquire(job_id)
+        except HomieError as e:
+            ch.send("error", message=f"{self.node.name} cannot run the job: {e}", code="setup")
+            return None
+        try:
+            # Hard links share the blob's inode: safe only when the job's uid is not
+            # the blob's owner (a job running as the daemon's user could chmod and
+            # rewrite a cached input in place for the next job).
+            jd = self.work.build(job_id, entries, self.blobs, ident, link=ident.differs,
+                                 sandboxed=self.sandbox.active)
             self.blobs.evict(keep={e.sha256 for e in entries})
-            log = JobLog(jobdir / ".homie" / "output.log")
+            log = JobLog(self.logs / f"{job_id}.log")
         except (OSError, HomieError) as e:
-            shutil.rmtree(jobdir, ignore_errors=True)
+            self.identities.release(job_id)
             why = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
             ch.send("error", message=f"{self.node.name} cannot prepare the job directory: {why}", code="disk")
             return None
         job = WorkerJob(
             id=job_id, submitter=peer, submitter_ip=ip, script=msg["script"], args=list(msg["args"]),
             files=[e.to_dict() for e in entries], executor=msg.get("executor") or "auto",
-            gpu=bool(msg.get("gpu")), dir=jobdir, log=log,
+            gpu=bool(msg.get("gpu")), dir=jd, log=log, ident=ident,
         )
-        job.inputs_stat = files.snapshot(jobdir)
+        job.inputs_stat = jobdir.scan(jd)
         with self.lock:
             self.jobs[job_id] = job
             self._reserved -= 1  # the job itself holds the slot from here on
             slot["reserved"] = False
-        self.node.store.worker_job(job_id, {"state": "preparing", "dir": str(jobdir), "from": peer})
-        self.log.info("job.accepted", job_id=job_id, submitter=peer, script=job.script, files=len(entries))
+        self.node.store.worker_job(job_id, {"state": "preparing", "dir": str(jd), "from": peer,
+                                            "uid": ident.uid if self.identities.per_job else None})
+        self.log.info("job.accepted", job_id=job_id, submitter=peer, script=job.script, files=len(entries),
+                      uid=ident.uid, sandbox=self.sandbox.label)
         threading.Thread(target=self._run, args=(job,), name=f"job-{job_id}", daemon=True).start()
         return job
-
-    def _hand_over(self, jobdir: Path) -> None:
-        # The job user owns its directory. Hard-linked cache blobs stay ours and
-        # read-only, so a job cannot change a cached input for the next one.
-        uid, gid = self.user.uid, self.user.gid
-        for root, _dirs, fnames in os.walk(jobdir):
-            os.chown(root, uid, gid)
-            for f in fnames:
-                p = os.path.join(root, f)
-                st = os.lstat(p)
-                if st.st_nlink == 1:
-                    os.chown(p, uid, gid, follow_symlinks=False)
-        self._open_way()
 
     # -- running -------------------------------------------------------------
     def _executor_for(self, job: WorkerJob):
@@ -580,11 +590,79 @@ class Worker:
         cls = max(wanting, key=lambda c: getattr(c, "priority", 0))
         return cls(self.ctx)
 
+    def launch(self, job: WorkerJob, argv: list[str], *, venv: str | None = None,
+               venv_writable: bool = False, umask: int = 0o077) -> Launch:
+        """How to start `argv` for `job`: in its sandbox, cgroup and identity."""
+        ident = job.ident
+        per_job_uid = self.identities.per_job and ident.differs
+        pass_fds: tuple = ()
+        info_r = None
+        cmd = list(argv)
+        cwd = str(job.dir)
+        if self.sandbox.active:
+            info_r, info_w = os.pipe()
+            os.set_inheritable(info_w, True)
+            spec = sandbox.Spec(
+                job_dir=str(job.dir), venv=venv, venv_writable=venv_writable,
+                network=self.config.job_network, gpu=job.gpu, ro_paths=list(self.config.sandbox_ro_paths),
+                tmp_bytes=int(self.config.sandbox_tmp_mb * 2**20), info_fd=info_w)
+            cmd = sandbox.command(self._bwrap, cmd, spec, python=self.ctx.python,
+                                  disable_userns=self.sandbox.disable_userns)
+            pass_fds, cwd = (info_w,), "/"
+        cg = job.cgroup
+        if cg is None and self.cgroups is not None and self.cgroups.parents:
+            mem = int(self.config.max_job_memory_gb * 2**30) if self.config.max_job_memory_gb else None
+            cg = job.cgroup = self.cgroups.create(job.id, mem, PIDS_MAX)
+        if cg is None or "pids" not in self.cgroups.limits:
+            # No pids cgroup: RLIMIT_NPROC, which counts every process of the uid,
+            # the owner's own included when jobs share the daemon's uid.
+            base = 0 if per_job_uid else len(processes_of_uid(ident.uid))
+            prlimit = shutil.which("prlimit") or "/usr/bin/prlimit"
+            if os.path.exists(prlimit):
+                cmd = [prlimit, f"--nproc={base + PIDS_MAX}", "--", *cmd]
+        user: Identity | None = ident
+        if cg is not None and cg.dirs:
+            # The launcher joins the job's cgroups as us (only we may move a
+            # process there), then drops to the job's uid and becomes the job.
+            drop = ["setpriv", f"--reuid={ident.uid}", f"--regid={ident.gid}", "--clear-groups", "--"] \
+                if ident.differs else []
+            cmd = ["/bin/sh", "-c", LAUNCHER, "sh", *cg.procs_files, "--", *drop, *cmd]
+            user = None
+        return Launch(argv=cmd, cwd=cwd, user=user, cgroup=cg, info_fd=info_r, pass_fds=pass_fds,
+                      uid_sweep=ident.uid if per_job_uid else None, umask=umask)
+
+    def run_setup(self, job: WorkerJob, argv: list[str], *, env: dict, venv: str | None = None,
+                  venv_writable: bool = False) -> Outcome:
+        """Run an executor's set-up step (building a venv) as the job, in its
+        sandbox, with its output in the job's log; the job's kill reaches it."""
+        limits = Limits(max_seconds=self.config.max_job_seconds)
+        # umask 022: what a set-up step builds (a venv) is shared read-only with later jobs of other uids.
+        proc = JobProcess(job.id, self.launch(job, argv, venv=venv, venv_writable=venv_writable, umask=0o022),
+                          env, job.log, limits, finish_log=False)
+        job.prepare = proc
+        try:
+            if job.killed_by:
+                raise HomieError(f"killed by {job.killed_by} before it started")
+            proc.start()
+            return proc.wait()
+        finally:
+            job.prepare = None
+
+    @staticmethod
+    def _binds(ex, job: WorkerJob) -> dict:
+        """What an executor needs bound into the sandbox (the venv executor: its environment)."""
+        venv_dir = getattr(ex, "venv_dir", None)
+        return {"venv": venv_dir(job)} if venv_dir else {}
+
     def _job_env(self, job: WorkerJob) -> dict:
         env = dict(self.ctx.base_env)
+        if self.sandbox.active:
+            home, tmp = sandbox.HOME_DIR, "/tmp"
+        else:
+            home, tmp = str(job.dir), str(job.dir / files.RESERVED_DIR / "tmp")
         env.update({
-            "HOME": str(job.dir),
-            "TMPDIR": str(job.dir / ".homie" / "tmp"),
+            "HOME": home,
+            "TMPDIR": tmp,
             "HOMIE_SUBMITTER": job.submitter,
             "HOMIE_PEER": self.node.name,
             # Importing a shipped module must not write pkg/__pycache__/*.pyc into the
@@ -615,14 +693,15 @@ class Worker:
                 max_memory_bytes=int(self.config.max_job_memory_gb * 2**30) if self.config.max_job_memory_gb else None,
             )
             job.start_offset = job.log.end
-            proc = JobProcess(job.id, argv, str(job.dir), env, job.log, self.user, limits)
+            proc = JobProcess(job.id, self.launch(job, argv, **self._binds(ex, job)), env, job.log, limits)
             proc.start()
             job.proc = proc
             job.state = "running"
             if self.suspended:
                 proc.signal(signal.SIGSTOP)
             self.node.store.worker_job(job.id, {"state": "running", "dir": str(job.dir), "pid": proc.pid,
-                                               "uid": self.user.uid, "from": job.submitter})
+                                               "uid": job.ident.uid if self.identities.per_job else None,
+                                               "from": job.submitter})
             self.log.info("job.started", job_id=job.id, pid=proc.pid, argv0=os.path.basename(argv[0]))
             self.node.announce_soon()
             outcome = proc.wait()
@@ -637,6 +716,10 @@ class Worker:
             outcome = Outcome(code=None, reason=f"worker error: {type(e).__name__}: {e}")
         if job.killed_by and not outcome.reason:
             outcome.reason = f"killed by {job.killed_by}"
+        if job.cgroup is not None:
+            job.cgroup.kill()  # nothing of the job may outlive it, whatever it did
+            job.cgroup.remove()
+            job.cgroup = None
         try:
             job.results = self._results(job)
         except Exception as e:
@@ -661,7 +744,11 @@ class Worker:
         self.node.announce_soon()
 
     def _results(self, job: WorkerJob) -> list[dict]:
-        changed = files.changed_files(job.dir, job.inputs_stat)
+        # The job's processes are all gone by now (pid namespace, cgroup, uid
+        # sweep), and every open below is by descriptor with O_NOFOLLOW: what a
+        # job left as a symlink is skipped, never followed.
+        now = jobdir.scan(job.dir)
+        changed = sorted(rel for rel, sig in now.items() if job.inputs_stat.get(rel) != sig)
         out = []
         seen = set()
         for rel in changed:
@@ -675,12 +762,17 @@ class Worker:
             except ManifestError as e:
                 job.log.append(protocol.STDERR, f"homie: not sending result {e}\n".encode())
                 continue
-            p = job.dir / rel
             try:
-                size, sha = _sha256_file(p)
-                mode = 0o755 if os.stat(p).st_mode & 0o100 else 0o644
+                fd = jobdir.open_beneath(job.dir, rel)
+            except (OSError, ManifestError):
+                continue
+            try:
+                size, sha = jobdir.sha256_fd(fd)
+                mode = 0o755 if os.fstat(fd).st_mode & 0o100 else 0o644
             except OSError:
                 continue
+            finally:
+                os.close(fd)
             out.append({"path": rel, "mode": mode, "size": size, "sha256": sha})
         # A job that wrote into a hard-linked input changed the cached blob too: drop it.
         for e in job.files:
@@ -702,7 +794,7 @@ class Worker:
                 ch.send("started", job_id=job.id, pid=job.pid, gpu=job.gpu_index)
                 started_sent = True
             until = job.start_offset if not started_sent else None
-            recs = read_records(job.log.path, offset, 1 << 20, until=until)
+            recs = job.log.read(offset, 1 << 20, until=until)
             for stream, end, data in recs:
                 ch.send_output(stream, end, data)
                 offset = end
@@ -752,7 +844,7 @@ class Worker:
                 ch.send("error", message=f"no result file {str(path)[:100]!r}", code="bad_request")
                 return
             ch.send("blob", sha256=entry["sha256"], size=entry["size"])
-            with open(job.dir / entry["path"], "rb") as f:
+            with os.fdopen(jobdir.open_beneath(job.dir, entry["path"]), "rb") as f:
                 left = entry["size"]
                 while left > 0:
                     n = f.readinto(view[: min(CHUNK, left)])
@@ -773,7 +865,9 @@ class Worker:
         with self.lock:
             self.jobs.pop(job.id, None)
         job.log.close()
-        _rmtree(job.dir)
+        jobdir.remove(job.dir)
+        _unlink(Path(job.log.path))
+        self.identities.release(job.id)  # only now: its files were that uid's until removed
         self.node.store.worker_job_done(job.id)
         self.log.info("job.removed", job_id=job.id, why=why)
 
@@ -794,21 +888,15 @@ class Worker:
     def signal_job(self, job: WorkerJob, sig: int, by: str) -> None:
         if sig in (signal.SIGKILL, signal.SIGTERM):
             job.killed_by = job.killed_by or by
-            if job.proc is not None:
-                job.proc.kill(f"killed by {by}")
-            elif job.prepare_pid:
-                try:
-                    os.killpg(job.prepare_pid, signal.SIGKILL)
-                except OSError:
-                    pass
-        elif job.proc is not None:
-            job.proc.signal(sig)
-        elif sig == signal.SIGINT and job.prepare_pid:
-            job.killed_by = by
-            try:
-                os.killpg(job.prepare_pid, signal.SIGINT)
-            except OSError:
-                pass
+        target = job.proc or job.prepare
+        if target is None:
+            return
+        if sig in (signal.SIGKILL, signal.SIGTERM):
+            target.kill(f"killed by {by}")
+        else:
+            target.signal(sig)
+        if job.proc is None and sig == signal.SIGINT:
+            job.killed_by = by  # Ctrl-C while its environment is built: it never starts
 
     def find(self, prefix: str) -> list[WorkerJob]:
         with self.lock:
@@ -842,17 +930,24 @@ class Worker:
     def recover(self) -> None:
         """After a crash or kill -9, jobs of the previous run have no one to
         report to: kill what still runs of them and clear their directories."""
+        swept = self.cgroups.sweep() if self.cgroups is not None else 0
         for job_id, rec in self.node.store.worker_jobs().items():
-            pids = processes_of_job(job_id, rec.get("uid"))
+            uid = rec.get("uid")
+            # A per-job uid was that job's alone; otherwise find it by its mark.
+            pids = processes_of_uid(uid) if uid is not None else processes_of_job(job_id, os.geteuid())
             for p in pids:
                 try:
                     p.kill()
                 except Exception:
                     pass
-            if rec.get("dir") and Path(rec["dir"]).parent == Path(self.home.jobs):
-                _rmtree(Path(rec["dir"]))
+            d = Path(rec["dir"]) if rec.get("dir") else None
+            if d is not None and d.parent == self.work.root and d.name == job_id:
+                jobdir.remove(d)
+            _unlink(self.logs / f"{job_id}.log")
             self.node.store.worker_job_done(job_id)
-            self.log.warning("job.lost_in_restart", job_id=job_id, killed=len(pids), submitter=rec.get("from"))
+            self.log.warning("job.lost_in_restart", job_id=job_id, killed=len(pids) + swept, submitter=rec.get("from"))
+        for stale in list(self.work.staging.iterdir()):
+            jobdir.remove(stale)
 
     def shutdown(self, grace: float = 3.0) -> None:
         jobs = [j for j in list(self.jobs.values()) if not j.done.is_set()]
@@ -872,28 +967,8 @@ class Worker:
                 pass
 
 
-def _sha256_file(path: Path) -> tuple[int, str]:
-    import hashlib
-
-    h = hashlib.sha256()
-    size = 0
-    buf = bytearray(CHUNK)
-    view = memoryview(buf)
-    with open(path, "rb") as f:
-        while n := f.readinto(buf):
-            h.update(view[:n])
-            size += n
-    return size, h.hexdigest()
-
-
-def _rmtree(path: Path) -> None:
-    def onerror(func, p, exc):
-        # a job may leave read-only directories behind
-        try:
-            os.chmod(os.path.dirname(p), 0o700)
-            os.chmod(p, 0o700)
-            func(p)
-        except OSError:
-            pass
-
-    shutil.rmtree(path, onerror=onerror)
+def _unlink(path: Path) -> None:
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        pass

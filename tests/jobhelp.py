@@ -27,7 +27,11 @@ from pathlib import Path
 from netns import Cluster, Host, wait_until
 
 # Fast failure detection: a dead peer is noticed within peer_timeout.
-BASE_CONFIG = {"discovery": "[udp]", "heartbeat_interval": "0.5", "peer_timeout": "3"}
+# Jobs run sandboxed and see nothing of the host but what the worker's owner
+# shares: the gate files tests open live in a directory shared read-only.
+GATES = Path("/tmp/homie-gates")
+BASE_CONFIG = {"discovery": "[udp]", "heartbeat_interval": "0.5", "peer_timeout": "3",
+               "sandbox_ro_paths": f"[{GATES}]"}
 
 
 def write_config(h: Host, **extra) -> None:
@@ -93,8 +97,9 @@ def marker() -> str:
 
 
 def gate_path() -> Path:
-    """A file a job waits for; /tmp is shared by all namespaces and passable for `nobody`."""
-    return Path("/tmp") / f"homie-gate-{uuid.uuid4().hex}"
+    """A file a job waits for, in the directory BASE_CONFIG shares with sandboxed jobs."""
+    GATES.mkdir(mode=0o755, exist_ok=True)
+    return GATES / f"gate-{uuid.uuid4().hex}"
 
 
 def processes(h: Host, mark: str) -> list[str]:
@@ -179,5 +184,67 @@ class Run:
         return int(self.rss_path.read_text())
 
 
+def work_dir(h: Host) -> Path:
+    """Where h's (root) daemon keeps job directories."""
+    from homie.jobdir import work_root
+
+    return work_root(h.home, per_job_uids=True)
+
+
 def work_dir_empty(h: Host) -> bool:
-    return not any((h.home / "work").iterdir())
+    return not [p for p in work_dir(h).iterdir() if not p.name.startswith(".")]
+
+
+# --------------------------------------------------------------------------- a daemon run by an ordinary user
+
+OWNER = "homie-owner"
+
+
+def owner_account(name: str = OWNER) -> tuple[int, int]:
+    """(uid, gid) of an ordinary system user for daemons not run as root; created if absent."""
+    import pwd
+
+    try:
+        pw = pwd.getpwnam(name)
+    except KeyError:
+        cp = subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", name],
+                            capture_output=True, text=True)
+        if cp.returncode not in (0, 9):  # 9: created meanwhile by a parallel run
+            raise AssertionError(f"useradd {name} failed: {cp.stderr}")
+        pw = pwd.getpwnam(name)
+    return pw.pw_uid, pw.pw_gid
+
+
+def hand_home_to(h: Host, uid: int, gid: int) -> Path:
+    """Give h's HOMIE_HOME (keys, config, as init/join left them) to uid, and make it
+    a separate HOME (0700, owned by uid) as well; returns that HOME. Call before
+    start_daemon_as."""
+    home = Path(tempfile.mkdtemp(prefix=f"homie-ownerhome-{h.name}-"))
+    for d in (h.home, home):
+        for root, dirs, fnames in os.walk(d):
+            os.lchown(root, uid, gid)
+            for n in dirs + fnames:
+                os.lchown(os.path.join(root, n), uid, gid)
+        d.chmod(0o700)
+    h.env["HOME"] = str(home)
+    h.owner = (uid, gid)  # type: ignore[attr-defined]
+    return home
+
+
+def as_owner(h: Host, *args) -> list[str]:
+    """argv running `args` as h's owner (see hand_home_to), with its HOME and HOMIE_HOME."""
+    uid, gid = getattr(h, "owner")
+    return ["setpriv", f"--reuid={uid}", f"--regid={gid}", "--init-groups",
+            "env", f"HOME={h.env['HOME']}", f"HOMIE_HOME={h.home}", *map(str, args)]
+
+
+def start_daemon_as(h: Host, cwd: str | os.PathLike | None = None) -> int:
+    """`homie up` on h as its ordinary owner (hand_home_to first); returns the daemon's pid."""
+    from netns import homie_bin
+
+    r = h.run(*as_owner(h, homie_bin(), "up", "--name", h.name), timeout=60, cwd=cwd)
+    assert r.returncode == 0, f"homie up as {getattr(h, 'owner')} on {h.name} failed: {r.stdout}{r.stderr}"
+    pid = daemon_pid(h)
+    uid = os.stat(f"/proc/{pid}").st_uid
+    assert uid == getattr(h, "owner")[0], f"the daemon on {h.name} runs as uid {uid}, not the owner"
+    return pid

@@ -204,3 +204,21 @@ def test_concurrent_appends_and_reader(log):
     assert off == log.end
     for s in (STDOUT, STDERR):
         assert got[s] == b"".join(f"{s}:{i};".encode() for i in range(n))
+
+
+def test_a_log_of_empty_records_is_read_within_the_budget(tmp_path):
+    # A log swapped for /dev/zero reads as endless empty records: each read must
+    # stop at its byte budget (headers count), not grow a list without bound.
+    p = tmp_path / "zeros.log"
+    p.write_bytes(b"\0" * (REC.size * 100_000))
+    recs = read_records(str(p), 0, max_bytes=1000)
+    assert 0 < len(recs) <= 1000 // REC.size + 1
+    assert all(data == b"" for _, _, data in recs)
+
+
+def test_read_goes_through_the_held_descriptor(tmp_path):
+    log = JobLog(tmp_path / "out.log")
+    log.append(1, b"hello")
+    os.rename(log.path, tmp_path / "moved.log")  # whatever lies at the path now is not read
+    (tmp_path / "out.log").write_bytes(b"\1\0\0\0\5xxxxx\1\0\0\0\5yyyyy")
+    assert [d for _, _, d in log.read(0)] == [b"hello"]

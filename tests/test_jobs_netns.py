@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from jobhelp import (Run, daemon_pid, gate_path, make_group, marker, processes, project, vm_hwm_kb,
+from jobhelp import (Run, daemon_pid, gate_path, make_group, marker, processes, project, vm_hwm_kb, work_dir,
                      work_dir_empty)
 from netns import Cluster, wait_until
 
@@ -42,8 +42,8 @@ def gate():
 def workers_clean(*hosts) -> None:
     """Job directories on the workers are gone once the results came home."""
     for h in hosts:
-        wait_until(lambda h=h: work_dir_empty(h), 5, msg=f"{h.name}'s HOMIE_HOME/work/ to be empty "
-                                                         f"(has {os.listdir(h.home / 'work')})")
+        wait_until(lambda h=h: work_dir_empty(h), 5, msg=f"{h.name}'s work area to be empty "
+                                                         f"(has {os.listdir(work_dir(h))})")
 
 
 TRAIN = """
@@ -368,10 +368,9 @@ def test_peer_dies_mid_job(cluster, gate, how):
     assert "→ job lost: raj went away" in run.err(), run.err()
     print(f"{how}: lost peer noticed after {took:.2f}s")
     if how == "kill-9":
-        # The orphaned job outlived its daemon; the next start of the daemon reaps it
-        # and removes its directory.
-        assert processes(raj, mark)
+        # The sandbox dies with its daemon (--die-with-parent, pid namespace): no
+        # orphan outlives a kill -9; the next start removes its directory.
+        wait_until(lambda: not processes(raj, mark), 5, msg="the job to die with its daemon")
         start_daemon_again = raj.homie("up", "--name", "raj")
         assert start_daemon_again.returncode == 0, start_daemon_again.stderr
-        wait_until(lambda: not processes(raj, mark), 5, msg="the orphan to be reaped")
         workers_clean(raj)

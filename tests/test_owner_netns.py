@@ -19,7 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from jobhelp import Run, daemon_pid, gate_path, marker, peer_names, processes, project, start_daemon, write_config
+from jobhelp import (Run, daemon_pid, gate_path, marker, peer_names, processes, project, start_daemon, work_dir,
+                     write_config)
 from netns import REPO, Cluster, Host, wait_until
 
 pytestmark = pytest.mark.netns
@@ -152,7 +153,10 @@ def test_busy_pause_resume_and_suspend(cluster):
     try:
         long_run = Run(you, proj, "-n", "a", "long.py", str(gate), mark)
         long_run.wait_out("[a] pid ", 20)
-        pid = int(re.search(r"\[a\] pid (\d+)", long_run.out()).group(1))
+        # Its pid as the host sees it: inside its sandbox the job has a pid namespace of its own.
+        procs = [ln for ln in processes(a, mark) if "bwrap" not in ln and "prlimit" not in ln]
+        assert len(procs) == 1, procs
+        pid = int(procs[0].split()[0])
 
         # max_jobs reached: a is busy in the others' view and not chosen
         wait_until(lambda: peer_status(you, "a") == "busy", 5, msg="you to see a busy")
@@ -288,7 +292,7 @@ def test_venv_executor_installs_local_wheel_offline(cluster):
     assert re.search(r"\[w\] .*Successfully installed homie[-_]testpkg-0\.1", r.stdout), r.stdout  # pip output streamed
     assert "[w] testpkg says hi from" in r.stdout
     assert "as the 'root' user" not in r.stdout  # pip ran as the job user
-    envs = list((w.home / "cache" / "venvs").iterdir())
+    envs = list((work_dir(w) / ".venvs").iterdir())
     assert len([e for e in envs if not e.name.startswith(".")]) == 1, envs
     # built as the job user, then handed back: a later job cannot change it
     env = [e for e in envs if not e.name.startswith(".")][0]
@@ -309,7 +313,7 @@ def test_venv_executor_installs_local_wheel_offline(cluster):
     assert "environment setup failed" in r.stderr, r.stderr
     assert "says hi" not in r.stdout
     assert daemon_pid(w) == pid and w.homie("status").returncode == 0
-    assert not [e for e in (w.home / "cache" / "venvs").iterdir() if e.name.startswith(".")], "temp env left"
+    assert not [e for e in (work_dir(w) / ".venvs").iterdir() if e.name.startswith(".")], "temp env left"
     r = you.homie("run", *send, cwd=proj, timeout=60)
     assert r.returncode == 0 and "reusing environment" in r.stderr, r.stdout + r.stderr
 

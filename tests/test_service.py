@@ -21,7 +21,12 @@ needs_analyze = pytest.mark.skipif(
     SYSTEMD_ANALYZE is None, reason="systemd-analyze not installed (apt install systemd) - can't check the units"
 )
 EXE = "/bin/true"  # an existing absolute path: verify checks that ExecStart is executable
-MAX_EXPOSURE = 2.0
+# 1.7 before jobs were sandboxed; 3.0 now. The rise is the room the job sandbox
+# needs: user/mnt/pid/ipc/uts/net/cgroup namespaces (+0.9), @mount (+0.2), and no
+# ProtectKernelTunables/ProtectKernelLogs (+0.4), whose mounts over /proc make the
+# kernel refuse the sandbox its own /proc. systemd-analyze scores the daemon only;
+# the jobs, which are what the owner must be protected from, now run in bubblewrap.
+MAX_EXPOSURE = 3.0
 
 
 class Recorder:

@@ -6,26 +6,25 @@ from __future__ import annotations
 import hashlib
 import os
 import shlex
-import shutil
-import subprocess
 import threading
 from pathlib import Path
 
+from homie import files, jobdir, sandbox
 from homie.errors import HomieError
 from homie.hookspecs import hookimpl
-from homie.protocol import STDERR, STDOUT
+from homie.protocol import STDERR
 
 
 def script_command(job, python: str) -> list[str]:
     """`.py` runs with the worker's Python; anything else by its shebang line."""
-    path = Path(job.dir) / job.script
     if job.script.endswith(".py"):
         return [python, job.script, *job.args]
     try:
-        with open(path, "rb") as f:
+        fd = jobdir.open_beneath(Path(job.dir), job.script)  # never through a link
+        with os.fdopen(fd, "rb") as f:
             first = f.readline(512)
-    except OSError as e:
-        raise HomieError(f"cannot read {job.script}: {e.strerror}") from None
+    except (OSError, HomieError) as e:
+        raise HomieError(f"cannot read {job.script}: {getattr(e, 'strerror', None) or e}") from None
     if first.startswith(b"#!"):
         interp = shlex.split(first[2:].decode(errors="replace").strip())
         if interp:
@@ -55,8 +54,14 @@ class SubprocessExecutor:
 class VenvExecutor:
     """Installs the job's requirements.txt into a cached virtual environment.
 
-    Environments are keyed by the hash of requirements.txt and the Python
-    version, so the next job with the same requirements starts at once.
+    Environments are keyed by the submitter, the hash of requirements.txt and
+    the Python version, so the next job with the same requirements starts at
+    once, and no member's job ever runs in an environment another member's
+    job built. The build runs in the job's sandbox as the job (installing can
+    run the job's code: setup.py of a local sdist), with pip isolated (-I: the
+    job directory is not on its import path, so a shipped `pip/` replaces
+    nothing); afterwards the environment is handed back to the daemon and
+    given to later jobs read-only.
     """
 
     name = "venv"
@@ -71,19 +76,28 @@ class VenvExecutor:
         return any(f["path"] == "requirements.txt" for f in job.files)
 
     def _key(self, job) -> str:
-        req = Path(job.dir, "requirements.txt")
-        data = req.read_bytes() if req.exists() else b""
+        try:
+            fd = jobdir.open_beneath(Path(job.dir), "requirements.txt")
+            with os.fdopen(fd, "rb") as f:
+                data = f.read()
+        except (OSError, HomieError):
+            data = b""
         h = hashlib.sha256()
-        h.update(data)
-        h.update(self.ctx.python_version.encode())
+        for part in (job.submitter.encode(), data, self.ctx.python_version.encode()):
+            h.update(len(part).to_bytes(8, "big"))
+            h.update(part)
         return h.hexdigest()[:16]
 
-    def env_dir(self, job) -> Path:
-        return Path(self.ctx.home.venvs) / self._key(job)
+    def venv_dir(self, job) -> str:
+        """The environment's host path (the worker binds it into the sandbox)."""
+        return str(Path(self.ctx.work.venvs) / self._key(job))
+
+    def _seen_as(self, host_path: str) -> str:
+        return sandbox.VENV_DIR if self.ctx.sandboxed else host_path
 
     def prepare(self, job, emit) -> None:
         key = self._key(job)
-        root = Path(self.ctx.home.venvs)
+        root = Path(self.ctx.work.venvs)
         target = root / key
         with self._locks_guard:
             lock = self._locks.setdefault(key, threading.Lock())
@@ -94,54 +108,50 @@ class VenvExecutor:
                 return
             emit(STDERR, f"homie: building environment {key}\n".encode())
             tmp = root / f".{key}.{os.getpid()}.tmp"
-            shutil.rmtree(tmp, ignore_errors=True)
-            user = self.ctx.user
+            if tmp.exists():
+                jobdir.remove(tmp)
+            ident = job.ident
             try:
-                # Built as the job user (installing can run the job's code: setup.py of a local
-                # sdist), then handed back to the daemon so no later job can change it.
-                tmp.mkdir(mode=0o755)
-                if user.differs:
-                    os.chown(tmp, user.uid, user.gid)
-                self._run(job, [self.ctx.python, "-m", "venv", str(tmp)], emit)
-                req = Path(job.dir, "requirements.txt")
-                pip = [str(tmp / "bin" / "python"), "-m", "pip", "install", "--disable-pip-version-check",
-                       "--no-input", "-r", str(req)]
-                # Local wheels/paths in requirements.txt are relative to the job directory.
-                self._run(job, pip, emit, cwd=job.dir)
-                if user.differs:
-                    for d, dirs, fnames in os.walk(tmp):
-                        for name in [d, *(os.path.join(d, n) for n in dirs + fnames)]:
-                            os.lchown(name, os.geteuid(), os.getegid())
+                os.mkdir(tmp, 0o700)
+                os.chmod(tmp, 0o755)  # readable by later jobs' uids; the daemon's umask is 077
+                if ident.differs:
+                    os.chown(tmp, ident.uid, ident.gid)
+                venv = self._seen_as(str(tmp))
+                os.mkdir(tmp / ".homie-tmp", 0o700)
+                if ident.differs:
+                    os.chown(tmp / ".homie-tmp", ident.uid, ident.gid)
+                self._run(job, [self.ctx.python, "-I", "-m", "venv", venv], str(tmp))
+                req = f"{self.ctx.job_path(job)}/requirements.txt"
+                self._run(job, [f"{venv}/bin/python", "-I", "-m", "pip", "install", "--disable-pip-version-check",
+                                "--no-input", "-r", req], str(tmp))
+                jobdir.remove(tmp / ".homie-tmp")
+                if ident.differs:
+                    jobdir.give(tmp, os.geteuid(), os.getegid())  # no later job can change it
             except BaseException:
-                shutil.rmtree(tmp, ignore_errors=True)
+                jobdir.remove(tmp)
                 raise
             (tmp / ".homie-ready").touch()
             try:
                 os.rename(tmp, target)
             except OSError:
-                shutil.rmtree(tmp, ignore_errors=True)  # another job won the race
+                jobdir.remove(tmp)  # another job won the race
             self.ctx.evict_venvs(keep={key})
 
-    def _run(self, job, argv, emit, cwd=None) -> None:
-        tmpdir = str(Path(job.dir, ".homie", "tmp"))  # the job user's: pip's cache and temp files
-        env = {**self.ctx.base_env, "PIP_NO_INPUT": "1", "HOME": tmpdir, "TMPDIR": tmpdir}
-        user = self.ctx.user
-        kw = {"user": user.uid, "group": user.gid, "extra_groups": []} if user.differs else {}
-        # umask 022: the environment is shared by jobs that may run as another user
-        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                cwd=cwd, env=env, start_new_session=True, umask=0o022, **kw)
-        job.prepare_pid = proc.pid
-        for line in proc.stdout:
-            emit(STDOUT, line)
-        code = proc.wait()
-        job.prepare_pid = None
-        if code != 0:
-            raise HomieError(f"environment setup failed: {' '.join(argv[:4])}... exited with {code}")
+    def _run(self, job, argv, venv_host: str) -> None:
+        home = sandbox.HOME_DIR if self.ctx.sandboxed else str(Path(job.dir, files.RESERVED_DIR, "tmp"))
+        # Downloads and builds go to disk beside the environment, not to the
+        # sandbox's small /tmp (a wheel of a GB or two is common).
+        tmp = f"{self._seen_as(venv_host)}/.homie-tmp"
+        env = {**self.ctx.base_env, "PIP_NO_INPUT": "1", "PIP_NO_CACHE_DIR": "1", "HOME": home, "TMPDIR": tmp}
+        outcome = self.ctx.run_setup(job, argv, env=env, venv=venv_host, venv_writable=True)
+        if outcome.code != 0:
+            raise HomieError(f"environment setup failed: {' '.join(argv[:4])}... exited with"
+                             f" {outcome.code if outcome.code is not None else outcome.reason}")
 
     def command(self, job) -> tuple[list[str], dict]:
-        env_dir = self.env_dir(job)
-        python = str(env_dir / "bin" / "python")
-        env = {"VIRTUAL_ENV": str(env_dir), "PATH": f"{env_dir / 'bin'}{os.pathsep}{self.ctx.base_env.get('PATH', '')}"}
+        env_dir = self._seen_as(self.venv_dir(job))
+        python = f"{env_dir}/bin/python"
+        env = {"VIRTUAL_ENV": env_dir, "PATH": f"{env_dir}/bin{os.pathsep}{self.ctx.base_env.get('PATH', '')}"}
         return script_command(job, python), env
 
 

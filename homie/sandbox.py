@@ -1,0 +1,175 @@
+"""The job sandbox: bubblewrap namespaces around every job on Linux.
+
+A job sees its own directory read-write at /job (its cwd), the system
+read-only (/usr, /etc, the interpreter it runs), a private size-capped /tmp
+holding its HOME, its own /proc, pid, ipc and uts namespaces and a minimal
+/dev: nothing of /home, /root, the homie home, other jobs or the daemon.
+
+bubblewrap is always started *unprivileged* (as the job's uid under a root
+daemon, as the owner otherwise) so that it builds a user namespace whose
+only mapping is that uid: running it as root with ``--uid`` would map the
+job onto real root outside the namespace. The pid namespace gives the
+whole-tree kill: when the sandbox's init dies, the kernel kills every
+process in it, ``setsid`` or not, and ``--die-with-parent`` ends it when the
+daemon dies, even of kill -9.
+"""
+
+from __future__ import annotations
+
+import enum
+import glob
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass, field
+
+JOB_DIR = "/job"  # where the job directory appears inside the sandbox
+VENV_DIR = "/venv"  # where a cached virtual environment appears
+HOME_DIR = "/tmp/home"  # the job's HOME: inside its private /tmp, gone with it
+TMP_BYTES_DEFAULT = 1 << 30
+
+# Top-level paths a program may need that live outside /usr on some systems;
+# on merged-/usr systems they are symlinks and are recreated as such.
+_SYSTEM_TOPS = ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
+
+
+class Mode(enum.Enum):
+    AUTO = "auto"
+    REQUIRED = "required"
+    OFF = "off"
+
+
+@dataclass(frozen=True)
+class Status:
+    """Whether jobs here run sandboxed, and if not, why (shown by up, doctor, peers)."""
+
+    active: bool
+    reason: str
+    disable_userns: bool = True  # the kernel lets bwrap forbid nested user namespaces
+
+    @property
+    def label(self) -> str:
+        return "bwrap" if self.active else "none"
+
+
+@dataclass
+class Spec:
+    """What one sandboxed command gets, beyond the fixed system view."""
+
+    job_dir: str | None = None  # host path bound read-write at JOB_DIR (also the cwd)
+    venv: str | None = None  # host path bound at VENV_DIR
+    venv_writable: bool = False
+    network: bool = True
+    gpu: bool = False
+    ro_paths: list[str] = field(default_factory=list)
+    tmp_bytes: int = TMP_BYTES_DEFAULT
+    info_fd: int | None = None
+
+
+def bwrap_path() -> str | None:
+    return shutil.which("bwrap") or shutil.which("bwrap", path="/usr/bin:/bin:/usr/local/bin")
+
+
+def interpreter_roots(python: str) -> list[str]:
+    """Directories to bind read-only so that `python` runs in the sandbox:
+    none when it lives under /usr, else its installation prefix (a pyenv or
+    conda install), never the whole home it may sit in."""
+    real = os.path.realpath(python)
+    if real.startswith("/usr/"):
+        return []
+    prefix = os.path.dirname(os.path.dirname(real))  # .../bin/python3.11 -> ...
+    return [prefix] if prefix not in ("/", "") else []
+
+
+def _system_binds() -> list[str]:
+    args = ["--ro-bind", "/usr", "/usr"]
+    for top in _SYSTEM_TOPS:
+        if os.path.islink(top):
+            args += ["--symlink", os.readlink(top), top]
+        elif os.path.isdir(top):
+            args += ["--ro-bind", top, top]
+    # /etc for DNS, TLS certificates, locales; secrets there are root-only files
+    # that the job's uid cannot read anyway.
+    args += ["--ro-bind", "/etc", "/etc"]
+    # /etc/resolv.conf is often a symlink into /run (systemd-resolved, NetworkManager).
+    try:
+        target = os.path.realpath("/etc/resolv.conf")
+        if target.startswith("/run/") and os.path.exists(target):
+            args += ["--ro-bind", os.path.dirname(target), os.path.dirname(target)]
+    except OSError:
+        pass
+    # What numeric libraries read to size their thread pools; flatpak exposes the same.
+    for p in ("/sys/devices/system/cpu", "/sys/fs/cgroup"):
+        if os.path.isdir(p):
+            args += ["--ro-bind", p, p]
+    return args
+
+
+def _gpu_binds() -> list[str]:
+    args = []
+    for dev in sorted(glob.glob("/dev/nvidia*")) + sorted(glob.glob("/dev/dri/*")):
+        args += ["--dev-bind", dev, dev]
+    return args
+
+
+def command(bwrap: str, argv: list[str], spec: Spec, python: str | None = None,
+            disable_userns: bool = True) -> list[str]:
+    """The bwrap command line that runs `argv` inside the sandbox."""
+    args = [bwrap, "--unshare-user", "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try",
+            "--die-with-parent", "--new-session", "--cap-drop", "ALL", "--hostname", "homie-job"]
+    if disable_userns:
+        args.append("--disable-userns")  # no nested namespaces: less kernel surface
+    if not spec.network:
+        args.append("--unshare-net")  # only lo inside
+    args += _system_binds()
+    for root in interpreter_roots(python) if python else []:
+        args += ["--ro-bind", root, root]
+    args += ["--proc", "/proc", "--dev", "/dev"]
+    if spec.gpu:
+        args += _gpu_binds()
+    args += ["--size", str(spec.tmp_bytes), "--perms", "0700", "--tmpfs", "/tmp", "--dir", HOME_DIR]
+    for p in spec.ro_paths:
+        args += ["--ro-bind-try", p, p]
+    if spec.venv:
+        args += ["--bind" if spec.venv_writable else "--ro-bind", spec.venv, VENV_DIR]
+    if spec.job_dir:
+        args += ["--bind", spec.job_dir, JOB_DIR, "--chdir", JOB_DIR]
+    else:
+        args += ["--chdir", "/tmp"]
+    if spec.info_fd is not None:
+        args += ["--info-fd", str(spec.info_fd)]
+    return [*args, "--", *argv]
+
+
+def probe(mode: Mode, as_uid: int | None, python: str) -> Status:
+    """Can a sandbox start here, as the identity jobs will have? Tried once at
+    start-up with the real command line, so what `up` and `doctor` say is
+    what jobs will get."""
+    if mode is Mode.OFF:
+        return Status(False, "sandbox: off in the config")
+    if not sys.platform.startswith("linux"):
+        return Status(False, f"no sandbox on {sys.platform}: jobs run as a plain process")
+    bwrap = bwrap_path()
+    if bwrap is None:
+        return Status(False, "bubblewrap is not installed (apt-get install bubblewrap)")
+    for disable_userns in (True, False):
+        argv = command(bwrap, [os.path.realpath(python), "-c", "pass"], Spec(), python=python,
+                       disable_userns=disable_userns)
+        kw = {}
+        if as_uid is not None:
+            kw = {"user": as_uid, "group": as_uid, "extra_groups": []}
+        try:
+            cp = subprocess.run(argv, capture_output=True, text=True, timeout=20, cwd="/",
+                                stdin=subprocess.DEVNULL, **kw)
+        except (OSError, subprocess.TimeoutExpired) as e:
+            return Status(False, f"bubblewrap cannot start: {e}")
+        if cp.returncode == 0:
+            return Status(True, "bwrap" + ("" if disable_userns else " (nested user namespaces allowed)"),
+                          disable_userns)
+        err = (cp.stderr.strip().splitlines() or ["exit %d" % cp.returncode])[-1]
+    hint = ""
+    if "ermission" in err or "not permitted" in err:
+        hint = (" (unprivileged user namespaces are off: sysctl kernel.unprivileged_userns_clone=1,"
+                " or an AppArmor profile for bwrap on Ubuntu 24.04)")
+    return Status(False, f"bubblewrap cannot create a sandbox: {err}{hint}")

@@ -1,0 +1,319 @@
+"""The sandbox pieces on one machine: what bubblewrap is told, job uids, the
+job directory's hand-over and read-back, and real sandboxed processes
+(signals, setsid escapees, fork bombs, /tmp). The hostile jobs through the
+real CLI on namespace hosts are in tests/test_hostile_netns.py."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from homie import jobdir, sandbox
+from homie.errors import HomieError, ManifestError
+from homie.identity import Identities, Identity, parse_range
+from homie.joblog import JobLog, read_records
+from homie.runner import JobProcess, Launch, Limits
+
+ROOT = os.geteuid() == 0
+BWRAP = sandbox.bwrap_path()
+needs_root = pytest.mark.skipif(not ROOT, reason="needs root (per-job uids, chown)")
+needs_bwrap = pytest.mark.skipif(BWRAP is None, reason="bubblewrap is not installed (apt-get install bubblewrap)")
+PY = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable
+
+
+# ---------------------------------------------------------------- the command line
+
+def _pairs(argv, flag):
+    return [(argv[i + 1], argv[i + 2]) for i, a in enumerate(argv) if a == flag]
+
+
+def test_command_binds_only_what_the_job_needs():
+    spec = sandbox.Spec(job_dir="/srv/w/abc", network=True, ro_paths=["/data/set"], tmp_bytes=5 << 20)
+    argv = sandbox.command("/usr/bin/bwrap", ["/usr/bin/python3", "x.py"], spec, python="/usr/bin/python3")
+    sep = argv.index("--")
+    opts, cmd = argv[:sep], argv[sep + 1:]
+    assert cmd == ["/usr/bin/python3", "x.py"]
+    for flag in ("--unshare-user", "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--die-with-parent",
+                 "--new-session", "--disable-userns"):
+        assert flag in opts
+    assert "--unshare-net" not in opts
+    assert ("/srv/w/abc", sandbox.JOB_DIR) in _pairs(opts, "--bind")
+    assert opts[opts.index("--chdir") + 1] == sandbox.JOB_DIR
+    assert ("/data/set", "/data/set") in _pairs(opts, "--ro-bind-try")
+    assert opts[opts.index("--size") + 1] == str(5 << 20)
+    # nothing of the homes, the daemon's state or the whole root
+    sources = {s for flag in ("--bind", "--ro-bind", "--dev-bind") for s, _ in _pairs(opts, flag)}
+    assert not {s for s in sources if s in ("/", "/home", "/root", "/var", "/run") or s.startswith("/home/")}
+
+
+def test_command_cuts_network_and_binds_a_private_interpreter():
+    spec = sandbox.Spec(job_dir="/w/j", network=False)
+    argv = sandbox.command("bwrap", ["python", "x.py"], spec, python="/opt/py/3.12/bin/python3.12")
+    assert "--unshare-net" in argv
+    assert ("/opt/py/3.12", "/opt/py/3.12") in _pairs(argv, "--ro-bind")
+    assert sandbox.interpreter_roots("/usr/bin/python3") == []
+
+
+def test_probe_off_and_missing():
+    st = sandbox.probe(sandbox.Mode.OFF, None, PY)
+    assert not st.active and "off" in st.reason and st.label == "none"
+
+
+# ---------------------------------------------------------------- job uids
+
+def test_parse_range():
+    assert parse_range("61184-65519") == (61184, 65519)
+    for bad in ("", "5", "0-100", "70000-60000", "a-b"):
+        with pytest.raises(ValueError):
+            parse_range(bad)
+
+
+@needs_root
+def test_each_job_gets_its_own_uid_and_daemons_never_share_one(tmp_path):
+    lock_dir = str(tmp_path / "uids")
+    a = Identities((62000, 62002), lock_dir=lock_dir)
+    b = Identities((62000, 62002), lock_dir=lock_dir)  # a second daemon on the same machine
+    x, y = a.acquire("job1"), a.acquire("job2")
+    z = b.acquire("job3")
+    assert len({x.uid, y.uid, z.uid}) == 3 and all(i.differs for i in (x, y, z))
+    assert a.acquire("job1") == x  # the same job keeps its uid
+    with pytest.raises(HomieError, match="no free job uid"):
+        b.acquire("job4")
+    a.release("job1")
+    assert b.acquire("job4").uid == x.uid  # freed for anyone once the job is gone
+
+
+@needs_root
+def test_job_user_root_or_unknown_is_refused():
+    with pytest.raises(HomieError, match="must not be root"):
+        Identities(fixed_user="root")
+    with pytest.raises(HomieError, match="does not exist"):
+        Identities(fixed_user="no-such-user-here")
+
+
+# ---------------------------------------------------------------- the job directory
+
+@needs_root
+def test_give_never_follows_a_link(tmp_path):
+    secret = tmp_path / "secret"
+    secret.mkdir(mode=0o700)
+    tree = tmp_path / "job"
+    (tree / "sub").mkdir(parents=True)
+    (tree / "sub" / "f").write_text("x")
+    (tree / "link").symlink_to(secret)
+    (tree / "sub" / "flink").symlink_to(secret)
+    jobdir.give(tree, 62010, 62010)
+    assert secret.stat().st_uid == 0 and (secret.stat().st_mode & 0o777) == 0o700
+    assert (tree / "sub" / "f").stat().st_uid == 62010
+    assert (tree / "link").lstat().st_uid == 62010
+
+
+def test_scan_and_open_beneath_skip_links_and_specials(tmp_path):
+    outside = tmp_path / "outside.txt"
+    outside.write_text("secret")
+    root = tmp_path / "job"
+    (root / "d").mkdir(parents=True)
+    (root / "d" / "ok.txt").write_text("fine")
+    (root / "link.txt").symlink_to(outside)
+    (root / "dlink").symlink_to(tmp_path)
+    os.mkfifo(root / "fifo")
+    (root / ".homie").mkdir()
+    (root / ".homie" / "own").write_text("homie's")
+    assert set(jobdir.scan(root)) == {"d/ok.txt"}
+    fd = jobdir.open_beneath(root, "d/ok.txt")
+    assert os.read(fd, 10) == b"fine"
+    os.close(fd)
+    for rel in ("link.txt", "dlink/outside.txt", "fifo"):
+        with pytest.raises((OSError, ManifestError)):
+            os.close(jobdir.open_beneath(root, rel))
+    with pytest.raises(ManifestError):
+        jobdir.open_beneath(root, "../outside.txt")
+
+
+# ---------------------------------------------------------------- real sandboxed processes
+
+@pytest.fixture
+def passable(tmp_path):
+    """A directory a job's own uid can reach (bubblewrap resolves its binds as that uid)."""
+    import shutil
+    import tempfile
+
+    d = Path(tempfile.mkdtemp(prefix="homie-sbx-", dir="/tmp"))
+    d.chmod(0o711)
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def _start(tmp_path, code: str, *, uid: int | None = None, nproc: int | None = None, tmp_bytes=64 << 20,
+           network=True):
+    job = tmp_path / "job"
+    job.mkdir(exist_ok=True)
+    (job / "main.py").write_text(textwrap.dedent(code))
+    ident = Identity(uid, uid, "t") if uid is not None else None
+    if ident is not None:
+        jobdir.give(job, uid, uid)
+    r, w = os.pipe()
+    os.set_inheritable(w, True)
+    spec = sandbox.Spec(job_dir=str(job), tmp_bytes=tmp_bytes, info_fd=w, network=network)
+    argv = sandbox.command(BWRAP, [PY, "main.py"], spec, python=PY)
+    if nproc:
+        argv = ["prlimit", f"--nproc={nproc}", "--", *argv]
+    log = JobLog(tmp_path / "out.log")
+    la = Launch(argv=argv, cwd="/", user=ident, info_fd=r, pass_fds=(w,), uid_sweep=uid)
+    p = JobProcess("t" + os.urandom(4).hex(), la, {"PATH": "/usr/bin:/bin", "PYTHONUNBUFFERED": "1",
+                                                    "HOME": sandbox.HOME_DIR}, log, Limits())
+    p.start()
+    return p, log
+
+
+def _text(log: JobLog) -> str:
+    return b"".join(d for _, _, d in read_records(log.path, 0, 1 << 22)).decode()
+
+
+def _wait_for(log, text, timeout=10):
+    deadline = time.monotonic() + timeout
+    while text not in _text(log):
+        assert time.monotonic() < deadline, _text(log)
+        time.sleep(0.05)
+
+
+@needs_bwrap
+@needs_root
+def test_sandboxed_job_sees_only_its_directory(passable):
+    tmp_path = passable
+    p, log = _start(tmp_path, """
+        import os, json
+        out = {"uid": os.getuid(), "cwd": os.getcwd(), "top": sorted(os.listdir("/")),
+               "pids": sorted(int(x) for x in os.listdir("/proc") if x.isdigit())}
+        for path in ("/root", "/home", %r):
+            try:
+                os.listdir(path); out[path] = "LISTED"
+            except OSError as e:
+                out[path] = type(e).__name__
+        print(json.dumps(out))
+        open("made.txt", "w").write("hi")
+    """ % str(tmp_path), uid=62020)
+    o = p.wait(30)
+    assert o.code == 0, _text(log)
+    seen = json.loads(_text(log).strip().splitlines()[-1])
+    assert seen["uid"] == 62020 and seen["cwd"] == sandbox.JOB_DIR
+    assert "root" not in seen["top"] and "home" not in seen["top"] and "var" not in seen["top"]
+    assert seen["pids"] == [1, 2]  # its own pid namespace: bwrap's init and itself
+    assert all(v == "FileNotFoundError" for k, v in seen.items() if k.startswith("/")), seen
+    assert (tmp_path / "job" / "made.txt").stat().st_uid == 62020
+
+
+@needs_bwrap
+def test_ctrl_c_reaches_the_job_and_kill_ends_it(tmp_path):
+    p, log = _start(tmp_path, """
+        import signal, sys, time
+        signal.signal(signal.SIGINT, lambda *a: sys.exit(42))
+        print("ready", flush=True)
+        time.sleep(60)
+    """)
+    _wait_for(log, "ready")
+    time.sleep(0.2)
+    p.signal(signal.SIGINT)
+    assert p.wait(10).code == 42
+
+
+@needs_bwrap
+def test_sigterm_reaches_the_job_not_the_sandbox(tmp_path):
+    p, log = _start(tmp_path, """
+        import signal, sys, time
+        def bye(*a):
+            print("cleaning up", flush=True); sys.exit(7)
+        signal.signal(signal.SIGTERM, bye)
+        print("ready", flush=True)
+        time.sleep(60)
+    """)
+    _wait_for(log, "ready")
+    time.sleep(0.2)
+    p.kill("test", grace=5)
+    o = p.wait(10)
+    assert o.code == 7 and "cleaning up" in _text(log), _text(log)
+
+
+@needs_bwrap
+def test_setsid_escapee_dies_with_the_job(tmp_path):
+    mark = "esc" + os.urandom(6).hex()
+    p, log = _start(tmp_path, f"""
+        import os, sys, time
+        if os.fork() == 0:
+            os.setsid()
+            if os.fork() == 0:
+                os.execve(sys.executable, [sys.executable, "-c", "import time; time.sleep(60)", "{mark}"], {{}})
+            os._exit(0)
+        time.sleep(0.5)
+        print("main exits", flush=True)
+    """)
+    assert p.wait(20).code == 0
+
+    def alive():
+        out = []
+        for d in os.listdir("/proc"):
+            try:
+                if d.isdigit() and mark.encode() in Path(f"/proc/{d}/cmdline").read_bytes():
+                    out.append(d)
+            except OSError:
+                pass
+        return out
+    deadline = time.monotonic() + 5
+    while alive():
+        assert time.monotonic() < deadline, f"escapee still running: {alive()}"
+        time.sleep(0.05)
+
+
+@needs_bwrap
+@needs_root
+def test_fork_bomb_stops_at_the_cap(passable):
+    tmp_path = passable
+    p, log = _start(tmp_path, """
+        import os, time
+        n = 0
+        try:
+            while n < 5000:
+                if os.fork() == 0:
+                    time.sleep(5); os._exit(0)
+                n += 1
+            print("unbounded", n, flush=True)
+        except OSError as e:
+            print("capped at", n, e.errno, flush=True)
+    """, uid=62030, nproc=100)
+    o = p.wait(60)
+    assert o.code == 0, _text(log)
+    text = _text(log)
+    assert "capped at" in text and int(text.split("capped at")[1].split()[0]) <= 100, text
+
+
+@needs_bwrap
+def test_tmp_is_private_and_capped(tmp_path):
+    marker = Path("/tmp") / ("homie-host-" + os.urandom(4).hex())
+    marker.write_text("host")
+    try:
+        p, log = _start(tmp_path, f"""
+            import os, errno
+            print("sees host tmp:", os.path.exists({str(marker)!r}), flush=True)
+            n = 0
+            try:
+                with open("/tmp/fill", "wb") as f:
+                    while n < 200:
+                        f.write(b"x" * (1 << 20)); f.flush(); n += 1
+            except OSError as e:
+                print("full after", n, "MB", errno.errorcode[e.errno], flush=True)
+        """, tmp_bytes=8 << 20)
+        assert p.wait(30).code == 0
+        text = _text(log)
+        assert "sees host tmp: False" in text and "full after" in text and "ENOSPC" in text, text
+        assert int(text.split("full after")[1].split()[0]) <= 8, text
+    finally:
+        marker.unlink()
