@@ -22,8 +22,14 @@ from homie.home import Home
 ARROW = "→"
 
 
-def _home() -> Home:
-    return Home()
+def _home(owned: bool = False) -> Home:
+    """The home, refused (exit 2) if another user could change it: see Home.check."""
+    home = Home()
+    try:
+        home.check(owned=owned)
+    except HomieError as e:
+        _fail(e)
+    return home
 
 
 def _fail(e: HomieError) -> None:
@@ -115,7 +121,7 @@ def key():
     from homie import keys
 
     try:
-        k = keys.load_key(_home().key)
+        k = keys.load_key(_home(owned=True).key)
     except HomieError as e:
         _fail(e)
     click.echo(keys.format_key(k))
@@ -163,9 +169,9 @@ def up(name, port, discovery_port, interface, bind, foreground, ready_fd):
         return
     try:
         key = keys.load_key(home.key)
-    except HomieError:
-        if home.key.exists():
-            raise
+    except HomieError as e:
+        if os.path.lexists(home.key):  # a bad key (or a symlink) is reported, never replaced
+            _fail(e)
         key = keys.generate_key()
         keys.save_key(home.key, key)
         click.echo(f"no group key yet: created one in {home.key}")

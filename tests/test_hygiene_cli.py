@@ -1,0 +1,120 @@
+"""The daemon's hygiene through the real `homie` CLI: an unsafe home is refused,
+the daemon's files are private whatever the caller's umask, and the daemon
+`homie up` starts imports nothing from the directory it was started in.
+
+Daemons here are loopback only, as in test_core_cli.py: `bind: 127.0.0.1`,
+`discovery: [static]` with no static peers, free ports.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from test_core_cli import HOMIE, free_port, group_key_line, one_line_error
+
+NOBODY = 65534
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="chown to another user needs root")
+
+
+def homie(home: Path, *args, cwd=None, env=None, umask: int = -1, timeout: float = 30):
+    e = {k: v for k, v in os.environ.items() if not k.startswith("HOMIE_")}
+    e["HOMIE_HOME"] = str(home)
+    e.update(env or {})
+    return subprocess.run([HOMIE, *map(str, args)], capture_output=True, text=True, env=e, timeout=timeout,
+                          stdin=subprocess.DEVNULL, cwd=cwd, umask=umask)
+
+
+def mode(p: Path) -> int:
+    return stat.S_IMODE(os.lstat(p).st_mode)
+
+
+def write_loopback_config(home: Path, extra: str = "") -> None:
+    port, dport = free_port(), free_port()
+    while dport == port:
+        dport = free_port()
+    (home / "config.yaml").write_text(
+        f"bind: 127.0.0.1\ndiscovery: [static]\nstatic_peers: []\nport: {port}\ndiscovery_port: {dport}\n"
+        "heartbeat_interval: 0.2\npeer_timeout: 2\n" + extra)
+
+
+@pytest.fixture
+def daemon_home(tmp_path):
+    """A loopback-only home with a key; its daemon (if any) is stopped afterwards."""
+    home = tmp_path / "home"
+    assert homie(home, "init", "--name", "tidy").returncode == 0
+    write_loopback_config(home)
+    yield home
+    homie(home, "down")
+    pid = (home / "homie.pid").read_text().strip() if (home / "homie.pid").exists() else ""
+    if pid.isdigit() and homie(home, "status").returncode == 0:
+        os.kill(int(pid), 9)
+
+
+# ----------------------------------------------------------------------------- unsafe homes
+
+
+def refused(cp: subprocess.CompletedProcess[str], what: str) -> None:
+    assert cp.returncode == 2, (cp.returncode, cp.stdout, cp.stderr)
+    err = one_line_error(cp)
+    assert err.startswith("error: unsafe home") and what in err, err
+
+
+def test_key_through_a_symlink_is_refused_and_the_target_untouched(tmp_path):
+    home = tmp_path / "home"
+    key = group_key_line(homie(home, "init").stdout)
+    target = tmp_path / "passwd"
+    target.write_text(key + "\n")
+    os.chmod(target, 0o644)
+    (home / "key").unlink()
+    (home / "key").symlink_to(target)
+    for verb in (["key"], ["up"]):
+        cp = homie(home, *verb)
+        assert cp.returncode == 2, (verb, cp.returncode, cp.stdout, cp.stderr)
+        assert "is a symlink" in one_line_error(cp)
+    assert mode(target) == 0o644, "homie chmodded the symlink's target"
+    assert not (home / "homie.pid").exists() or homie(home, "status").returncode != 0
+
+
+@pytest.mark.parametrize("verb", [["init"], ["join", "A" * 52], ["key"], ["up"], ["ps"], ["down"], ["doctor"]])
+def test_a_world_writable_home_is_refused_by_every_command(tmp_path, verb):
+    home = tmp_path / "home"
+    home.mkdir()
+    os.chmod(home, 0o777)
+    refused(homie(home, *verb), "other users can write to it")
+    assert mode(home) == 0o777 and not list(home.iterdir()), "a refused home was changed"
+
+
+@pytest.mark.parametrize("verb", [["init"], ["key"], ["up"], ["status"]])
+def test_a_symlinked_home_is_refused(tmp_path, verb):
+    real = tmp_path / "real"
+    real.mkdir(mode=0o700)
+    (tmp_path / "home").symlink_to(real)
+    refused(homie(tmp_path / "home", *verb), "is a symlink")
+    assert not list(real.iterdir())
+
+
+@needs_root
+@pytest.mark.parametrize("verb", [["init"], ["join", "A" * 52], ["key"], ["up"]])
+def test_a_home_owned_by_another_user_is_refused(tmp_path, verb):
+    home = tmp_path / "home"
+    assert homie(home, "init").returncode == 0
+    for p in [home, *home.rglob("*")]:
+        os.lchown(p, NOBODY, NOBODY)
+    refused(homie(home, *verb), f"belongs to nobody (uid {NOBODY})")
+    assert all(os.lstat(p).st_uid == NOBODY for p in [home, *home.rglob("*")])
+    assert mode(home / "key") == 0o600
+
+
+@needs_root
+def test_the_daemons_socket_in_another_users_home_can_still_be_used(tmp_path):
+    # group members drive the system service with HOMIE_HOME=/var/lib/homie (owned by homie)
+    home = tmp_path / "home"
+    home.mkdir(mode=0o750)
+    os.chown(home, NOBODY, NOBODY)
+    cp = homie(home, "ps")
+    assert cp.returncode == 69 and "start it with: homie up" in one_line_error(cp), cp.stderr
