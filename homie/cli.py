@@ -194,7 +194,13 @@ def _start_background(home, config, name, port, discovery_port, interface, bind)
         if value is not None:
             argv += [flag, str(value)]
     err_path = home.root / "logs" / "daemon.err"
-    with open(err_path, "ab") as err:
+    from homie.home import open_private
+
+    try:
+        err_fd = open_private(err_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+    except OSError as e:
+        _fail(HomieError(f"cannot open {err_path}: {e.strerror}"))
+    with os.fdopen(err_fd, "ab") as err:
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
                                 pass_fds=(w,), start_new_session=True, close_fds=True)
     os.close(w)

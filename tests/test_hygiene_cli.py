@@ -8,6 +8,7 @@ Daemons here are loopback only, as in test_core_cli.py: `bind: 127.0.0.1`,
 
 from __future__ import annotations
 
+import json
 import os
 import stat
 import subprocess
@@ -118,3 +119,46 @@ def test_the_daemons_socket_in_another_users_home_can_still_be_used(tmp_path):
     os.chown(home, NOBODY, NOBODY)
     cp = homie(home, "ps")
     assert cp.returncode == 69 and "start it with: homie up" in one_line_error(cp), cp.stderr
+
+
+# ----------------------------------------------------------------------------- the daemon's files
+
+
+def test_daemon_files_are_private_under_a_lax_umask(daemon_home):
+    home = daemon_home
+    cp = homie(home, "up", umask=0o022)
+    assert cp.returncode == 0, cp.stdout + cp.stderr
+    assert homie(home, "ps").returncode == 0  # touches the database
+    files = [home / "state.db", home / "homie.pid", home / "logs" / "homie.log", home / "logs" / "daemon.err",
+             home / "homie.sock", home / "key"]
+    for p in files:
+        assert p.exists(), p
+        assert mode(p) == 0o600, f"{p} is {mode(p):04o}"
+    for p in home.glob("state.db-*"):
+        assert mode(p) == 0o600, f"{p} is {mode(p):04o}"
+    for d in (home, home / "logs", home / "jobs"):
+        assert mode(d) == 0o700, f"{d} is {mode(d):04o}"
+    assert homie(home, "down").returncode == 0
+
+
+def test_an_old_open_database_is_tightened_by_up(daemon_home):
+    home = daemon_home
+    (home / "state.db").touch()
+    os.chmod(home / "state.db", 0o644)
+    (home / "logs").mkdir(exist_ok=True)
+    os.chmod(home / "logs", 0o755)
+    cp = homie(home, "up", umask=0o022)
+    assert cp.returncode == 0, cp.stdout + cp.stderr
+    assert mode(home / "state.db") == 0o600 and mode(home / "logs") == 0o700
+    assert homie(home, "down").returncode == 0
+
+
+def test_a_symlinked_log_is_not_followed(daemon_home, tmp_path):
+    home = daemon_home
+    victim = tmp_path / "victim"
+    victim.write_text("precious\n")
+    (home / "logs").mkdir(exist_ok=True)
+    (home / "logs" / "homie.log").symlink_to(victim)
+    cp = homie(home, "up")
+    assert cp.returncode != 0, "the daemon logged through a symlink"
+    assert victim.read_text() == "precious\n"
