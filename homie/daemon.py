@@ -288,6 +288,18 @@ def _limit_malloc_arenas() -> None:
         pass
 
 
+def settle_process() -> None:
+    """First thing in the daemon's process (`homie up --foreground`, which the
+    background start and the service units run): cwd /, so the directory
+    `homie up` was run from can neither matter (a module or a relative path
+    there) nor be kept busy.
+
+    No umask 077 here (yet): the venv executor makes a shared environment with
+    mkdir(mode=0o755) and relies on the umask keeping it 0755 for the job user.
+    The daemon's own files are made private one by one instead (open_private)."""
+    os.chdir("/")
+
+
 def _lock_pidfile(home: Home):
     try:
         fd = open_private(home.pidfile, os.O_RDWR | os.O_CREAT)

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from netns import wait_until
 from test_core_cli import HOMIE, free_port, group_key_line, one_line_error
 
 NOBODY = 65534
@@ -162,3 +163,83 @@ def test_a_symlinked_log_is_not_followed(daemon_home, tmp_path):
     cp = homie(home, "up")
     assert cp.returncode != 0, "the daemon logged through a symlink"
     assert victim.read_text() == "precious\n"
+
+
+# ----------------------------------------------------------------------------- the caller's directory
+
+PLANT = """import os
+open({marker!r}, "a").write(__name__ + " imported by pid %d\\n" % os.getpid())
+"""
+
+
+def plant(d: Path, names: list[str], marker: Path) -> None:
+    for name in names:
+        (d / f"{name}.py").write_text(PLANT.format(marker=str(marker)))
+
+
+def test_up_imports_nothing_from_the_current_directory(daemon_home, tmp_path):
+    """The finding: `homie up` spawned `python -m homie` in the caller's directory,
+    so a structlog.py there ran as root."""
+    cwd = tmp_path / "downloads"
+    cwd.mkdir()
+    marker = tmp_path / "imported"
+    plant(cwd, ["structlog", "click", "yaml", "pluggy", "psutil", "cryptography", "homie_evil"], marker)
+    write_loopback_config(daemon_home, "plugins: [homie_evil]\n")
+    cp = homie(daemon_home, "up", cwd=cwd)
+    assert not marker.exists(), marker.read_text()
+    assert cp.returncode == 0, cp.stdout + cp.stderr
+    st = json.loads(homie(daemon_home, "status", "--json").stdout)
+    # the daemon does not keep the caller's directory busy either
+    assert os.readlink(f"/proc/{st['pid']}/cwd") == "/"
+    plugins = {p["name"]: p for p in json.loads(homie(daemon_home, "plugins", "--json").stdout)}
+    assert "import failed" in plugins["homie_evil"]["disabled"]
+    assert homie(daemon_home, "down").returncode == 0
+    assert not marker.exists(), marker.read_text()
+
+
+def test_a_relative_pythonpath_does_not_bring_the_current_directory_back(daemon_home, tmp_path):
+    # PYTHONPATH=. applies to the `homie` command itself (so only modules the
+    # command does not import are planted), but never to the daemon it starts.
+    cwd = tmp_path / "downloads"
+    cwd.mkdir()
+    marker = tmp_path / "imported"
+    plant(cwd, ["structlog", "cryptography", "homie_evil"], marker)
+    write_loopback_config(daemon_home, "plugins: [homie_evil]\n")
+    cp = homie(daemon_home, "up", cwd=cwd, env={"PYTHONPATH": os.pathsep.join([".", ""])})
+    assert not marker.exists(), marker.read_text()
+    assert cp.returncode == 0, cp.stdout + cp.stderr
+    assert homie(daemon_home, "down").returncode == 0
+    assert not marker.exists(), marker.read_text()
+
+
+def test_the_foreground_daemon_leaves_the_current_directory(daemon_home, tmp_path):
+    # `homie up --foreground` is what the service units (and the background start) run
+    cwd = tmp_path / "somewhere"
+    cwd.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HOMIE_")}
+    env["HOMIE_HOME"] = str(daemon_home)
+    proc = subprocess.Popen([HOMIE, "up", "--foreground"], cwd=cwd, env=env, stdin=subprocess.DEVNULL,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_until(lambda: homie(daemon_home, "status").returncode == 0, 20, msg="the daemon to start")
+        assert os.readlink(f"/proc/{proc.pid}/cwd") == "/"
+        assert homie(daemon_home, "down").returncode == 0
+        assert proc.wait(timeout=20) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_a_plugin_on_an_absolute_pythonpath_still_loads(daemon_home, tmp_path):
+    # Deliberately kept: the daemon gets the import path of the `homie up` that
+    # started it (PYTHONPATH included), only never the current directory.
+    plugdir = tmp_path / "plugins"
+    plugdir.mkdir()
+    (plugdir / "homie_hello.py").write_text("import homie\n__version__ = '1.2'\n")
+    write_loopback_config(daemon_home, "plugins: [homie_hello]\n")
+    cp = homie(daemon_home, "up", env={"PYTHONPATH": str(plugdir)})
+    assert cp.returncode == 0, cp.stdout + cp.stderr
+    plugins = {p["name"]: p for p in json.loads(homie(daemon_home, "plugins", "--json").stdout)}
+    assert "homie_hello" in plugins and not plugins["homie_hello"].get("disabled"), plugins.get("homie_hello")
+    assert homie(daemon_home, "down").returncode == 0
