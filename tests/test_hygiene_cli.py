@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import stat
 import subprocess
 from pathlib import Path
@@ -55,6 +56,20 @@ def daemon_home(tmp_path):
     pid = (home / "homie.pid").read_text().strip() if (home / "homie.pid").exists() else ""
     if pid.isdigit() and homie(home, "status").returncode == 0:
         os.kill(int(pid), 9)
+
+
+@pytest.fixture(autouse=True)
+def no_daemon_left_behind(tmp_path):
+    """A regression (a refused home starting a daemon after all) must not leave one running."""
+    yield
+    for pidfile in tmp_path.rglob("homie.pid"):
+        pid = "" if pidfile.is_symlink() else pidfile.read_text().strip()
+        try:
+            env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0") if pid.isdigit() else []
+        except OSError:
+            continue
+        if f"HOMIE_HOME={pidfile.parent}".encode() in env:  # that daemon, not a reused pid
+            os.kill(int(pid), signal.SIGTERM)
 
 
 # ----------------------------------------------------------------------------- unsafe homes
