@@ -22,8 +22,14 @@ from homie.home import Home
 ARROW = "→"
 
 
-def _home() -> Home:
-    return Home()
+def _home(owned: bool = False) -> Home:
+    """The home, refused (exit 2) if another user could change it: see Home.check."""
+    home = Home()
+    try:
+        home.check(owned=owned)
+    except HomieError as e:
+        _fail(e)
+    return home
 
 
 def _fail(e: HomieError) -> None:
@@ -115,7 +121,7 @@ def key():
     from homie import keys
 
     try:
-        k = keys.load_key(_home().key)
+        k = keys.load_key(_home(owned=True).key)
     except HomieError as e:
         _fail(e)
     click.echo(keys.format_key(k))
@@ -148,6 +154,10 @@ def up(name, port, discovery_port, interface, bind, foreground, ready_fd):
     from homie.config import load_config
 
     home = _home()
+    if foreground:
+        from homie.daemon import settle_process
+
+        settle_process()  # cwd /: before the daemon opens or imports anything
     try:
         home.ensure()
         config = load_config(home.config, _overrides(name, port, discovery_port, interface, bind))
@@ -163,9 +173,9 @@ def up(name, port, discovery_port, interface, bind, foreground, ready_fd):
         return
     try:
         key = keys.load_key(home.key)
-    except HomieError:
-        if home.key.exists():
-            raise
+    except HomieError as e:
+        if os.path.lexists(home.key):  # a bad key (or a symlink) is reported, never replaced
+            _fail(e)
         key = keys.generate_key()
         keys.save_key(home.key, key)
         click.echo(f"no group key yet: created one in {home.key}")
@@ -177,20 +187,54 @@ def up(name, port, discovery_port, interface, bind, foreground, ready_fd):
     _start_background(home, config, name, port, discovery_port, interface, bind)
 
 
+_DAEMON_BOOT = ("import json, sys; sys.path[:] = json.loads(sys.argv.pop(1)); from homie.cli import main;"
+                " main(prog_name='homie')")
+
+
+def _daemon_python() -> list[str]:
+    """The interpreter command line for the background daemon.
+
+    `python -m homie` put the current directory first on the daemon's import
+    path, so a structlog.py lying there ran as root. -I drops it, the user site
+    and every PYTHON* variable; the daemon gets this command's own import path
+    instead, so it runs the same homie and plugins (PYTHONPATH included, as for
+    this command), minus the current directory and relative entries, unless
+    homie itself was imported from there."""
+    import json
+
+    import homie
+
+    own = os.path.dirname(os.path.dirname(os.path.abspath(homie.__file__)))
+    try:
+        here = os.getcwd()
+    except OSError:
+        here = None  # the directory was removed: nothing there to import
+    path = [p for p in sys.path if p == own or (os.path.isabs(p) and os.path.realpath(p) != here)]
+    return [sys.executable, "-I", "-c", _DAEMON_BOOT, json.dumps(path)]
+
+
 def _start_background(home, config, name, port, discovery_port, interface, bind) -> None:
     import select
     import subprocess
 
     r, w = os.pipe()
-    argv = [sys.executable, "-m", "homie", "up", "--foreground", "--ready-fd", str(w)]
+    argv = [*_daemon_python(), "up", "--foreground", "--ready-fd", str(w)]
     for flag, value in (("--name", name), ("--port", port), ("--discovery-port", discovery_port),
                         ("--interface", interface), ("--bind", bind)):
         if value is not None:
             argv += [flag, str(value)]
     err_path = home.root / "logs" / "daemon.err"
-    with open(err_path, "ab") as err:
+    from homie.home import open_private
+
+    # cwd /: see _daemon_python(); HOMIE_HOME absolute, as a relative one meant this directory.
+    env = {**os.environ, "HOMIE_HOME": str(home.root)}
+    try:
+        err_fd = open_private(err_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+    except OSError as e:
+        _fail(HomieError(f"cannot open {err_path}: {e.strerror}"))
+    with os.fdopen(err_fd, "ab") as err:
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
-                                pass_fds=(w,), start_new_session=True, close_fds=True)
+                                pass_fds=(w,), start_new_session=True, close_fds=True, cwd="/", env=env)
     os.close(w)
     data = b""
     deadline = time.monotonic() + 30

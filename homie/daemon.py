@@ -8,6 +8,7 @@ on the way down.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import signal
@@ -18,7 +19,7 @@ from pathlib import Path
 
 from homie import __version__, plugins
 from homie.errors import HomieError
-from homie.home import Home
+from homie.home import Home, open_private
 from homie.peers import Peer, PeerTable
 
 SHUTDOWN_GRACE = 5.0
@@ -298,8 +299,23 @@ def _limit_malloc_arenas() -> None:
         pass
 
 
+def settle_process() -> None:
+    """First thing in the daemon's process (`homie up --foreground`, which the
+    background start and the service units run): cwd /, so the directory
+    `homie up` was run from can neither matter (a module or a relative path
+    there) nor be kept busy.
+
+    No umask 077 here (yet): the venv executor makes a shared environment with
+    mkdir(mode=0o755) and relies on the umask keeping it 0755 for the job user.
+    The daemon's own files are made private one by one instead (open_private)."""
+    os.chdir("/")
+
+
 def _lock_pidfile(home: Home):
-    fd = os.open(home.pidfile, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fd = open_private(home.pidfile, os.O_RDWR | os.O_CREAT)
+    except OSError as e:
+        raise HomieError(f"cannot open the pid file {home.pidfile}: {e.strerror}") from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -314,9 +330,13 @@ def daemon_pid(home: Home) -> int | None:
     """The pid of the running daemon, or None (judged by the pid file's lock,
     so a stale file left by a crash does not count)."""
     try:
-        fd = os.open(home.pidfile, os.O_RDONLY)
+        fd = os.open(home.pidfile, os.O_RDONLY | os.O_NOFOLLOW)
     except FileNotFoundError:
         return None
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            return None  # not a pid file of ours; starting a daemon will say so
+        raise
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
@@ -343,7 +363,13 @@ def run(home: Home, config, key: bytes, foreground: bool, ready_fd: int | None =
                 pass
 
     _limit_malloc_arenas()
-    lock = _lock_pidfile(home)
+    try:
+        lock = _lock_pidfile(home)
+    except HomieError as e:
+        report(f"error: {e}")
+        if ready_fd is None:
+            print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
     if lock is None:
         report(f"already running (pid {daemon_pid(home)})")
         return 0

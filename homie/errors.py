@@ -35,6 +35,12 @@ class KeyFileError(HomieError):
     exit_code = EXIT_USAGE
 
 
+class UnsafeHomeError(HomieError):
+    """A home (HOMIE_HOME) that another local user could change under us."""
+
+    exit_code = EXIT_USAGE
+
+
 class ProtocolError(HomieError):
     """A peer (or a local client) sent bytes that break the wire protocol."""
 

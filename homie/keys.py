@@ -13,6 +13,7 @@ Never log a key or a derived secret; log `fingerprint(key)` instead.
 from __future__ import annotations
 
 import base64
+import errno
 import hashlib
 import hmac
 import os
@@ -120,22 +121,27 @@ def load_key(path: str | os.PathLike) -> bytes:
     path = Path(path)
     try:
         # O_NONBLOCK: a FIFO planted at the key path must not hang the CLI.
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+        # O_NOFOLLOW: a symlink must not make us read, or chmod, another file.
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_NONBLOCK", 0))
     except FileNotFoundError:
         raise KeyFileError(f"no group key at {path}: run `homie init` or `homie join KEY`") from None
     except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise KeyFileError(f"the group key at {path} is a symlink, which homie does not follow:"
+                               " put the key file itself there") from None
         raise KeyFileError(f"cannot read the group key at {path}: {e.strerror}") from None
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             raise KeyFileError(f"the group key at {path} is not a regular file")
-        if st.st_mode & 0o077:
+        if st.st_mode & 0o077 and st.st_uid == os.geteuid() and st.st_nlink == 1:
             # Tighten rather than refuse: a key copied in by hand often lands 0644,
-            # and refusing would only teach people to chmod blindly.
+            # and refusing would only teach people to chmod blindly. Only our own
+            # file with no other name: root must not chmod a hard link's other half.
             try:
                 os.fchmod(fd, 0o600)
             except OSError:
-                pass  # not our file; loading it is still the user's call
+                pass
         with os.fdopen(fd, "rb", closefd=False) as f:
             raw = f.read(4096)
     except OSError as e:

@@ -3,11 +3,16 @@ with --foreground (journald and launchd collect it from there)."""
 
 from __future__ import annotations
 
+import errno
 import logging
+import os
 import sys
 import threading
 
 import structlog
+
+from homie.errors import HomieError
+from homie.home import open_private
 
 LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 
@@ -32,8 +37,8 @@ class _Lines:
 
 
 def setup_logging(home, level: str = "info", foreground: bool = False):
-    home.log.parent.mkdir(parents=True, exist_ok=True)
-    f = open(home.log, "a", buffering=1, encoding="utf-8")
+    home.log.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    f = os.fdopen(_open_log(home.log), "a", buffering=1, encoding="utf-8")
     targets = [f] + ([sys.stdout] if foreground else [])
     sink = _Lines(targets)
     structlog.configure(
@@ -48,3 +53,13 @@ def setup_logging(home, level: str = "info", foreground: bool = False):
         cache_logger_on_first_use=True,
     )
     return structlog.get_logger()
+
+
+def _open_log(path) -> int:
+    # The log is the daemon's (often root's): written through a symlink planted
+    # in its place it would append to any file on the machine.
+    try:
+        return open_private(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+    except OSError as e:
+        why = "it is a symlink, which homie does not follow" if e.errno == errno.ELOOP else e.strerror
+        raise HomieError(f"cannot open the log {path}: {why}") from None

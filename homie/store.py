@@ -7,10 +7,15 @@ ledger. Records are JSON documents: the schema evolves without migrations.
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import sqlite3
 import threading
 import time
+
+from homie.errors import HomieError
+from homie.home import open_private
 
 
 def _tolerant(fn):
@@ -30,11 +35,26 @@ def _tolerant(fn):
     return wrapper
 
 
+def _private_db(path: str) -> None:
+    """The database holds every job's arguments: create it 0600 (sqlite would
+    leave that to the umask, and its -wal/-shm files copy the database's mode)
+    and never open it, or its journals, through a symlink."""
+    try:
+        os.close(open_private(path, os.O_RDWR | os.O_CREAT))
+        for journal in (f"{path}-wal", f"{path}-shm", f"{path}-journal"):
+            if os.path.islink(journal):
+                raise OSError(errno.ELOOP, os.strerror(errno.ELOOP), journal)
+    except OSError as e:
+        why = "it is a symlink, which homie does not follow" if e.errno == errno.ELOOP else e.strerror
+        raise HomieError(f"cannot open the job database {e.filename or path}: {why}") from None
+
+
 class Store:
     on_error = None
 
     def __init__(self, path):
         self.path = str(path)
+        _private_db(self.path)
         self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=10)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")

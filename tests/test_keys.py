@@ -182,6 +182,50 @@ def test_load_tightens_lax_permissions(tmp_path):
     assert mode(path) == 0o600
 
 
+def test_load_does_not_follow_a_symlink(tmp_path):
+    # The finding: with `key` a symlink to another file, `homie key` chmodded the target.
+    target = tmp_path / "elsewhere"
+    key = generate_key()
+    target.write_text(format_key(key) + "\n")
+    os.chmod(target, 0o644)
+    link = tmp_path / "key"
+    link.symlink_to(target)
+    with pytest.raises(KeyFileError, match=f"the group key at {link} is a symlink") as e:
+        load_key(link)
+    assert e.value.exit_code == 2
+    assert mode(target) == 0o644, "the symlink's target was chmodded"
+
+
+def test_load_does_not_chmod_a_hard_link_or_another_users_file(tmp_path):
+    key = generate_key()
+    other = tmp_path / "other"
+    other.write_text(format_key(key) + "\n")
+    os.chmod(other, 0o644)
+    os.link(other, tmp_path / "key")
+    assert load_key(tmp_path / "key") == key  # readable: loading it is the user's call
+    assert mode(other) == 0o644, "chmod reached the file's other name"
+    if os.geteuid() == 0:
+        theirs = tmp_path / "theirs"
+        theirs.write_text(format_key(key) + "\n")
+        os.chmod(theirs, 0o644)
+        os.chown(theirs, 65534, 65534)
+        assert load_key(theirs) == key
+        assert mode(theirs) == 0o644
+
+
+def test_save_with_force_replaces_a_symlink_not_its_target(tmp_path):
+    target = tmp_path / "elsewhere"
+    target.write_text("precious\n")
+    link = tmp_path / "key"
+    link.symlink_to(target)
+    with pytest.raises(KeyFileError, match="already exists"):
+        save_key(link, generate_key())
+    key = generate_key()
+    save_key(link, key, force=True)
+    assert not link.is_symlink() and load_key(link) == key
+    assert target.read_text() == "precious\n"
+
+
 def test_import_stays_light():
     # The CLI imports homie.keys on every start; cryptography must not come with it.
     code = "import sys, homie.keys, homie.heartbeat, homie.trust; print('cryptography' in sys.modules)"
