@@ -303,12 +303,11 @@ def settle_process() -> None:
     """First thing in the daemon's process (`homie up --foreground`, which the
     background start and the service units run): cwd /, so the directory
     `homie up` was run from can neither matter (a module or a relative path
-    there) nor be kept busy.
-
-    No umask 077 here (yet): the venv executor makes a shared environment with
-    mkdir(mode=0o755) and relies on the umask keeping it 0755 for the job user.
-    The daemon's own files are made private one by one instead (open_private)."""
+    there) nor be kept busy; umask 077, so nothing the daemon creates is open to
+    others unless it says so (what jobs must read gets its mode explicitly, and
+    each job starts with the umask its Launch names)."""
     os.chdir("/")
+    os.umask(0o077)
 
 
 def _lock_pidfile(home: Home):

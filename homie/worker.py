@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from homie import PROTOCOL_VERSION, __version__, files, jobdir, plugins, protocol, sandbox
+from homie.admission import ConnectionGate
 from homie.cgroup import LAUNCHER, Cgroups
 from homie.channel import Channel, ConnectionClosed, Pipeline
 from homie.errors import HomieError, ManifestError, ProtocolError
@@ -202,13 +203,12 @@ class Worker:
         # No fsync per blob: it halves upload speed, and a blob torn by a power
         # cut is caught by the size check in _have() (docs/architecture.md).
         self.blobs = files.BlobCache(self.home.blobs, int(self.config.cache_max_gb * 2**30), fsync=False)
-        self._conns: dict[str, int] = {}
+        self.gate = ConnectionGate(MAX_CONNECTIONS, MAX_PER_ADDRESS, handshake_deadline=HANDSHAKE_TIMEOUT)
         self._waiting: dict[str, _Waiting] = {}
         self._slot_freed_at = 0.0
         self._contended_until = 0.0
         self._reserved = 0  # slots taken by jobs still uploading
         self._incoming: set[str] = set()  # their ids
-        self._conn_total = 0
         self._executors = {}
         for group in plugins.call("homie_executors"):
             for cls in group or []:
@@ -269,27 +269,31 @@ class Worker:
                 time.sleep(0.05)
                 continue
             ip = addr[0]
-            # Caps before any TLS work: idle or half-open connections cost a slot, not a handshake.
-            with self.lock:
-                if self._conn_total >= MAX_CONNECTIONS or self._conns.get(ip, 0) >= MAX_PER_ADDRESS:
-                    self.node.rate_warn("worker.connection_refused", "too many connections", ip=ip)
-                    raw.close()
-                    continue
-                self._conn_total += 1
-                self._conns[ip] = self._conns.get(ip, 0) + 1
-            threading.Thread(target=self._connection, args=(raw, ip), name=f"conn-{ip}", daemon=True).start()
+            # Seats before any TLS work: idle or half-open connections cost a seat, not a
+            # handshake, and members who authenticated recently keep seats of their own.
+            conn = _Conn(raw)
+            d = self.gate.admit(ip, conn)
+            if not d.admitted:
+                self.node.rate_warn("worker.connection_refused", d.reason or "too many connections", ip=ip)
+                raw.close()
+                continue
+            if d.victim is not None:
+                d.victim.cut()  # its thread wakes, fails its handshake and gives the seat back
+            threading.Thread(target=self._connection, args=(conn, ip), name=f"conn-{ip}", daemon=True).start()
 
-    def _connection(self, raw: socket.socket, ip: str) -> None:
+    def _connection(self, conn: "_Conn", ip: str) -> None:
         ch = None
         try:
             # Small frames (hello, need, exit) must not wait for Nagle + delayed ACK (~40 ms each).
-            raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             try:
-                tls = self._handshake(raw)
+                tls = self._handshake(conn)
             except (ssl.SSLError, OSError) as e:
                 self.node.rate_warn("worker.tls_refused", "TLS handshake failed (wrong key or not homie)",
                                     ip=ip, error=type(e).__name__)
                 return
+            if not self.gate.authenticated(conn):
+                return  # evicted just as its handshake finished: the seat is someone else's
             peer = self.node.trust_peer_name(tls)
             ch = Channel(tls, Conversation(protocol.SERVER))
             ch.send("hello", name=self.node.name, proto=PROTOCOL_VERSION, homie=__version__,
@@ -312,22 +316,20 @@ class Worker:
                 ch.close()
             else:
                 try:
-                    raw.close()
+                    conn.sock.close()
                 except OSError:
                     pass
-            with self.lock:
-                self._conn_total -= 1
-                self._conns[ip] -= 1
-                if not self._conns[ip]:
-                    del self._conns[ip]
+            self.gate.release(conn)
 
-    def _handshake(self, raw: socket.socket) -> ssl.SSLSocket:
+    def _handshake(self, conn: "_Conn") -> ssl.SSLSocket:
         """TLS handshake with one deadline for the whole of it: a per-read
         timeout alone lets a slow-loris client trickle bytes forever."""
         import select
 
+        raw = conn.sock
         raw.setblocking(False)
         tls = self.node.trust.server_context().wrap_socket(raw, server_side=True, do_handshake_on_connect=False)
+        conn.sock = tls  # the TLS socket owns the fd now: an eviction must shut that one down
         deadline = time.monotonic() + HANDSHAKE_TIMEOUT
         while True:
             try:
@@ -965,6 +967,22 @@ class Worker:
                 self.sock.close()
             except OSError:
                 pass
+
+
+class _Conn:
+    """A connection's seat at the gate; follows the socket from raw to TLS."""
+
+    __slots__ = ("sock",)
+
+    def __init__(self, sock: socket.socket):
+        self.sock = sock
+
+    def cut(self) -> None:
+        # The OS socket's shutdown, not SSLSocket's: a pending handshake then fails as EOF.
+        try:
+            socket.socket.shutdown(self.sock, socket.SHUT_RDWR)
+        except OSError:
+            pass  # already closed
 
 
 def _unlink(path: Path) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 
 import pytest
 
@@ -107,6 +108,59 @@ elif mode in ("huge-tls", "bad-json-tls"):
     else:
         s.sendall(struct.pack("!IB", 7, protocol.MSG) + b"{nope!!")
     drain(s)
+elif mode == "member":
+    # argv[4]: key file. 20 single connection attempts of a member, no retries:
+    # how many get a seat and the daemon's hello?
+    ctx = Trust(load_key(sys.argv[4]), "you").client_context()
+    ok = 0
+    for _ in range(20):
+        try:
+            c = socket.create_connection((ip, port), timeout=3)
+            s = ctx.wrap_socket(c, server_hostname=SERVER_HOSTNAME)
+            s.settimeout(3)
+            hdr = s.recv(5)
+            ok += len(hdr) == 5
+            s.close()
+        except (OSError, ssl.SSLError):
+            pass
+        time.sleep(0.1)
+    res["member_ok"] = ok
+elif mode == "churn":
+    # Hold 16 idle connections for argv[4] seconds; reopen each the moment it is cut.
+    import selectors
+    sel = selectors.DefaultSelector()
+    def opened():
+        try:
+            c = socket.create_connection((ip, port), timeout=2)
+        except OSError:
+            return None
+        c.setblocking(False)
+        sel.register(c, selectors.EVENT_READ)
+        return c
+    live = [c for c in (raw, *(opened() for _ in range(15))) if c is not None]
+    if raw in live:
+        raw.setblocking(False)
+        sel.register(raw, selectors.EVENT_READ)
+    reopened = 0
+    end = time.monotonic() + float(sys.argv[4])
+    while time.monotonic() < end:
+        for key, _ in sel.select(0.002):
+            try:
+                gone = key.fileobj.recv(1) == b""
+            except BlockingIOError:
+                gone = False
+            except OSError:
+                gone = True
+            if gone:
+                sel.unregister(key.fileobj)
+                key.fileobj.close()
+                if opened() is not None:
+                    reopened += 1
+        while len(sel.get_map()) < 16 and time.monotonic() < end:
+            if opened() is None:
+                break
+            reopened += 1
+    res["reopened"] = reopened
 elif mode == "flood":
     socks = [raw] + [socket.create_connection((ip, port), timeout=5) for _ in range(39)]
     time.sleep(0.5)
@@ -285,3 +339,34 @@ def test_version_mismatch_is_one_clear_sentence(lan):
     assert "raj runs homie 9.9.0 (protocol 99, Python 3.99.0)" in msg and "upgrade" in msg, msg
     assert "Traceback" not in msg and "\n" not in msg
     srv.kill()
+
+
+def test_junk_connections_cannot_take_a_members_seat(recorder):
+    """64 idle connections from 4 addresses, each reopened the moment it is cut,
+    take every seat a plain cap has; members who authenticated recently keep
+    seats of their own, so their jobs still run (before: 5 of 8 failed)."""
+    with Cluster() as c:
+        raj, you = make_group(c, ["raj", "you"], per_host={"you": {"max_jobs": 0}})
+        proj = project(you, {"job.py": "print('still here')"})
+        r = you.homie("run", "-n", "raj", "job.py", cwd=proj)  # you has authenticated with raj
+        assert r.returncode == 0, r.stdout + r.stderr
+        pid = daemon_pid(raj)
+        junk = [c.add_host(f"junk{i}") for i in range(4)]
+        floods = [j.spawn(PY, "-c", PROBE, "churn", raj.ip, PORT, 120) for j in junk]
+        time.sleep(3)  # every seat taken, and retaken as soon as one is freed
+        seats = probe(you, "member", raj, you.home / "key")["member_ok"]
+        ok = 0
+        for _ in range(8):
+            r = you.homie("run", "-n", "raj", "job.py", cwd=proj, timeout=60)
+            ok += r.returncode == 0 and "[raj] still here" in r.stdout
+        alive_floods = sum(f.poll() is None for f in floods)
+        for f in floods:
+            f.kill()
+        recorder.record("abuse", "junk connections vs members' seats",
+                        "4 addresses x 16 idle connections, reopened as soon as cut, while a member ran 8 jobs",
+                        8, f"{seats}/20 single connection attempts got a seat, {ok}/8 jobs completed;"
+                           f" daemon alive: {alive(pid)}")
+        assert seats == 20, f"only {seats} of 20 connection attempts of a member got a seat"
+        assert ok == 8, f"only {ok} of 8 jobs ran while junk held the seats"
+        assert alive_floods == 4, f"the floods were meant to run throughout: {[f.log()[-300:] for f in floods]}"
+        assert alive(pid) and daemon_pid(raj) == pid
