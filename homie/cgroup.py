@@ -8,10 +8,9 @@ v1 `pids` and `memory` hierarchies for the caps. Where none of this is
 writable (an unprivileged daemon without systemd delegation) jobs fall back
 to rlimits, the pid namespace and the tree kill, and `homie doctor` says so.
 
-A job is placed in its cgroups before it runs any code of its own: the
-launcher (a two-line shell run by the daemon, never job code) writes its own
-pid into each `cgroup.procs`, then execs the sandbox, so every process of the
-job is born inside.
+A job is placed in its cgroups before it runs any code of its own:
+bubblewrap waits (--block-fd) while the daemon moves its two first
+processes in, so every process of the job is born inside.
 """
 
 from __future__ import annotations
@@ -23,8 +22,6 @@ import time
 from dataclasses import dataclass, field
 
 V1_CONTROLLERS = ("pids", "memory")
-# The launcher: move this shell into each cgroup.procs given before "--", then exec the rest.
-LAUNCHER = 'while [ "$1" != -- ]; do echo 0 > "$1" || exit 125; shift; done; shift; exec "$@"'
 
 
 def _read(path: str) -> str:
@@ -85,6 +82,11 @@ class JobCgroup:
     @property
     def procs_files(self) -> list[str]:
         return [os.path.join(d, "cgroup.procs") for d in self.dirs]
+
+    def add(self, pid: int) -> None:
+        """Move a process (all its threads) into every cgroup of the job."""
+        for f in self.procs_files:
+            _write(f, str(pid))
 
     def pids(self) -> set[int]:
         out: set[int] = set()

@@ -122,6 +122,23 @@ class Identities:
                 return ident
         raise HomieError(f"no free job uid left in {self.range[0]}-{self.range[1]}")
 
+    def in_use_elsewhere(self, uid: int) -> bool:
+        """Does another live daemon hold `uid` for a job now? (Checked before a
+        restart kills the processes of a uid the last run had given out.)"""
+        if self.fixed is not None or not self.range[0] <= uid <= self.range[1]:
+            return True  # not a uid from our pool: never ours to sweep
+        with self._lock:
+            if self._dirfd is None:
+                self._dirfd = _safe_lock_dir(self._lock_dir)
+            fd = os.open(str(uid), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=self._dirfd)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return False
+            except BlockingIOError:
+                return True
+            finally:
+                os.close(fd)
+
     def release(self, job_id: str) -> None:
         with self._lock:
             held = self._held.pop(job_id, None)

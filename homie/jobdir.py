@@ -16,9 +16,9 @@ home is never opened up for that.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
-import shutil
 import stat
 from pathlib import Path
 
@@ -32,18 +32,17 @@ _FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 SYSTEM_WORK = "/var/lib/homie"
 
 
-def _passable_by_others(path: Path) -> bool:
-    """Every directory from / down to `path` lets other users through."""
-    p = path
+def passable_by_others(path: str | os.PathLike) -> bool:
+    """Every directory from / down to `path`, and `path` itself, lets other
+    users through (o+x): what a job's own uid needs to reach or run it."""
+    p = Path(os.path.realpath(path))
     try:
-        while True:
-            if p.exists() and not os.stat(p).st_mode & 0o001:
+        for d in (p, *p.parents):
+            if not os.stat(d).st_mode & 0o001:
                 return False
-            if p == p.parent:
-                return True
-            p = p.parent
     except OSError:
         return False
+    return True
 
 
 def _private_dir(path: Path, mode: int, owner: int) -> None:
@@ -66,7 +65,7 @@ def _private_dir(path: Path, mode: int, owner: int) -> None:
 def work_root(home_root: Path, per_job_uids: bool) -> Path:
     """Where a daemon with this home keeps its job directories."""
     home_root = Path(home_root)
-    if os.geteuid() == 0 and per_job_uids and not _passable_by_others(home_root):
+    if os.geteuid() == 0 and per_job_uids and not passable_by_others(home_root):
         tag = hashlib.sha256(os.fsencode(str(home_root))).hexdigest()[:10]
         return Path(SYSTEM_WORK) / f"work-{tag}"
     return home_root / "work"
@@ -112,64 +111,154 @@ class WorkArea:
         return final
 
 
-def give(root: Path, uid: int, gid: int) -> None:
-    """chown a tree to uid:gid without following a link, walking by descriptor.
-    Hard-linked cache blobs (more than one link) stay the daemon's: a job may
-    read them but never change a cached input for the next job."""
-    fd = os.open(root, _DIR_FLAGS)
+MAX_DEPTH = 128  # directory levels walked below a job directory or venv
+
+
+class TooDeep(HomieError):
+    pass
+
+
+def _open_dir(top: int, rel: str) -> int:
+    """Open root/rel (a directory) from the root's fd, one component at a time, never through a link."""
+    fd = os.dup(top)
     try:
-        os.fchown(fd, uid, gid)
-        for _dirpath, dirnames, filenames, dfd in os.fwalk(dir_fd=fd, follow_symlinks=False):
-            for name in dirnames:
-                os.chown(name, uid, gid, dir_fd=dfd, follow_symlinks=False)
-            for name in filenames:
-                st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
-                if st.st_nlink == 1 or not stat.S_ISREG(st.st_mode):
-                    os.chown(name, uid, gid, dir_fd=dfd, follow_symlinks=False)
-    finally:
+        for part in rel.split("/") if rel else ():
+            nfd = os.open(part, _DIR_FLAGS, dir_fd=fd)
+            os.close(fd)
+            fd = nfd
+    except BaseException:
         os.close(fd)
+        raise
+    return fd
+
+
+def walk(root: Path, on_deep: str = "raise"):
+    """Yield (rel_dir, dir_fd, subdirs, others) top-down below root, by
+    descriptor, iteratively (a job can nest directories deeper than Python's
+    recursion allows), never following a link. Each directory is reopened from
+    the root, so open descriptors stay few however wide the tree. `subdirs`
+    may be pruned in place. Deeper than MAX_DEPTH: TooDeep, or skipped."""
+    top = os.open(root, _DIR_FLAGS)
+    try:
+        stack = [("", 0)]
+        while stack:
+            rel, depth = stack.pop()
+            try:
+                fd = _open_dir(top, rel)
+            except OSError:
+                continue  # replaced meanwhile (a job's own tree, while it runs): not ours to follow
+            try:
+                subdirs, others = [], []
+                with os.scandir(fd) as it:
+                    for e in it:
+                        (subdirs if e.is_dir(follow_symlinks=False) else others).append(e.name)
+                yield rel, fd, subdirs, others
+            finally:
+                os.close(fd)
+            if subdirs and depth >= MAX_DEPTH:
+                if on_deep == "raise":
+                    raise TooDeep(f"more than {MAX_DEPTH} directory levels under {root}")
+                continue
+            stack.extend((f"{rel}/{d}" if rel else d, depth + 1) for d in reversed(subdirs))
+    finally:
+        os.close(top)
+
+
+def give(root: Path, uid: int, gid: int, *, shared_blobs: bool = True, strip_modes: bool = False) -> None:
+    """chown a tree to uid:gid without following a link, walking by descriptor.
+
+    shared_blobs: files with more than one link (cache blobs hard-linked into
+    a job directory) stay the daemon's: a job may read them but never change a
+    cached input for the next job. Off when taking a tree back from a job,
+    where a link count is the job's to choose. strip_modes: no setuid/setgid/
+    sticky bits and no group/other write survive (what a job built and hands
+    back to be shared, a venv)."""
+    for rel, dfd, subdirs, others in walk(root):
+        if not rel:
+            os.fchown(dfd, uid, gid)
+            if strip_modes:
+                os.fchmod(dfd, stat.S_IMODE(os.fstat(dfd).st_mode) & 0o755)
+        for name in subdirs + others:
+            st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
+            if shared_blobs and stat.S_ISREG(st.st_mode) and st.st_nlink > 1:
+                continue
+            os.chown(name, uid, gid, dir_fd=dfd, follow_symlinks=False)
+            if strip_modes and (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)):
+                # not a link (lstat above), and nothing of the job runs any more to swap it
+                os.chmod(name, stat.S_IMODE(st.st_mode) & 0o755, dir_fd=dfd)
 
 
 def remove(path: Path) -> None:
-    """rmtree that never leaves the tree (shutil's fd-based walk) and gets
-    through directories a job made unreadable."""
-    def onerror(func, p, exc):
-        try:
-            parent = os.open(os.path.dirname(p), _DIR_FLAGS)
-            try:
-                os.chmod(os.path.basename(p), 0o700, dir_fd=parent, follow_symlinks=False)
-            except (OSError, NotImplementedError):
-                pass
-            finally:
-                os.close(parent)
-            func(p)
-        except OSError:
-            pass
-
-    if not shutil.rmtree.avoids_symlink_attacks:  # pragma: no cover - every Linux has it
-        raise HomieError("refusing to remove job directories on a platform without safe rmtree")
+    """Remove a tree without ever leaving it, whatever a job made of it:
+    links are unlinked, never followed; unreadable directories are opened up
+    first (by descriptor); and subdirectories are hoisted to the top before
+    they are emptied, so depth costs neither recursion nor descriptors."""
+    parent = os.open(os.path.dirname(os.path.abspath(path)), _DIR_FLAGS)
+    name = os.path.basename(os.path.abspath(path))
     try:
-        os.chmod(path, 0o700, follow_symlinks=False)
-    except (OSError, NotImplementedError):
-        pass
-    shutil.rmtree(path, onerror=onerror)
+        try:
+            top = os.open(name, _DIR_FLAGS, dir_fd=parent)
+        except FileNotFoundError:
+            return
+        except OSError:
+            os.unlink(name, dir_fd=parent)  # a link or a file where a directory was expected
+            return
+        try:
+            _empty(top)
+        finally:
+            os.close(top)
+        os.rmdir(name, dir_fd=parent)
+    finally:
+        os.close(parent)
+
+
+def _empty(top: int) -> None:
+    hoisted = 0
+    while True:
+        names = os.listdir(top)
+        if not names:
+            return
+        for n in names:
+            try:
+                st = os.stat(n, dir_fd=top, follow_symlinks=False)
+            except FileNotFoundError:
+                continue
+            if not stat.S_ISDIR(st.st_mode):
+                os.unlink(n, dir_fd=top)
+                continue
+            d = os.open(n, _DIR_FLAGS, dir_fd=top)
+            try:
+                if stat.S_IMODE(st.st_mode) & 0o700 != 0o700:
+                    os.fchmod(d, 0o700)  # a job's 000 directory: ours to empty (the daemon owns it or is root)
+                for c in os.listdir(d):
+                    cst = os.stat(c, dir_fd=d, follow_symlinks=False)
+                    if stat.S_ISDIR(cst.st_mode):
+                        while True:  # hoist it to the top, under a name not taken
+                            hoisted += 1
+                            try:
+                                os.rename(c, f".homie-rm-{hoisted}", src_dir_fd=d, dst_dir_fd=top)
+                                break
+                            except OSError as e:
+                                if e.errno not in (errno.EEXIST, errno.ENOTEMPTY):
+                                    raise
+                    else:
+                        os.unlink(c, dir_fd=d)
+            finally:
+                os.close(d)
+            os.rmdir(n, dir_fd=top)
 
 
 # -- reading back ---------------------------------------------------------------------------
 def scan(root: Path) -> dict[str, tuple[int, int, int]]:
     """relpath -> (size, mtime_ns, inode) of every regular file under root,
-    walked by descriptor; links are neither listed nor followed."""
+    walked by descriptor; links are neither listed nor followed; what lies
+    deeper than MAX_DEPTH is not listed."""
     out: dict[str, tuple[int, int, int]] = {}
     try:
-        top = os.open(root, _DIR_FLAGS)
-    except OSError:
-        return out
-    try:
-        for dirpath, dirnames, filenames, dfd in os.fwalk(dir_fd=top, follow_symlinks=False):
-            rel_dir = "" if dirpath == "." else dirpath[2:] if dirpath.startswith("./") else dirpath
-            if not rel_dir and files.RESERVED_DIR in dirnames:
-                dirnames.remove(files.RESERVED_DIR)  # homie's own (the unsandboxed job's TMPDIR)
-            for name in filenames:
+        for rel_dir, dfd, subdirs, others in walk(root, on_deep="skip"):
+            if not rel_dir and files.RESERVED_DIR in subdirs:
+                subdirs.remove(files.RESERVED_DIR)  # homie's own (the unsandboxed job's TMPDIR)
+            for name in others:
                 try:
                     st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
                 except OSError:
@@ -177,9 +266,14 @@ def scan(root: Path) -> dict[str, tuple[int, int, int]]:
                 if stat.S_ISREG(st.st_mode):
                     rel = f"{rel_dir}/{name}" if rel_dir else name
                     out[rel] = (st.st_size, st.st_mtime_ns, st.st_ino)
-    finally:
-        os.close(top)
+    except OSError:
+        pass
     return out
+
+
+def tree_size(root: Path) -> int:
+    """Bytes in the regular files under root (links not followed)."""
+    return sum(size for size, _, _ in scan(root).values())
 
 
 def open_beneath(root: Path, rel: str) -> int:

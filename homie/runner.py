@@ -45,22 +45,30 @@ class Outcome:
 class Launch:
     """How to start one job's process, as the worker prepared it.
 
-    argv is complete (launcher, sandbox and the job's own command); `user`
-    is who Popen switches to (None: whoever the launcher makes it);
-    `cgroup` holds the job's processes where cgroups exist; `info_fd` is the
-    read end of bubblewrap's --info-fd pipe (it tells the sandbox's init pid,
-    whose child is the job's session leader); `uid_sweep` is a uid that only
-    this job has, so at the end every process of that uid is the job's.
+    `argv` runs with `env` as `user` (None: as the daemon). In the sandbox,
+    `argv` is `bwrap --args FD` (the job's own environment is inside FD) and
+    `info_fd` reads bubblewrap's --info-fd (the pid of the sandbox's init,
+    which leads the job's process group); with a cgroup, bubblewrap waits on
+    `block_w` until its first processes have been moved in, so every process
+    of the job is born inside. `uid_sweep` is a uid only this job has
+    (unsandboxed under a root daemon): at the end, every process of it is the
+    job's.
     """
 
     argv: list[str]
     cwd: str
+    env: dict
     user: Identity | None = None
     cgroup: JobCgroup | None = None
     info_fd: int | None = None
+    block_w: int | None = None
     pass_fds: tuple = ()
     uid_sweep: int | None = None
     umask: int = 0o077
+
+    @property
+    def sandboxed(self) -> bool:
+        return self.info_fd is not None
 
 
 def _tree(pid: int):
@@ -107,12 +115,10 @@ def processes_of_uid(uid: int):
 class JobProcess:
     """One running job. start() returns at once; wait() gives the Outcome."""
 
-    def __init__(self, job_id: str, launch: Launch, env: dict, log: JobLog, limits: Limits,
-                 finish_log: bool = True):
+    def __init__(self, job_id: str, launch: Launch, log: JobLog, limits: Limits, finish_log: bool = True):
         self.job_id = job_id
         self.finish_log = finish_log  # a set-up step shares the log with the job that follows
         self.launch = launch
-        self.env = env
         self.log = log
         self.limits = limits
         self._info: dict | None = None
@@ -120,7 +126,8 @@ class JobProcess:
         self.outcome = Outcome()
         self._done = threading.Event()
         self._exited = threading.Event()
-        self._rusage = None
+        self._reaped_cpu = 0.0
+        self._kill_timer: threading.Thread | None = None
         self._kill_reason: str | None = None
         self._seen: set[int] = set()  # every pid ever seen in the tree
         self._started = 0.0
@@ -131,8 +138,6 @@ class JobProcess:
         return self.proc.pid if self.proc else None
 
     def start(self, stdin=None) -> None:
-        env = dict(self.env)
-        env["HOMIE_JOB_ID"] = self.job_id
         la = self.launch
         kw = {}
         if la.user is not None and la.user.differs:
@@ -140,19 +145,42 @@ class JobProcess:
         self._started = time.monotonic()
         try:
             self.proc = subprocess.Popen(
-                la.argv, cwd=la.cwd, env=env, stdin=stdin if stdin is not None else subprocess.DEVNULL,
+                la.argv, cwd=la.cwd, env=la.env, stdin=stdin if stdin is not None else subprocess.DEVNULL,
                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
                 close_fds=True, pass_fds=la.pass_fds, umask=la.umask, **kw,
             )
-        finally:
-            for fd in la.pass_fds:
-                os.close(fd)  # the child has them now
+        except BaseException:
+            self._close_launch_fds()
+            raise
+        for fd in la.pass_fds:
+            os.close(fd)  # the child has them now
         self._seen.add(self.proc.pid)
-        if la.info_fd is not None:
-            threading.Thread(target=self._read_info, name=f"job-{self.job_id}-info", daemon=True).start()
+        if la.sandboxed:
+            self._read_info()  # bubblewrap writes it at once; EOF if it failed
+        if la.cgroup is not None:
+            # Unsandboxed, the job already runs: it joins at once, and what it
+            # forked meanwhile is found by the uid sweep at its end.
+            for pid in (self.proc.pid, self._sandbox_init()):
+                if pid is not None:
+                    la.cgroup.add(pid)
+        if la.block_w is not None:
+            try:
+                os.write(la.block_w, b"go")
+            except OSError:
+                pass  # bubblewrap is gone already: _reap reports it
+            os.close(la.block_w)
         threading.Thread(target=self._reap, name=f"job-{self.job_id}-reap", daemon=True).start()
         threading.Thread(target=self._pump, name=f"job-{self.job_id}-io", daemon=True).start()
         threading.Thread(target=self._watch, name=f"job-{self.job_id}-watch", daemon=True).start()
+
+    def _close_launch_fds(self) -> None:
+        la = self.launch
+        for fd in (*la.pass_fds, la.info_fd, la.block_w):
+            if fd is not None:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
 
     def _reap(self) -> None:
         # wait4 rather than Popen.wait: its rusage counts the CPU time of the
@@ -168,20 +196,43 @@ class JobProcess:
                 status, ru = 0, None
                 break
         self.proc.returncode = os.waitstatus_to_exitcode(status)
-        self._rusage = ru
+        cpu = (ru.ru_utime + ru.ru_stime) if ru else 0.0
+        if self.launch.sandboxed:
+            # bubblewrap may exit as soon as its init reports the job's status,
+            # before reaping that init; the daemon is a child subreaper
+            # (enable_subreaper), so the init is ours now. Reaping it waits
+            # until the pid namespace is empty (nothing of the job runs after
+            # this), and its rusage holds the job's CPU time.
+            init = self._sandbox_init()
+            if init is not None:
+                try:
+                    _, _, iru = os.wait4(init, 0)
+                    cpu += iru.ru_utime + iru.ru_stime
+                except ChildProcessError:
+                    pass  # bubblewrap reaped it itself: its rusage is in ours
+        self._reaped_cpu = cpu
         self._exited.set()
 
-    def _read_info(self) -> None:
+    def _read_info(self, timeout: float = 10.0) -> None:
+        import select
+
         data = b""
+        fd = self.launch.info_fd
+        deadline = time.monotonic() + timeout
         try:
-            while chunk := os.read(self.launch.info_fd, 4096):
+            while time.monotonic() < deadline:
+                if not select.select([fd], [], [], max(0.0, deadline - time.monotonic()))[0]:
+                    break
+                chunk = os.read(fd, 4096)
+                if not chunk:
+                    break
                 data += chunk
                 if data.rstrip().endswith(b"}"):
                     break
         except OSError:
             pass
         finally:
-            os.close(self.launch.info_fd)
+            os.close(fd)
         try:
             self._info = json.loads(data or b"null")
         except ValueError:
@@ -272,8 +323,7 @@ class JobProcess:
         self._kill_tree(signal.SIGKILL)
         o = self.outcome
         o.wall_s = round(wall, 3)
-        ru = self._rusage
-        reaped = (ru.ru_utime + ru.ru_stime) if ru else 0.0
+        reaped = self._reaped_cpu
         o.cpu_s = round(max(getattr(self, "_sampled_cpu", 0.0), reaped), 3)
         if code < 0:
             o.signal = -code
@@ -338,7 +388,7 @@ class JobProcess:
             self.suspended = sig == signal.SIGSTOP
             self._kill_tree(sig)
             return
-        if self.proc is None or self._done.is_set():
+        if self.proc is None or self._exited.is_set():
             return  # reaped: its pid may already belong to someone else
         pgid = self.proc.pid
         if self.launch.info_fd is not None:
@@ -359,12 +409,15 @@ class JobProcess:
         if self.suspended:
             self._kill_tree(signal.SIGCONT)
         self._kill_tree(signal.SIGTERM)
+        if self._kill_timer is not None:
+            return  # one SIGKILL timer per job, however often it is asked to stop
 
         def later():
             if not self._done.wait(grace):
                 self._kill_tree(signal.SIGKILL)
 
-        threading.Thread(target=later, daemon=True).start()
+        self._kill_timer = threading.Thread(target=later, daemon=True)
+        self._kill_timer.start()
 
     def wait(self, timeout: float | None = None) -> Outcome | None:
         return self.outcome if self._done.wait(timeout) else None
@@ -372,3 +425,15 @@ class JobProcess:
     @property
     def done(self) -> bool:
         return self._done.is_set()
+
+
+def enable_subreaper() -> bool:
+    """Make this process the reaper of its orphaned descendants (Linux), so a
+    sandbox's init, orphaned when bubblewrap exits first, is ours to wait for."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.prctl(36, 1, 0, 0, 0) == 0  # PR_SET_CHILD_SUBREAPER
+    except (OSError, AttributeError):
+        return False

@@ -61,28 +61,52 @@ class Spec:
     venv: str | None = None  # host path bound at VENV_DIR
     venv_writable: bool = False
     network: bool = True
-    gpu: bool = False
+    gpus: list[str] | None = None  # indices of the NVIDIA GPUs granted (None: none)
     ro_paths: list[str] = field(default_factory=list)
     tmp_bytes: int = TMP_BYTES_DEFAULT
+    env: dict[str, str] | None = None  # the job's whole environment (set inside; bwrap itself gets none)
     info_fd: int | None = None
+    block_fd: int | None = None  # bwrap waits on it before starting the job (cgroup placement)
+
+
+# Tools the daemon runs on a job's behalf come from these root-owned directories
+# only, never from a PATH: a job's PATH (a venv's bin/) is the job's to fill.
+SYSTEM_PATH = "/usr/bin:/bin:/usr/sbin:/sbin"
+
+
+def system_tool(name: str) -> str | None:
+    """The absolute path of a system tool (bwrap, prlimit), or None."""
+    found = shutil.which(name, path=SYSTEM_PATH)
+    return os.path.realpath(found) if found else None
 
 
 def bwrap_path() -> str | None:
-    return shutil.which("bwrap") or shutil.which("bwrap", path="/usr/bin:/bin:/usr/local/bin")
+    return system_tool("bwrap")
 
 
-def interpreter_roots(python: str) -> list[str]:
+class SandboxError(ValueError):
+    pass
+
+
+def interpreter_roots(python: str, private: tuple[str, ...] = ()) -> list[str]:
     """Directories to bind read-only so that `python` runs in the sandbox:
     none when it lives under /usr, else its installation prefix (a pyenv or
-    conda install), never the whole home it may sit in."""
+    conda install), never a directory holding a home or the homie home."""
     real = os.path.realpath(python)
     if real.startswith("/usr/"):
         return []
     prefix = os.path.dirname(os.path.dirname(real))  # .../bin/python3.11 -> ...
-    return [prefix] if prefix not in ("/", "") else []
+    if prefix in ("/", ""):
+        raise SandboxError(f"the job Python {real} has no installation prefix of its own; set job_python")
+    for p in private:
+        p = os.path.realpath(p)
+        if p == prefix or p.startswith(prefix.rstrip("/") + "/"):
+            raise SandboxError(f"the job Python's prefix {prefix} holds {p}: binding it would show jobs"
+                               " that; set job_python to an interpreter installed elsewhere")
+    return [prefix]
 
 
-def _system_binds() -> list[str]:
+def _system_binds(network: bool) -> list[str]:
     args = ["--ro-bind", "/usr", "/usr"]
     for top in _SYSTEM_TOPS:
         if os.path.islink(top):
@@ -92,43 +116,51 @@ def _system_binds() -> list[str]:
     # /etc for DNS, TLS certificates, locales; secrets there are root-only files
     # that the job's uid cannot read anyway.
     args += ["--ro-bind", "/etc", "/etc"]
-    # /etc/resolv.conf is often a symlink into /run (systemd-resolved, NetworkManager).
+    # /etc/resolv.conf is often a symlink into /run (systemd-resolved,
+    # NetworkManager): that one file, never its directory (which may hold
+    # resolved's socket), and nothing at all for a job without network.
     try:
         target = os.path.realpath("/etc/resolv.conf")
-        if target.startswith("/run/") and os.path.exists(target):
-            args += ["--ro-bind", os.path.dirname(target), os.path.dirname(target)]
+        if network and target.startswith("/run/") and os.path.isfile(target):
+            args += ["--ro-bind", target, target]
     except OSError:
         pass
     # What numeric libraries read to size their thread pools; flatpak exposes the same.
-    for p in ("/sys/devices/system/cpu", "/sys/fs/cgroup"):
-        if os.path.isdir(p):
-            args += ["--ro-bind", p, p]
+    if os.path.isdir("/sys/devices/system/cpu"):
+        args += ["--ro-bind", "/sys/devices/system/cpu", "/sys/devices/system/cpu"]
     return args
 
 
-def _gpu_binds() -> list[str]:
+def _gpu_binds(indices: list[str]) -> list[str]:
+    """The granted NVIDIA GPUs and the driver's shared nodes; no other GPU."""
+    wanted = {f"/dev/nvidia{i}" for i in indices}
     args = []
-    for dev in sorted(glob.glob("/dev/nvidia*")) + sorted(glob.glob("/dev/dri/*")):
-        args += ["--dev-bind", dev, dev]
+    for dev in sorted(glob.glob("/dev/nvidia*")):
+        name = os.path.basename(dev)
+        if dev in wanted or not name[len("nvidia"):].isdigit():  # nvidiactl, nvidia-uvm, nvidia-caps, ...
+            args += ["--dev-bind", dev, dev]
     return args
 
 
-def command(bwrap: str, argv: list[str], spec: Spec, python: str | None = None,
-            disable_userns: bool = True) -> list[str]:
-    """The bwrap command line that runs `argv` inside the sandbox."""
-    args = [bwrap, "--unshare-user", "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try",
+def options(argv: list[str], spec: Spec, python: str | None = None, disable_userns: bool = True,
+            private: tuple[str, ...] = ()) -> list[str]:
+    """bwrap's options (everything after `bwrap`) to run `argv` in the sandbox."""
+    args = ["--unshare-user", "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try",
             "--die-with-parent", "--new-session", "--cap-drop", "ALL", "--hostname", "homie-job"]
     if disable_userns:
         args.append("--disable-userns")  # no nested namespaces: less kernel surface
     if not spec.network:
         args.append("--unshare-net")  # only lo inside
-    args += _system_binds()
-    for root in interpreter_roots(python) if python else []:
+    args += _system_binds(spec.network)
+    for root in interpreter_roots(python, private) if python else []:
         args += ["--ro-bind", root, root]
-    args += ["--proc", "/proc", "--dev", "/dev"]
-    if spec.gpu:
-        args += _gpu_binds()
-    args += ["--size", str(spec.tmp_bytes), "--perms", "0700", "--tmpfs", "/tmp", "--dir", HOME_DIR]
+    # Every writable tmpfs is capped: the sandbox's / and /dev would otherwise
+    # take up to half the RAM each, which no RSS watch sees.
+    size = str(spec.tmp_bytes)
+    args += ["--proc", "/proc", "--dev", "/dev", "--size", size, "--tmpfs", "/dev/shm"]
+    if spec.gpus:
+        args += _gpu_binds(spec.gpus)
+    args += ["--size", size, "--perms", "0700", "--tmpfs", "/tmp", "--dir", HOME_DIR]
     for p in spec.ro_paths:
         args += ["--ro-bind-try", p, p]
     if spec.venv:
@@ -137,12 +169,41 @@ def command(bwrap: str, argv: list[str], spec: Spec, python: str | None = None,
         args += ["--bind", spec.job_dir, JOB_DIR, "--chdir", JOB_DIR]
     else:
         args += ["--chdir", "/tmp"]
+    args += ["--remount-ro", "/dev", "--remount-ro", "/"]
+    if spec.env is not None:
+        args.append("--clearenv")
+        for k, v in spec.env.items():
+            args += ["--setenv", k, v]
     if spec.info_fd is not None:
         args += ["--info-fd", str(spec.info_fd)]
+    if spec.block_fd is not None:
+        args += ["--block-fd", str(spec.block_fd)]
     return [*args, "--", *argv]
 
 
-def probe(mode: Mode, as_uid: int | None, python: str) -> Status:
+def args_fd(opts: list[str]) -> tuple[int, list[str]]:
+    """(memfd, command) for `bwrap --args FD -- command...`: the options (with
+    the job's environment) go into a memfd, so they do not appear on
+    bubblewrap's command line, which every local user can read in /proc.
+    bubblewrap takes the command itself only from its real command line."""
+    sep = opts.index("--")
+    opts, cmd = opts[:sep], opts[sep + 1:]
+    fd = os.memfd_create("homie-bwrap-args", 0)  # not inheritable: pass_fds hands it over
+    data = b"".join(os.fsencode(a) + b"\0" for a in opts)
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+    os.lseek(fd, 0, os.SEEK_SET)
+    return fd, cmd
+
+
+def command(bwrap: str, argv: list[str], spec: Spec, python: str | None = None,
+            disable_userns: bool = True, private: tuple[str, ...] = ()) -> list[str]:
+    """The whole bwrap command line (options inline; see args_fd for jobs)."""
+    return [bwrap, *options(argv, spec, python, disable_userns, private)]
+
+
+def probe(mode: Mode, as_uid: int | None, python: str, private: tuple[str, ...] = ()) -> Status:
     """Can a sandbox start here, as the identity jobs will have? Tried once at
     start-up with the real command line, so what `up` and `doctor` say is
     what jobs will get."""
@@ -154,13 +215,16 @@ def probe(mode: Mode, as_uid: int | None, python: str) -> Status:
     if bwrap is None:
         return Status(False, "bubblewrap is not installed (apt-get install bubblewrap)")
     for disable_userns in (True, False):
-        argv = command(bwrap, [os.path.realpath(python), "-c", "pass"], Spec(), python=python,
-                       disable_userns=disable_userns)
+        try:
+            argv = command(bwrap, [os.path.realpath(python), "-c", "pass"], Spec(), python=python,
+                           disable_userns=disable_userns, private=private)
+        except SandboxError as e:
+            return Status(False, str(e))
         kw = {}
         if as_uid is not None:
             kw = {"user": as_uid, "group": as_uid, "extra_groups": []}
         try:
-            cp = subprocess.run(argv, capture_output=True, text=True, timeout=20, cwd="/",
+            cp = subprocess.run(argv, capture_output=True, text=True, timeout=20, cwd="/", env={"PATH": SYSTEM_PATH},
                                 stdin=subprocess.DEVNULL, **kw)
         except (OSError, subprocess.TimeoutExpired) as e:
             return Status(False, f"bubblewrap cannot start: {e}")

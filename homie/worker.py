@@ -22,14 +22,15 @@ from pathlib import Path
 
 from homie import PROTOCOL_VERSION, __version__, files, jobdir, plugins, protocol, sandbox
 from homie.admission import ConnectionGate
-from homie.cgroup import LAUNCHER, Cgroups
+from homie.cgroup import Cgroups
 from homie.channel import Channel, ConnectionClosed, Pipeline
 from homie.errors import HomieError, ManifestError, ProtocolError
 from homie.identity import Identities, Identity, parse_range
 from homie.joblog import JobLog
 from homie.peers import balance
 from homie.protocol import Conversation, Data, Message
-from homie.runner import JobProcess, Launch, Limits, Outcome, processes_of_job, processes_of_uid
+from homie.runner import (JobProcess, Launch, Limits, Outcome, enable_subreaper, processes_of_job,
+                          processes_of_uid)
 
 JOB_ID_RE = re.compile(r"^[a-z0-9]{4,32}$")
 HANDSHAKE_TIMEOUT = 2.0
@@ -96,22 +97,6 @@ class WorkerJob:
         }
 
 
-def _accessible_to_others(path: str) -> bool:
-    real = os.path.realpath(path)
-    try:
-        if not os.stat(real).st_mode & 0o001:
-            return False
-        d = os.path.dirname(real)
-        while True:
-            if not os.stat(d).st_mode & 0o001:
-                return False
-            if d == "/":
-                return True
-            d = os.path.dirname(d)
-    except OSError:
-        return False
-
-
 class WorkerContext:
     """What executors may use: config, the job Python, base env, and where
     things are as the job sees them (inside the sandbox, or on the host)."""
@@ -137,12 +122,12 @@ class WorkerContext:
         # The base interpreter, not the daemon's virtual environment: a job gets a
         # plain Python, not homie's own dependencies.
         base = os.path.realpath(getattr(sys, "_base_executable", None) or sys.executable)
-        if not per_job_uids or _accessible_to_others(base):
+        if not per_job_uids or jobdir.passable_by_others(base):
             return base
         # The daemon's own interpreter may sit in a private home (e.g. /root);
         # a job's own uid needs one it can execute.
         for cand in ("/usr/bin/python3", "/usr/local/bin/python3", shutil.which("python3") or ""):
-            if cand and _accessible_to_others(cand):
+            if cand and jobdir.passable_by_others(cand):
                 return cand
         return base
 
@@ -155,11 +140,13 @@ class WorkerContext:
         root = Path(self.work.venvs)
         envs = []
         for d in root.iterdir() if root.exists() else []:
-            ready = d / ".homie-ready"
-            if d.name in keep or not ready.exists():
+            try:
+                ready = os.stat(d / ".homie-ready", follow_symlinks=False)
+            except OSError:
                 continue
-            size = sum(f.stat().st_size for f in d.rglob("*") if f.is_file() and not f.is_symlink())
-            envs.append((ready.stat().st_mtime, size, d))
+            if d.name in keep or d.is_symlink():
+                continue
+            envs.append((ready.st_mtime, jobdir.tree_size(d), d))
         total = sum(s for _, s, _ in envs)
         for _, size, d in sorted(envs):
             if total <= cap:
@@ -193,10 +180,12 @@ class Worker:
         finally:
             os.umask(old)
         mode = sandbox.Mode(getattr(self.config, "sandbox", "auto"))
-        self.sandbox = sandbox.probe(mode, self.identities.probe_uid(), self.ctx.python)
+        self.sandbox = sandbox.probe(mode, self.identities.probe_uid(), self.ctx.python, self._private_paths())
         if mode is sandbox.Mode.REQUIRED and not self.sandbox.active:
             raise HomieError(f"sandbox: required, but {self.sandbox.reason}", 2)
         self.ctx.sandboxed = self.sandbox.active
+        if self.sandbox.active:
+            enable_subreaper()
         self.ctx.run_setup = self.run_setup
         self._bwrap = sandbox.bwrap_path()
         self.cgroups = Cgroups(str(self.home.root)) if sys.platform.startswith("linux") else None
@@ -353,12 +342,17 @@ class Worker:
             handler = getattr(self, f"_on_{msg.t}")
             handler(ch, msg, peer, ip)
 
-    def _job(self, ch: Channel, job_id: str) -> WorkerJob | None:
+    def _job(self, ch: Channel, job_id: str, peer: str) -> WorkerJob | None:
+        """The job, if it exists and `peer` submitted it: one member's output and
+        results are not another's to read, take away or collect."""
         with self.lock:
             job = self.jobs.get(job_id)
         if job is None:
             ch.send("error", message=f"no job {job_id} on {self.node.name} (finished and collected, expired,"
                                      " or lost in a restart of the worker)", code="unknown_job")
+        elif job.submitter != peer:
+            ch.send("error", message=f"job {job_id} on {self.node.name} is {job.submitter}'s", code="forbidden")
+            return None
         return job
 
     # -- submit: negotiate, upload, start ---------------------------------
@@ -592,55 +586,57 @@ class Worker:
         cls = max(wanting, key=lambda c: getattr(c, "priority", 0))
         return cls(self.ctx)
 
-    def launch(self, job: WorkerJob, argv: list[str], *, venv: str | None = None,
-               venv_writable: bool = False, umask: int = 0o077) -> Launch:
-        """How to start `argv` for `job`: in its sandbox, cgroup and identity."""
+    def launch(self, job: WorkerJob, argv: list[str], env: dict, *, venv: str | None = None,
+               venv_writable: bool = False, umask: int = 0o077, job_dir: Path | None = None) -> Launch:
+        """How to start `argv` with `env` for `job`: in its sandbox, cgroup and identity."""
         ident = job.ident
         per_job_uid = self.identities.per_job and ident.differs
-        pass_fds: tuple = ()
-        info_r = None
-        cmd = list(argv)
-        cwd = str(job.dir)
-        if self.sandbox.active:
-            info_r, info_w = os.pipe()
-            os.set_inheritable(info_w, True)
-            spec = sandbox.Spec(
-                job_dir=str(job.dir), venv=venv, venv_writable=venv_writable,
-                network=self.config.job_network, gpu=job.gpu, ro_paths=list(self.config.sandbox_ro_paths),
-                tmp_bytes=int(self.config.sandbox_tmp_mb * 2**20), info_fd=info_w)
-            cmd = sandbox.command(self._bwrap, cmd, spec, python=self.ctx.python,
-                                  disable_userns=self.sandbox.disable_userns)
-            pass_fds, cwd = (info_w,), "/"
+        env = {**env, "HOMIE_JOB_ID": job.id}
         cg = job.cgroup
         if cg is None and self.cgroups is not None and self.cgroups.parents:
             mem = int(self.config.max_job_memory_gb * 2**30) if self.config.max_job_memory_gb else None
             cg = job.cgroup = self.cgroups.create(job.id, mem, PIDS_MAX)
+        cg = cg if cg is not None and cg.dirs else None
+        prefix: list[str] = []
         if cg is None or "pids" not in self.cgroups.limits:
             # No pids cgroup: RLIMIT_NPROC, which counts every process of the uid,
             # the owner's own included when jobs share the daemon's uid.
             base = 0 if per_job_uid else len(processes_of_uid(ident.uid))
-            prlimit = shutil.which("prlimit") or "/usr/bin/prlimit"
-            if os.path.exists(prlimit):
-                cmd = [prlimit, f"--nproc={base + PIDS_MAX}", "--", *cmd]
-        user: Identity | None = ident
-        if cg is not None and cg.dirs:
-            # The launcher joins the job's cgroups as us (only we may move a
-            # process there), then drops to the job's uid and becomes the job.
-            drop = ["setpriv", f"--reuid={ident.uid}", f"--regid={ident.gid}", "--clear-groups", "--"] \
-                if ident.differs else []
-            cmd = ["/bin/sh", "-c", LAUNCHER, "sh", *cg.procs_files, "--", *drop, *cmd]
-            user = None
-        return Launch(argv=cmd, cwd=cwd, user=user, cgroup=cg, info_fd=info_r, pass_fds=pass_fds,
-                      uid_sweep=ident.uid if per_job_uid else None, umask=umask)
+            prlimit = sandbox.system_tool("prlimit")
+            if prlimit:
+                prefix = [prlimit, f"--nproc={base + PIDS_MAX}", "--"]
+        if not self.sandbox.active:
+            return Launch(argv=[*prefix, *argv], cwd=str(job_dir or job.dir), env=env, user=ident, cgroup=cg,
+                          uid_sweep=ident.uid if per_job_uid else None, umask=umask)
+        info_r, info_w = os.pipe()
+        block_r, block_w = os.pipe() if cg is not None else (None, None)
+        gpus = [job.gpu_index] if job.gpu and job.gpu_index is not None else None
+        spec = sandbox.Spec(
+            job_dir=str(job_dir or job.dir), venv=venv, venv_writable=venv_writable,
+            network=self.config.job_network, gpus=gpus, ro_paths=list(self.config.sandbox_ro_paths),
+            tmp_bytes=int(self.config.sandbox_tmp_mb * 2**20), env=env, info_fd=info_w, block_fd=block_r)
+        # Nothing of the job's reaches bubblewrap itself: its environment and
+        # arguments are inside the args memfd and set only in the sandbox.
+        args, cmd = sandbox.args_fd(sandbox.options(argv, spec, python=self.ctx.python,
+                                                    disable_userns=self.sandbox.disable_userns,
+                                                    private=self._private_paths()))
+        pass_fds = tuple(fd for fd in (args, info_w, block_r) if fd is not None)
+        return Launch(argv=[*prefix, self._bwrap, "--args", str(args), "--", *cmd], cwd="/",
+                      env={"PATH": sandbox.SYSTEM_PATH},
+                      user=ident, cgroup=cg, info_fd=info_r, block_w=block_w, pass_fds=pass_fds, umask=umask)
+
+    def _private_paths(self) -> tuple[str, ...]:
+        """What no bind may expose: the owner's home and the homie home."""
+        return tuple(p for p in (os.path.expanduser("~"), str(self.home.root)) if p and p != "/")
 
     def run_setup(self, job: WorkerJob, argv: list[str], *, env: dict, venv: str | None = None,
-                  venv_writable: bool = False) -> Outcome:
+                  venv_writable: bool = False, job_dir: Path | None = None) -> Outcome:
         """Run an executor's set-up step (building a venv) as the job, in its
         sandbox, with its output in the job's log; the job's kill reaches it."""
         limits = Limits(max_seconds=self.config.max_job_seconds)
         # umask 022: what a set-up step builds (a venv) is shared read-only with later jobs of other uids.
-        proc = JobProcess(job.id, self.launch(job, argv, venv=venv, venv_writable=venv_writable, umask=0o022),
-                          env, job.log, limits, finish_log=False)
+        proc = JobProcess(job.id, self.launch(job, argv, env, venv=venv, venv_writable=venv_writable, umask=0o022,
+                                              job_dir=job_dir), job.log, limits, finish_log=False)
         job.prepare = proc
         try:
             if job.killed_by:
@@ -695,7 +691,7 @@ class Worker:
                 max_memory_bytes=int(self.config.max_job_memory_gb * 2**30) if self.config.max_job_memory_gb else None,
             )
             job.start_offset = job.log.end
-            proc = JobProcess(job.id, self.launch(job, argv, **self._binds(ex, job)), env, job.log, limits)
+            proc = JobProcess(job.id, self.launch(job, argv, env, **self._binds(ex, job)), job.log, limits)
             proc.start()
             job.proc = proc
             job.state = "running"
@@ -722,6 +718,7 @@ class Worker:
             job.cgroup.kill()  # nothing of the job may outlive it, whatever it did
             job.cgroup.remove()
             job.cgroup = None
+        self._reclaim(job)
         try:
             job.results = self._results(job)
         except Exception as e:
@@ -744,6 +741,20 @@ class Worker:
         self.log.info("job.exited", job_id=job.id, code=outcome.code, signal=outcome.signal,
                       reason=outcome.reason, cpu_s=outcome.cpu_s, wall_s=outcome.wall_s, results=len(job.results))
         self.node.announce_soon()
+
+    def _reclaim(self, job: WorkerJob) -> None:
+        """Its processes gone, a job's directory goes back to the daemon and its
+        uid back to the pool at once, not when the results are collected: a
+        friend who never collects cannot hold uids for a day. A directory too
+        deep to take back keeps its uid until it is removed."""
+        if not (self.identities.per_job and job.ident and job.ident.differs):
+            return
+        try:
+            jobdir.give(job.dir, os.geteuid(), os.getegid(), shared_blobs=False)
+        except (OSError, HomieError) as e:
+            self.log.warning("job.reclaim_failed", job_id=job.id, error=str(e))
+            return
+        self.identities.release(job.id)
 
     def _results(self, job: WorkerJob) -> list[dict]:
         # The job's processes are all gone by now (pid namespace, cgroup, uid
@@ -818,7 +829,7 @@ class Worker:
                 job.log.wait(offset, 0.5)
 
     def _on_attach(self, ch, msg, peer, ip) -> None:
-        job = self._job(ch, msg["job_id"])
+        job = self._job(ch, msg["job_id"], peer)
         if job is None:
             return
         offset = msg["offset"]
@@ -829,7 +840,7 @@ class Worker:
 
     # -- results ---------------------------------------------------------------
     def _on_fetch(self, ch, msg, peer, ip) -> None:
-        job = self._job(ch, msg["job_id"])
+        job = self._job(ch, msg["job_id"], peer)
         if job is None:
             return
         if not job.done.is_set():
@@ -859,6 +870,9 @@ class Worker:
     def _on_ack(self, ch, msg, peer, ip) -> None:
         with self.lock:
             job = self.jobs.get(msg["job_id"])
+        if job is not None and job.submitter != peer:
+            ch.send("error", message=f"job {job.id} on {self.node.name} is {job.submitter}'s", code="forbidden")
+            return
         if job is not None and job.done.is_set():
             self._drop(job, "delivered")
         ch.send("ok")
@@ -867,9 +881,12 @@ class Worker:
         with self.lock:
             self.jobs.pop(job.id, None)
         job.log.close()
-        jobdir.remove(job.dir)
+        try:
+            jobdir.remove(job.dir)
+        except OSError as e:  # whatever a job left, the daemon goes on
+            self.log.warning("job.remove_failed", job_id=job.id, error=str(e))
         _unlink(Path(job.log.path))
-        self.identities.release(job.id)  # only now: its files were that uid's until removed
+        self.identities.release(job.id)  # if still held: its files were that uid's until removed
         self.node.store.worker_job_done(job.id)
         self.log.info("job.removed", job_id=job.id, why=why)
 
@@ -927,29 +944,47 @@ class Worker:
         now = time.time()
         for job in list(self.jobs.values()):
             if job.done.is_set() and job.finished_at and now - job.finished_at > keep:
-                self._drop(job, "expired")
+                try:
+                    self._drop(job, "expired")
+                except Exception:
+                    self.log.exception("job.expire_failed", job_id=job.id)
 
     def recover(self) -> None:
         """After a crash or kill -9, jobs of the previous run have no one to
         report to: kill what still runs of them and clear their directories."""
         swept = self.cgroups.sweep() if self.cgroups is not None else 0
         for job_id, rec in self.node.store.worker_jobs().items():
-            uid = rec.get("uid")
-            # A per-job uid was that job's alone; otherwise find it by its mark.
-            pids = processes_of_uid(uid) if uid is not None else processes_of_job(job_id, os.geteuid())
-            for p in pids:
-                try:
-                    p.kill()
-                except Exception:
-                    pass
-            d = Path(rec["dir"]) if rec.get("dir") else None
-            if d is not None and d.parent == self.work.root and d.name == job_id:
-                jobdir.remove(d)
-            _unlink(self.logs / f"{job_id}.log")
+            try:
+                killed = self._recover_one(job_id, rec)
+            except Exception:  # one job's leftovers must not keep the daemon from starting
+                self.log.exception("job.recover_failed", job_id=job_id)
+                killed = 0
             self.node.store.worker_job_done(job_id)
-            self.log.warning("job.lost_in_restart", job_id=job_id, killed=len(pids) + swept, submitter=rec.get("from"))
+            self.log.warning("job.lost_in_restart", job_id=job_id, killed=killed + swept, submitter=rec.get("from"))
         for stale in list(self.work.staging.iterdir()):
-            jobdir.remove(stale)
+            try:
+                jobdir.remove(stale)
+            except OSError as e:
+                self.log.warning("job.remove_failed", path=str(stale), error=str(e))
+
+    def _recover_one(self, job_id: str, rec: dict) -> int:
+        uid = rec.get("uid")
+        if uid is not None:
+            # A per-job uid was that job's alone, unless another daemon has
+            # given it out again since our crash released its lock.
+            pids = [] if self.identities.in_use_elsewhere(uid) else processes_of_uid(uid)
+        else:
+            pids = processes_of_job(job_id, os.geteuid())
+        for p in pids:
+            try:
+                p.kill()
+            except Exception:
+                pass
+        d = Path(rec["dir"]) if rec.get("dir") else None
+        if d is not None and d.parent == self.work.root and d.name == job_id:
+            jobdir.remove(d)
+        _unlink(self.logs / f"{job_id}.log")
+        return len(pids)
 
     def shutdown(self, grace: float = 3.0) -> None:
         jobs = [j for j in list(self.jobs.values()) if not j.done.is_set()]

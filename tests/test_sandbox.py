@@ -162,15 +162,16 @@ def _start(tmp_path, code: str, *, uid: int | None = None, nproc: int | None = N
     if ident is not None:
         jobdir.give(job, uid, uid)
     r, w = os.pipe()
-    os.set_inheritable(w, True)
-    spec = sandbox.Spec(job_dir=str(job), tmp_bytes=tmp_bytes, info_fd=w, network=network)
-    argv = sandbox.command(BWRAP, [PY, "main.py"], spec, python=PY)
+    env = {"PATH": "/usr/bin:/bin", "PYTHONUNBUFFERED": "1", "HOME": sandbox.HOME_DIR}
+    spec = sandbox.Spec(job_dir=str(job), tmp_bytes=tmp_bytes, info_fd=w, network=network, env=env)
+    args, cmd = sandbox.args_fd(sandbox.options([PY, "main.py"], spec, python=PY))
+    argv = [BWRAP, "--args", str(args), "--", *cmd]
     if nproc:
         argv = ["prlimit", f"--nproc={nproc}", "--", *argv]
     log = JobLog(tmp_path / "out.log")
-    la = Launch(argv=argv, cwd="/", user=ident, info_fd=r, pass_fds=(w,), uid_sweep=uid)
-    p = JobProcess("t" + os.urandom(4).hex(), la, {"PATH": "/usr/bin:/bin", "PYTHONUNBUFFERED": "1",
-                                                    "HOME": sandbox.HOME_DIR}, log, Limits())
+    la = Launch(argv=argv, cwd="/", env={"PATH": "/usr/bin:/bin"}, user=ident, info_fd=r, pass_fds=(args, w),
+                uid_sweep=uid)
+    p = JobProcess("t" + os.urandom(4).hex(), la, log, Limits())
     p.start()
     return p, log
 
@@ -317,3 +318,97 @@ def test_tmp_is_private_and_capped(tmp_path):
         assert int(text.split("full after")[1].split()[0]) <= 8, text
     finally:
         marker.unlink()
+
+
+@needs_bwrap
+def test_cpu_time_of_a_sandboxed_job_is_counted(tmp_path):
+    from homie.runner import enable_subreaper
+
+    assert enable_subreaper()  # as the daemon does: bubblewrap's orphaned init is ours to reap
+    p, log = _start(tmp_path, """
+        import time
+        t = time.process_time()
+        while time.process_time() - t < 0.5:
+            pass
+        print("burned", flush=True)
+    """)
+    o = p.wait(30)
+    assert o.code == 0 and "burned" in _text(log)
+    assert o.cpu_s >= 0.45, o
+
+
+def _deep(root: Path, levels: int) -> Path:
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    for _ in range(levels):  # by descriptor: the path gets longer than PATH_MAX
+        os.mkdir("d", dir_fd=fd)
+        nfd = os.open("d", os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+        os.close(fd)
+        fd = nfd
+    with open(os.open("leaf.txt", os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=fd), "w") as f:
+        f.write("deep")
+    os.close(fd)
+    return root
+
+
+def test_a_job_tree_deeper_than_recursion_is_walked_and_removed(tmp_path):
+    root = tmp_path / "job"
+    root.mkdir()
+    (root / "top.txt").write_text("top")
+    _deep(root, 3000)
+    assert set(jobdir.scan(root)) == {"top.txt"}  # what lies below MAX_DEPTH is not sent back
+    with pytest.raises(jobdir.TooDeep):
+        jobdir.give(root, os.geteuid(), os.getegid())
+    (root / "d" / "d").chmod(0)  # and a directory the job made unreadable on the way
+    jobdir.remove(root)
+    assert not root.exists()
+
+
+def test_remove_unlinks_links_and_never_follows_them(tmp_path):
+    keep = tmp_path / "keep"
+    keep.mkdir()
+    (keep / "precious").write_text("x")
+    root = tmp_path / "job"
+    (root / "sub").mkdir(parents=True)
+    (root / "sub" / "to_keep").symlink_to(keep)
+    (root / "to_file").symlink_to(keep / "precious")
+    jobdir.remove(root)
+    assert not root.exists() and (keep / "precious").read_text() == "x"
+    link = tmp_path / "job2"
+    link.symlink_to(keep)  # the job directory itself replaced by a link
+    jobdir.remove(link)
+    assert not link.exists() and (keep / "precious").exists()
+
+
+@needs_root
+def test_taking_a_venv_back_strips_what_a_job_could_leave_in_it(tmp_path):
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    s = venv / "bin" / "s"
+    s.write_text("#!/bin/sh\n")
+    os.link(s, venv / "bin" / "s2")  # a second link: must not keep the job's uid
+    jobdir.give(venv, 62040, 62040)
+    s.chmod(0o4777)
+    venv.chmod(0o777)
+    jobdir.give(venv, 0, 0, shared_blobs=False, strip_modes=True)
+    for p in (venv, s, venv / "bin" / "s2"):
+        st = p.lstat()
+        assert st.st_uid == 0 and not st.st_mode & (0o7000 | 0o022), (p, oct(st.st_mode))
+
+
+def test_what_a_venv_build_may_read_is_what_requirements_name():
+    from homie.builtin.executors import _relative_refs
+
+    text = """
+        # comment
+        numpy>=1.26
+        ./dist/pkg-0.1-py3-none-any.whl
+        -r more.txt
+        --constraint=pins.txt
+        -e .
+        -f wheels/  # local index
+        https://example.invalid/x.whl
+        /abs/path.whl
+        sub/project[extra]
+    """
+    assert _relative_refs(text) == ["./dist/pkg-0.1-py3-none-any.whl", "more.txt", "pins.txt", ".", "wheels/",
+                                    "sub/project"]

@@ -71,22 +71,54 @@ class VenvExecutor:
 
     def __init__(self, ctx):
         self.ctx = ctx
+        self._keys: dict[str, tuple[str, list[dict]]] = {}  # job id -> (key, inputs): computed once
 
     def wants(self, job) -> bool:
         return any(f["path"] == "requirements.txt" for f in job.files)
 
+    def _inputs(self, job) -> list[dict]:
+        """The job's files pip can read: requirements.txt and what it names by
+        relative path (-r/-c files, local wheels and projects, --find-links
+        directories), by manifest entry. The build sees only these, so the
+        environment depends on nothing that is not in its key."""
+        by_path = {f["path"]: f for f in job.files}
+        chosen: dict[str, dict] = {}
+        todo = ["requirements.txt"]
+        while todo:
+            rel = todo.pop()
+            if rel in chosen or rel not in by_path:
+                continue
+            chosen[rel] = by_path[rel]
+            if len(chosen) > 1 and not rel.endswith(".txt"):
+                continue
+            try:
+                with os.fdopen(jobdir.open_beneath(Path(job.dir), rel), "rb") as f:
+                    text = f.read(1 << 20).decode(errors="replace")
+            except (OSError, HomieError):
+                continue
+            for ref in _relative_refs(text):
+                ref = os.path.normpath(ref)
+                if ref in ("", ".", "..") and ref != ".":
+                    continue
+                for path in by_path:
+                    if ref == "." or path == ref or path.startswith(ref.rstrip("/") + "/"):
+                        todo.append(path)
+        return sorted(chosen.values(), key=lambda f: f["path"])
+
     def _key(self, job) -> str:
-        try:
-            fd = jobdir.open_beneath(Path(job.dir), "requirements.txt")
-            with os.fdopen(fd, "rb") as f:
-                data = f.read()
-        except (OSError, HomieError):
-            data = b""
+        cached = self._keys.get(job.id)
+        if cached:
+            return cached[0]
+        inputs = self._inputs(job)
         h = hashlib.sha256()
-        for part in (job.submitter.encode(), data, self.ctx.python_version.encode()):
-            h.update(len(part).to_bytes(8, "big"))
-            h.update(part)
-        return h.hexdigest()[:16]
+        parts = [job.submitter, self.ctx.python_version, *(f"{f['path']}\0{f['sha256']}" for f in inputs)]
+        for part in parts:
+            b = part.encode()
+            h.update(len(b).to_bytes(8, "big"))
+            h.update(b)
+        key = h.hexdigest()[:16]
+        self._keys[job.id] = (key, inputs)
+        return key
 
     def venv_dir(self, job) -> str:
         """The environment's host path (the worker binds it into the sandbox)."""
@@ -102,48 +134,63 @@ class VenvExecutor:
         with self._locks_guard:
             lock = self._locks.setdefault(key, threading.Lock())
         with lock:
-            if (target / ".homie-ready").exists():
-                os.utime(target / ".homie-ready")
+            if os.path.isfile(target / READY) and not os.path.islink(target / READY):
+                os.utime(target / READY, follow_symlinks=False)
                 emit(STDERR, f"homie: reusing environment {key}\n".encode())
                 return
             emit(STDERR, f"homie: building environment {key}\n".encode())
             tmp = root / f".{key}.{os.getpid()}.tmp"
-            if tmp.exists():
-                jobdir.remove(tmp)
+            src = root / f".{key}.{os.getpid()}.src"
+            for old in (tmp, src):
+                jobdir.remove(old)
             ident = job.ident
             try:
-                os.mkdir(tmp, 0o700)
-                os.chmod(tmp, 0o755)  # readable by later jobs' uids; the daemon's umask is 077
-                if ident.differs:
-                    os.chown(tmp, ident.uid, ident.gid)
+                self._stage_inputs(job, src)
+                for d in (tmp, tmp / ".homie-tmp"):
+                    os.mkdir(d, 0o700)
+                    os.chmod(d, 0o755)  # readable by later jobs' uids; the daemon's umask is 077
+                    if ident.differs:
+                        os.chown(d, ident.uid, ident.gid)
                 venv = self._seen_as(str(tmp))
-                os.mkdir(tmp / ".homie-tmp", 0o700)
-                if ident.differs:
-                    os.chown(tmp / ".homie-tmp", ident.uid, ident.gid)
-                self._run(job, [self.ctx.python, "-I", "-m", "venv", venv], str(tmp))
-                req = f"{self.ctx.job_path(job)}/requirements.txt"
+                self._run(job, [self.ctx.python, "-I", "-m", "venv", venv], str(tmp), src)
+                req = f"{sandbox.JOB_DIR if self.ctx.sandboxed else src}/requirements.txt"
                 self._run(job, [f"{venv}/bin/python", "-I", "-m", "pip", "install", "--disable-pip-version-check",
-                                "--no-input", "-r", req], str(tmp))
+                                "--no-input", "-r", req], str(tmp), src)
                 jobdir.remove(tmp / ".homie-tmp")
-                if ident.differs:
-                    jobdir.give(tmp, os.geteuid(), os.getegid())  # no later job can change it
+                # Taken back whole, whatever the build left: every file the
+                # daemon's, no setuid bit, nothing writable by others.
+                jobdir.give(tmp, os.geteuid(), os.getegid(), shared_blobs=False, strip_modes=True)
+                _mark_ready(tmp)
             except BaseException:
                 jobdir.remove(tmp)
                 raise
-            (tmp / ".homie-ready").touch()
+            finally:
+                jobdir.remove(src)
             try:
                 os.rename(tmp, target)
             except OSError:
                 jobdir.remove(tmp)  # another job won the race
             self.ctx.evict_venvs(keep={key})
 
-    def _run(self, job, argv, venv_host: str) -> None:
-        home = sandbox.HOME_DIR if self.ctx.sandboxed else str(Path(job.dir, files.RESERVED_DIR, "tmp"))
+    def _stage_inputs(self, job, src: Path) -> None:
+        """A directory holding only what the build may read, given to the job's uid."""
+        os.mkdir(src, 0o700)
+        writer = files.SafeWriter(src)
+        for f in self._keys[job.id][1]:
+            with os.fdopen(jobdir.open_beneath(Path(job.dir), f["path"]), "rb") as inp, \
+                    writer.open_new(f["path"], f.get("mode", files.MODE_FILE)) as out:
+                while chunk := inp.read(1 << 20):
+                    out.write(chunk)
+        if job.ident.differs:
+            jobdir.give(src, job.ident.uid, job.ident.gid)
+
+    def _run(self, job, argv, venv_host: str, src: Path) -> None:
+        home = sandbox.HOME_DIR if self.ctx.sandboxed else str(Path(venv_host, ".homie-tmp"))
         # Downloads and builds go to disk beside the environment, not to the
         # sandbox's small /tmp (a wheel of a GB or two is common).
         tmp = f"{self._seen_as(venv_host)}/.homie-tmp"
         env = {**self.ctx.base_env, "PIP_NO_INPUT": "1", "PIP_NO_CACHE_DIR": "1", "HOME": home, "TMPDIR": tmp}
-        outcome = self.ctx.run_setup(job, argv, env=env, venv=venv_host, venv_writable=True)
+        outcome = self.ctx.run_setup(job, argv, env=env, venv=venv_host, venv_writable=True, job_dir=src)
         if outcome.code != 0:
             raise HomieError(f"environment setup failed: {' '.join(argv[:4])}... exited with"
                              f" {outcome.code if outcome.code is not None else outcome.reason}")
@@ -153,6 +200,52 @@ class VenvExecutor:
         python = f"{env_dir}/bin/python"
         env = {"VIRTUAL_ENV": env_dir, "PATH": f"{env_dir}/bin{os.pathsep}{self.ctx.base_env.get('PATH', '')}"}
         return script_command(job, python), env
+
+
+READY = ".homie-ready"
+_REF_OPTIONS = ("-r", "--requirement", "-c", "--constraint", "-e", "--editable", "-f", "--find-links")
+
+
+def _relative_refs(text: str) -> list[str]:
+    """Relative paths a requirements file names (values of -r/-c/-e/-f, local
+    wheels, sdists and project directories); URLs and absolute paths are not."""
+    out = []
+    for line in text.splitlines():
+        line = line.split(" #", 1)[0].strip()
+        if not line or line.startswith("#"):
+            continue
+        tokens = line.split()
+        skip = False
+        for i, tok in enumerate(tokens):
+            if skip:  # the value of the option before, taken already
+                skip = False
+                continue
+            value = None
+            if tok in _REF_OPTIONS and i + 1 < len(tokens):
+                value, skip = tokens[i + 1], True
+            elif "=" in tok and tok.split("=", 1)[0] in _REF_OPTIONS:
+                value = tok.split("=", 1)[1]
+            elif tok == "." or tok.startswith("./") or (i == 0 and "/" in tok and not tok.startswith("-")):
+                value = tok
+            if value and "://" not in value and not value.startswith(("/", "~")):
+                out.append(value.split("#", 1)[0].split("[", 1)[0])
+    return out
+
+
+def _mark_ready(venv: Path) -> None:
+    """The marker a reuse looks for, made by the daemon in its own tree: no
+    link a build left at that name is followed."""
+    fd = os.open(venv, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    try:
+        try:
+            os.unlink(READY, dir_fd=fd)
+        except FileNotFoundError:
+            pass
+        except IsADirectoryError:
+            jobdir.remove(venv / READY)
+        os.close(os.open(READY, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644, dir_fd=fd))
+    finally:
+        os.close(fd)
 
 
 @hookimpl
