@@ -93,6 +93,8 @@ def interpreter_roots(python: str, private: tuple[str, ...] = ()) -> list[str]:
     none when it lives under /usr, else its installation prefix (a pyenv or
     conda install), never a directory holding a home or the homie home."""
     real = os.path.realpath(python)
+    if not os.path.isfile(real):
+        raise SandboxError(f"the job Python {python} does not exist (set job_python)")
     if real.startswith("/usr/"):
         return []
     prefix = os.path.dirname(os.path.dirname(real))  # .../bin/python3.11 -> ...
