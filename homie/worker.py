@@ -76,6 +76,9 @@ class WorkerJob:
     cgroup: object | None = None  # homie.cgroup.JobCgroup, shared by set-up and the job
     gpu_index: str | None = None
     ident: Identity | None = None
+    extra_env: dict = field(default_factory=dict)  # the submitter's -e KEY=VAL
+    timeout: float | None = None  # the submitter's --timeout, seconds
+    stdin: str | None = None  # the input file the job reads as its stdin
     outcome: Outcome | None = None
     results: list = field(default_factory=list)
     inputs_stat: dict = field(default_factory=dict)
@@ -369,6 +372,7 @@ class Worker:
             args = msg["args"]
             if not all(isinstance(a, str) for a in args):
                 raise ProtocolError("submit: args must be strings")
+            _check_job_options(msg, {e.path for e in entries})
         except HomieError as e:
             ch.send("error", message=str(e), code="bad_job")
             return
@@ -564,7 +568,8 @@ class Worker:
         job = WorkerJob(
             id=job_id, submitter=peer, submitter_ip=ip, script=msg["script"], args=list(msg["args"]),
             files=[e.to_dict() for e in entries], executor=msg.get("executor") or "auto",
-            gpu=bool(msg.get("gpu")), dir=jd, log=log, ident=ident,
+            gpu=bool(msg.get("gpu")), dir=jd, log=log, ident=ident, extra_env=dict(msg.get("env") or {}),
+            timeout=msg.get("timeout"), stdin=msg.get("stdin"),
         )
         job.inputs_stat = jobdir.scan(jd)
         with self.lock:
@@ -667,6 +672,8 @@ class Worker:
             # job directory: it would come back as a "result" (the inputs never carry it).
             "PYTHONDONTWRITEBYTECODE": "1",
         })
+        # The submitter's own variables; homie's names stay homie's.
+        env.update({k: v for k, v in job.extra_env.items() if not k.startswith("HOMIE_")})
         if job.gpu:
             gpus = self.node.resources().get("gpus") or []
             best = max(gpus, key=lambda g: g.get("mem_free_gb") or 0) if gpus else None
@@ -687,12 +694,20 @@ class Worker:
             argv, extra_env = ex.command(job)
             env = {**self._job_env(job), **extra_env}
             limits = Limits(
-                max_seconds=self.config.max_job_seconds,
+                max_seconds=min((t for t in (self.config.max_job_seconds, job.timeout) if t), default=None),
                 max_memory_bytes=int(self.config.max_job_memory_gb * 2**30) if self.config.max_job_memory_gb else None,
             )
             job.start_offset = job.log.end
             proc = JobProcess(job.id, self.launch(job, argv, env, **self._binds(ex, job)), job.log, limits)
-            proc.start()
+            stdin = None
+            if job.stdin:
+                # Opened by the daemon before the job runs, never through a link.
+                stdin = os.fdopen(jobdir.open_beneath(job.dir, job.stdin), "rb")
+            try:
+                proc.start(stdin=stdin)
+            finally:
+                if stdin is not None:
+                    stdin.close()
             job.proc = proc
             job.state = "running"
             if self.suspended:
@@ -1002,6 +1017,23 @@ class Worker:
                 self.sock.close()
             except OSError:
                 pass
+
+
+def _check_job_options(msg: Message, paths: set) -> None:
+    """The submit message's optional env, timeout and stdin: typed and sane, or a bad_job error."""
+    env = msg.get("env") or {}
+    if not isinstance(env, dict) or len(env) > 256:
+        raise ProtocolError("submit: env must be a mapping of at most 256 variables")
+    for k, v in env.items():
+        if not (isinstance(k, str) and isinstance(v, str) and k and "=" not in k and "\0" not in k + v
+                and len(k) + len(v) < 65536):
+            raise ProtocolError(f"submit: bad environment variable {str(k)[:40]!r}")
+    timeout = msg.get("timeout")
+    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0):
+        raise ProtocolError("submit: timeout must be a positive number of seconds")
+    stdin = msg.get("stdin")
+    if stdin is not None and (not isinstance(stdin, str) or stdin not in paths):
+        raise ManifestError("submit: stdin must name one of the job's files")
 
 
 class _Conn:
