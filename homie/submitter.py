@@ -37,6 +37,11 @@ def new_job_id() -> str:
     return secrets.token_hex(4)
 
 
+def _auth(job) -> dict:
+    """The job's token for the worker, where it has one (jobs queued before tokens have none)."""
+    return {"token": job.token} if job.token else {}
+
+
 class Job:
     """A job this node submitted. `doc` is what the store keeps."""
 
@@ -46,7 +51,7 @@ class Job:
         "remote_offset", "code", "signal", "reason", "exit_code", "message", "results", "started_at",
         "finished_at", "waiting", "why", "cpu_s", "wall_s", "gpu_s", "attempts", "collected", "interrupts",
         "upload_files", "upload_bytes", "sent_bytes", "via", "retries", "lost_peers", "dispatched_at", "refusals",
-        "first_dispatched_at", "log_end",
+        "first_dispatched_at", "log_end", "token",
     )
 
     def __init__(self, doc: dict, outbox: Path):
@@ -129,6 +134,9 @@ class Submitter:
             raise HomieError(f"unknown peer {pin!r} (online: {online})", EXIT_NO_PEER)
         job_id = new_job_id()
         doc = {
+            # A secret only we hold: the worker lets only it attach, fetch, ack or signal
+            # this job (the name in a member's certificate is any member's to choose).
+            "token": secrets.token_hex(16),
             "id": job_id, "created": time.time(), "state": "queued", "script_path": str(script_path.resolve()),
             "args": list(args), "cwd": str(cwd),
             # -f paths and globs are the user's, relative to where they typed the command
@@ -370,7 +378,7 @@ class Submitter:
         try:
             ch.send("submit", job_id=job.id, script=job.script, args=job.args,
                     files=[e.to_dict() for e in job.manifest], submitter=self.node.name,
-                    executor=job.executor or "auto", gpu=bool(job.gpu))
+                    executor=job.executor or "auto", gpu=bool(job.gpu), **_auth(job))
             reply = ch.recv_msg("need", "refuse", "error", timeout=30)
             if reply.t == "refuse":
                 if reply["code"] in ("busy", "paused"):
@@ -586,7 +594,7 @@ class Submitter:
                 time.sleep(0.5)
                 continue
             try:
-                ch.send("attach", job_id=job.id, offset=job.remote_offset or 0)
+                ch.send("attach", job_id=job.id, offset=job.remote_offset or 0, **_auth(job))
                 self._stream(job, ch)
             except _Lost as e:
                 self._lost(job, f"{job.peer_name} no longer has the job: {e}")
@@ -639,7 +647,7 @@ class Submitter:
         self._finish(job, "done", exit_code=code if code is not None else EXIT_INTERNAL)
 
     def _download(self, job: Job, ch: Channel) -> None:
-        ch.send("fetch", job_id=job.id)
+        ch.send("fetch", job_id=job.id, **_auth(job))
         msg = ch.recv_msg("results", "error", timeout=30)
         if msg.t == "error":
             if msg.get("code") == "unknown_job":
@@ -688,7 +696,7 @@ class Submitter:
         job.progress = None
         job.update(results=[e.path for e in entries])
         self._save(job)
-        ch.send("ack", job_id=job.id)
+        ch.send("ack", job_id=job.id, **_auth(job))
         ch.recv_msg("ok", "error", timeout=10)
         ch.send("bye")
 
@@ -712,7 +720,7 @@ class Submitter:
             return f"job {job.id} already exited; its results are being fetched"
         ch = self.connect(job.peer_ip, job.peer_port)
         try:
-            ch.send("signal", job_id=job.id, sig=int(sig))
+            ch.send("signal", job_id=job.id, sig=int(sig), **_auth(job))
             reply = ch.recv_msg("ok", "error", timeout=10)
         finally:
             ch.close()

@@ -8,6 +8,8 @@ resumes output from the log offset where it left off.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import os
 import re
 import shutil
@@ -79,6 +81,14 @@ class WorkerJob:
     extra_env: dict = field(default_factory=dict)  # the submitter's -e KEY=VAL
     timeout: float | None = None  # the submitter's --timeout, seconds
     stdin: str | None = None  # the input file the job reads as its stdin
+    token_sha: str | None = None  # sha256 of the submitter's secret for this job, if it sent one
+
+    def answers_to(self, peer: str, token) -> bool:
+        if self.token_sha is None:
+            return peer == self.submitter  # a submitter that sends no token: the name is all there is
+        if not isinstance(token, str):
+            return False
+        return hmac.compare_digest(hashlib.sha256(token.encode()).hexdigest(), self.token_sha)
     outcome: Outcome | None = None
     results: list = field(default_factory=list)
     inputs_stat: dict = field(default_factory=dict)
@@ -345,15 +355,20 @@ class Worker:
             handler = getattr(self, f"_on_{msg.t}")
             handler(ch, msg, peer, ip)
 
-    def _job(self, ch: Channel, job_id: str, peer: str) -> WorkerJob | None:
-        """The job, if it exists and `peer` submitted it: one member's output and
-        results are not another's to read, take away or collect."""
+    def _job(self, ch: Channel, msg: Message, peer: str) -> WorkerJob | None:
+        """The job, if it exists and the request is its submitter's: one member's
+        output and results are not another's to read, signal, take away or
+        collect. The name in a certificate is any member's to choose, so a job
+        submitted with a token (a random secret only its submitter holds)
+        answers only to that token."""
+        job_id = msg["job_id"]
         with self.lock:
             job = self.jobs.get(job_id)
         if job is None:
             ch.send("error", message=f"no job {job_id} on {self.node.name} (finished and collected, expired,"
                                      " or lost in a restart of the worker)", code="unknown_job")
-        elif job.submitter != peer:
+            return None
+        if not job.answers_to(peer, msg.get("token")):
             ch.send("error", message=f"job {job_id} on {self.node.name} is {job.submitter}'s", code="forbidden")
             return None
         return job
@@ -570,6 +585,7 @@ class Worker:
             files=[e.to_dict() for e in entries], executor=msg.get("executor") or "auto",
             gpu=bool(msg.get("gpu")), dir=jd, log=log, ident=ident, extra_env=dict(msg.get("env") or {}),
             timeout=msg.get("timeout"), stdin=msg.get("stdin"),
+            token_sha=hashlib.sha256(msg["token"].encode()).hexdigest() if msg.get("token") else None,
         )
         job.inputs_stat = jobdir.scan(jd)
         with self.lock:
@@ -844,7 +860,7 @@ class Worker:
                 job.log.wait(offset, 0.5)
 
     def _on_attach(self, ch, msg, peer, ip) -> None:
-        job = self._job(ch, msg["job_id"], peer)
+        job = self._job(ch, msg, peer)
         if job is None:
             return
         offset = msg["offset"]
@@ -855,7 +871,7 @@ class Worker:
 
     # -- results ---------------------------------------------------------------
     def _on_fetch(self, ch, msg, peer, ip) -> None:
-        job = self._job(ch, msg["job_id"], peer)
+        job = self._job(ch, msg, peer)
         if job is None:
             return
         if not job.done.is_set():
@@ -885,7 +901,7 @@ class Worker:
     def _on_ack(self, ch, msg, peer, ip) -> None:
         with self.lock:
             job = self.jobs.get(msg["job_id"])
-        if job is not None and job.submitter != peer:
+        if job is not None and not job.answers_to(peer, msg.get("token")):
             ch.send("error", message=f"job {job.id} on {self.node.name} is {job.submitter}'s", code="forbidden")
             return
         if job is not None and job.done.is_set():
@@ -912,7 +928,7 @@ class Worker:
         if job is None:
             ch.send("error", message=f"no job {msg['job_id']} on {self.node.name}", code="unknown_job")
             return
-        if peer != job.submitter:
+        if not job.answers_to(peer, msg.get("token")):
             ch.send("error", message=f"only {job.submitter} (who submitted it) or {self.node.name}'s owner may"
                                      f" signal job {job.id}", code="forbidden")
             return
@@ -1034,6 +1050,9 @@ def _check_job_options(msg: Message, paths: set) -> None:
     stdin = msg.get("stdin")
     if stdin is not None and (not isinstance(stdin, str) or stdin not in paths):
         raise ManifestError("submit: stdin must name one of the job's files")
+    token = msg.get("token")
+    if token is not None and not (isinstance(token, str) and 16 <= len(token) <= 128):
+        raise ProtocolError("submit: token must be 16 to 128 characters")
 
 
 class _Conn:

@@ -234,15 +234,81 @@ def hand_home_to(h: Host, uid: int, gid: int) -> Path:
 def as_owner(h: Host, *args) -> list[str]:
     """argv running `args` as h's owner (see hand_home_to), with its HOME and HOMIE_HOME."""
     uid, gid = getattr(h, "owner")
-    return ["setpriv", f"--reuid={uid}", f"--regid={gid}", "--init-groups",
+    return ["setpriv", f"--reuid={uid}", f"--regid={gid}", "--init-groups", "--",
             "env", f"HOME={h.env['HOME']}", f"HOMIE_HOME={h.home}", *map(str, args)]
+
+
+_OWNER_BIN: dict[tuple[int, int, str], str] = {}
+
+
+def owner_homie_bin(uid: int, gid: int) -> str:
+    """A homie CLI that uid can run: homie_bin() when it can (its Python may sit in a
+    private home, e.g. pyenv under /root), else one in a virtual environment made from
+    the system python3 with the same homie sources installed editable, or a copy of
+    them when uid cannot read them (kept in /tmp, keyed by those sources, for the
+    next run)."""
+    from netns import homie_bin
+
+    hb = homie_bin()
+    if (uid, gid, hb) in _OWNER_BIN:
+        return _OWNER_BIN[uid, gid, hb]
+    _OWNER_BIN[uid, gid, hb] = _owner_homie_bin(uid, gid, hb)
+    return _OWNER_BIN[uid, gid, hb]
+
+
+def _owner_homie_bin(uid: int, gid: int, hb: str) -> str:
+    import fcntl
+    import hashlib
+    import shutil
+
+    # through a shell: an exec straight from setpriv can succeed where the daemon's own
+    # re-exec of its interpreter is refused
+    probe = subprocess.run(["setpriv", f"--reuid={uid}", f"--regid={gid}", "--init-groups", "--",
+                            "/bin/sh", "-c", '"$0" --help', hb], capture_output=True, timeout=60, cwd="/")
+    if probe.returncode == 0:
+        return hb
+    src = Path(subprocess.run([str(Path(hb).parent / "python"), "-c",
+                               "import homie, os; print(os.path.dirname(os.path.dirname(homie.__file__)))"],
+                              capture_output=True, text=True, check=True, cwd="/").stdout.strip())
+    readable = subprocess.run(["setpriv", f"--reuid={uid}", f"--regid={gid}", "--init-groups", "--",
+                               "test", "-r", str(src / "homie" / "__init__.py")], cwd="/").returncode == 0
+    h = hashlib.sha256(str(src).encode() + (src / "pyproject.toml").read_bytes())
+    if not readable:  # the sources sit in a private home too: the user gets a copy of them
+        for f in sorted((src / "homie").rglob("*.py")):
+            h.update(str(f.relative_to(src)).encode() + f.read_bytes())
+    key = h.hexdigest()[:12]
+    venv = Path(tempfile.gettempdir()) / f"homie-owner-venv-{key}"
+    system = shutil.which("python3", path="/usr/bin:/bin:/usr/local/bin")
+    assert system, "no system python3 for the ordinary user's daemon"
+    with open(f"{venv}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (venv / ".ready").exists():
+            shutil.rmtree(venv, ignore_errors=True)
+            if not readable:
+                copy = Path(f"{venv}-src")
+                shutil.rmtree(copy, ignore_errors=True)
+                copy.mkdir(mode=0o755)
+                for f in ("pyproject.toml", "README.md", "LICENSE"):
+                    if (src / f).exists():
+                        shutil.copy2(src / f, copy)
+                shutil.copytree(src / "homie", copy / "homie", ignore=shutil.ignore_patterns("__pycache__"))
+                for root, dirs, fnames in os.walk(copy):
+                    for n in dirs:
+                        os.chmod(os.path.join(root, n), 0o755)
+                    for n in fnames:
+                        os.chmod(os.path.join(root, n), 0o644)
+                src = copy
+            subprocess.run([system, "-m", "venv", str(venv)], check=True, capture_output=True, timeout=300)
+            cp = subprocess.run([str(venv / "bin" / "pip"), "install", "-q", "--disable-pip-version-check", "-e",
+                                 str(src)], capture_output=True, text=True, timeout=600, cwd="/")
+            assert cp.returncode == 0, f"installing homie for the ordinary user failed: {cp.stderr[-2000:]}"
+            (venv / ".ready").touch()
+    return str(venv / "bin" / "homie")
 
 
 def start_daemon_as(h: Host, cwd: str | os.PathLike | None = None) -> int:
     """`homie up` on h as its ordinary owner (hand_home_to first); returns the daemon's pid."""
-    from netns import homie_bin
-
-    r = h.run(*as_owner(h, homie_bin(), "up", "--name", h.name), timeout=60, cwd=cwd)
+    r = h.run(*as_owner(h, owner_homie_bin(*getattr(h, "owner")), "up", "--name", h.name), timeout=60, cwd=cwd)
     assert r.returncode == 0, f"homie up as {getattr(h, 'owner')} on {h.name} failed: {r.stdout}{r.stderr}"
     pid = daemon_pid(h)
     uid = os.stat(f"/proc/{pid}").st_uid

@@ -24,8 +24,10 @@ def fuzz_budget(n: int) -> int:
 
 
 class Recorder:
-    def record(self, area: str, case: str, tried: str, times: int | str, outcome: str) -> None:
-        ROWS.append({"area": area, "case": case, "tried": tried, "times": str(times), "outcome": outcome})
+    def record(self, area: str, case: str, tried: str, times: int | str, outcome: str, daemon: str = "") -> None:
+        """daemon: for area "hostile", who ran the attacked daemon (root or user)."""
+        ROWS.append({"area": area, "case": case, "tried": tried, "times": str(times), "outcome": outcome,
+                     "daemon": daemon})
 
 
 def count_hypothesis(nodeid: str, stats: dict) -> None:
@@ -59,7 +61,18 @@ def write(command: str) -> Path | None:
         "|---|---|---|---|---|",
     ]
     for r in ROWS:
-        lines.append("| " + " | ".join(_cell(r[k]) for k in ("area", "case", "tried", "times", "outcome")) + " |")
+        if r["area"] != "hostile":
+            lines.append("| " + " | ".join(_cell(r[k]) for k in ("area", "case", "tried", "times", "outcome")) + " |")
+    hostile = [r for r in ROWS if r["area"] == "hostile"]
+    if hostile:
+        lines += ["", "## Hostile jobs (a group member attacking the lender)", "",
+                  "Each attack is a job run with `homie run` by a member holding the group key"
+                  " (tests/test_hostile_netns.py), against a daemon run by root and by an ordinary user; a"
+                  " legitimate job runs beside each one and must finish intact.", "",
+                  "| attack | daemon | tries | outcome |", "|---|---|---|---|"]
+        for r in sorted(hostile, key=lambda r: (int(r["case"].split()[0]) if r["case"][:1].isdigit() else 99,
+                                                 r["daemon"])):
+            lines.append("| " + " | ".join(_cell(r[k]) for k in ("case", "daemon", "times", "outcome")) + " |")
     if FUZZ:
         lines += ["", "## Fuzzing (Hypothesis)", "",
                   "Invariant: any input either parses or raises the module's own error, never another"
