@@ -73,6 +73,11 @@ class _Group(click.Group):
             return super().invoke(ctx)
         except HomieError as e:
             _fail(e)
+        except click.UsageError as e:
+            # One sentence and where to look, instead of click's three-line usage block.
+            where = e.ctx.command_path if e.ctx else "homie"
+            click.echo(f"error: {e.format_message()} (see: {where} --help)", err=True)
+            sys.exit(EXIT_USAGE)
 
 
 def _example(*lines: str) -> str:
