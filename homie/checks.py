@@ -12,13 +12,20 @@ from __future__ import annotations
 BUILTIN_SCHEDULERS = ("auto", "best-idle", "gpu-first", "karma")
 
 
-def schedulers() -> list[str]:
-    """Scheduler names: the built-ins and those plugins declare in a SCHEDULERS tuple."""
+def schedulers() -> list[str] | None:
+    """Scheduler names: the built-ins and those plugins declare in a SCHEDULERS tuple;
+    None when a plugin chooses peers without declaring its names (any name may be its)."""
     from homie import plugins
 
     names = list(BUILTIN_SCHEDULERS)
     for plugin in plugins.pm.get_plugins():
-        for n in getattr(plugin, "SCHEDULERS", ()) or ():
+        declared = getattr(plugin, "SCHEDULERS", None)
+        if declared is None:
+            builtin = str(plugins.pm.get_name(plugin)).startswith("homie.builtin")
+            if not builtin and hasattr(plugin, "homie_choose_peer"):
+                return None
+            continue
+        for n in declared:
             if isinstance(n, str) and n not in names:
                 names.append(n)
     return names
@@ -38,7 +45,7 @@ def executors() -> list[str]:
 
 def check_scheduler(name: str) -> str | None:
     known = schedulers()
-    return None if name in known else f"unknown scheduler {name!r} (known: {', '.join(known)})"
+    return None if known is None or name in known else f"unknown scheduler {name!r} (known: {', '.join(known)})"
 
 
 def check_executor(name: str) -> str | None:

@@ -242,11 +242,13 @@ def test_ps_on_both_sides(lan, gate):
     assert mine.returncode == 0
     row = next(ln for ln in mine.stdout.splitlines() if ln.startswith(job))
     assert re.match(rf"{job}\s+raj\s+wait\.py --some-arg\s+running\s+\d+s$", row), mine.stdout
-    assert mine.stdout.splitlines()[0].split() == ["ID", "PEER", "SCRIPT", "STATUS", "AGE"]
+    assert mine.stdout.splitlines()[:2] == ["sent from here:", mine.stdout.splitlines()[1]]
+    assert mine.stdout.splitlines()[1].split() == ["ID", "PEER", "SCRIPT", "STATUS", "AGE"]
     theirs = raj.homie("ps")
     row = next(ln for ln in theirs.stdout.splitlines() if ln.startswith(job))
     assert re.match(rf"{job}\s+you\s+wait\.py --some-arg\s+running\s+\d+s$", row), theirs.stdout
-    assert theirs.stdout.splitlines()[0].split() == ["ID", "FROM", "SCRIPT", "STATUS", "AGE"]
+    assert theirs.stdout.splitlines()[0] == "run here for friends:"
+    assert theirs.stdout.splitlines()[1].split() == ["ID", "FROM", "SCRIPT", "STATUS", "AGE"]
     j = json.loads(you.homie("ps", "--json").stdout)
     assert [(s["job_id"], s["peer"], s["status"]) for s in j["sent"]] == [(job, "raj", "running")]
     assert j["here"] == []
