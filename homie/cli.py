@@ -15,7 +15,8 @@ import time
 import click
 
 from homie import __version__
-from homie.errors import EXIT_NO_DAEMON, EXIT_USAGE, HomieError
+from homie.errors import (EXIT_INTERNAL, EXIT_MAP_FAILED, EXIT_NO_DAEMON, EXIT_USAGE, EXIT_WOULD_WAIT,
+                          HomieError)
 from homie.fmt import age as _age
 from homie.home import Home
 
@@ -78,6 +79,22 @@ class _Group(click.Group):
             where = e.ctx.command_path if e.ctx else "homie"
             click.echo(f"error: {e.format_message()} (see: {where} --help)", err=True)
             sys.exit(EXIT_USAGE)
+        except KeyboardInterrupt:
+            # Verbs that run jobs handle Ctrl-C themselves; anywhere else nothing is left behind.
+            click.echo(f"\n{ARROW} interrupted (jobs already queued go on: homie ps)", err=True)
+            sys.exit(130)
+        except BrokenPipeError:
+            # `homie ps | head`: the reader is gone, which is no error of ours.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            sys.exit(0)
+        except (click.exceptions.Exit, click.Abort, click.ClickException):
+            raise
+        except Exception as e:
+            if os.environ.get("HOMIE_DEBUG"):
+                raise
+            click.echo(f"error: internal error: {type(e).__name__}: {_printable(str(e))}"
+                       " (HOMIE_DEBUG=1 shows the traceback; please report it)", err=True)
+            sys.exit(EXIT_INTERNAL)
 
 
 def _example(*lines: str) -> str:
@@ -768,6 +785,7 @@ says nothing but errors. Piped or redirected stdin is forwarded to the job.
 @click.option("--timeout", type=parse_duration, metavar="DURATION", help="Stop the job after DURATION (30s, 10m, 2h).")
 @click.option("--name", "label", metavar="LABEL", help="A label for the job, shown by homie ps.")
 @click.option("-q", "--quiet", is_flag=True, help="Only the job's output, unprefixed; homie's own lines only on errors.")
+@click.option("--no-stdin", is_flag=True, help="Send the job no stdin even if one is piped (like ssh -n; for loops reading a list).")
 @click.option("--executor", metavar="NAME", help="Executor on the worker (subprocess, venv, ...; default auto).")
 @click.option("--scheduler", metavar="NAME", help="Scheduler choosing the peer (default from config).")
 @click.option("--detach", is_flag=True, help="Return at once with the job id; follow it with homie attach.")
@@ -775,8 +793,8 @@ says nothing but errors. Piped or redirected stdin is forwarded to the job.
 @click.option("--json", "as_json", is_flag=True, help="With --detach or --explain: machine-readable output.")
 @click.argument("script")
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
-def run(peer, files, directory, out_dir, gpu, env_pairs, env_file, timeout, label, quiet, executor, scheduler,
-        detach, explain, as_json, script, args):
+def run(peer, files, directory, out_dir, gpu, env_pairs, env_file, timeout, label, quiet, no_stdin, executor,
+        scheduler, detach, explain, as_json, script, args):
     if as_json and not (detach or explain):
         raise HomieError("--json goes with --detach or --explain (a running job's output is not JSON)", EXIT_USAGE)
     _check_inputs(script, files, directory)
@@ -793,7 +811,7 @@ def run(peer, files, directory, out_dir, gpu, env_pairs, env_file, timeout, labe
         _explain(req, as_json)
         return
     client = _client(timeout=None)
-    req["stdin_file"] = _read_stdin(_home())
+    req["stdin_file"] = None if no_stdin else _read_stdin(_home())
     try:
         if detach:
             job_id = None
@@ -807,9 +825,6 @@ def run(peer, files, directory, out_dir, gpu, env_pairs, env_file, timeout, labe
         if req["stdin_file"] and os.path.exists(req["stdin_file"]):
             os.unlink(req["stdin_file"])  # the daemon did not take it: the job was refused
     sys.exit(code)
-
-
-EXIT_WOULD_WAIT = 75  # EX_TEMPFAIL: `run --explain` found no free peer now; the job would queue
 
 
 def _explain(req: dict, as_json: bool) -> None:
@@ -1169,9 +1184,6 @@ def doctor(as_json):
             if not f["ok"] and f.get("fix"):
                 click.echo(f"       fix: {f['fix']}")
     sys.exit(0 if all(f["ok"] or f.get("warn") for f in findings) else 1)
-
-
-EXIT_MAP_FAILED = 4  # `homie map`: one or more inputs failed (the count is in the summary, --json and --joblog)
 
 
 def _halt_rule(ctx, param, value):

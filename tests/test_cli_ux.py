@@ -499,3 +499,25 @@ def test_submit_side_of_env_stdin_timeout(loop):
     stdin_copy = loop.home / "jobs" / job / "stdin"
     assert stdin_copy.read_bytes() == b"some input"
     assert not any((loop.home / "stdin").iterdir()), "the CLI's copy of stdin moved into the job"
+
+
+def test_no_stdin_sends_none_even_from_a_pipe(loop):
+    loop.write("sleep.py", SLEEPER)
+    r = loop.homie("run", "--detach", "--no-stdin", "sleep.py", "0", input=b"not for the job")
+    assert r.returncode == 0, r.stderr
+    job = r.stdout.decode().strip()
+    assert not (loop.home / "jobs" / job / "stdin").exists()
+    assert not any((loop.home / "stdin").iterdir()) if (loop.home / "stdin").exists() else True
+
+
+def test_ctrl_c_elsewhere_is_one_line_not_aborted(loop):
+    loop.write("sleep.py", SLEEPER)
+    job = detach(loop, "sleep.py", "60")
+    p = loop.spawn("wait", job)
+    time.sleep(1.0)
+    p.send_signal(signal.SIGINT)
+    out, err = p.communicate(timeout=10)
+    assert p.returncode == 130 and "Aborted" not in err and "Traceback" not in err, err
+    assert "interrupted" in err and "go on" in err, err
+    assert loop.job(job)["status"] in ("queued", "uploading", "running")
+    loop.homie("kill", job)

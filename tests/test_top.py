@@ -64,6 +64,14 @@ def test_render_peers_and_jobs():
     assert "?" in mike and "paused" in mike
 
 
+def test_karma_that_rounds_to_nothing_is_0s_not_minus_0s():
+    state = sample_state()
+    state["peers"][0]["karma"] = {"given": 0.2, "taken": 0.4}
+    text = _text(state)
+    raj = next(ln for ln in text.splitlines() if "10.0.0.1" in ln)
+    assert "0s" in raj and "-0s" not in raj, raj
+
+
 def test_render_without_peers_or_jobs():
     state = sample_state()
     state.update(peers=[], sent=[], here=[])
