@@ -521,3 +521,15 @@ def test_ctrl_c_elsewhere_is_one_line_not_aborted(loop):
     assert "interrupted" in err and "go on" in err, err
     assert loop.job(job)["status"] in ("queued", "uploading", "running")
     loop.homie("kill", job)
+
+
+def test_map_with_bar_and_retries(loop):
+    loop.write("job.py", MAPPED)
+    for i in range(3):
+        loop.write(f"data/in{i}.txt", f"input {i}\n")
+    r = loop.homie("map", "--over", "data/*.txt", "--bar", "--retries", "0", "job.py", "{}")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "Traceback" not in r.stderr and "3 inputs: 3 ok, 0 failed" in r.stderr, r.stderr
+    assert (loop.proj / "results" / "in1.txt" / "out.txt").read_text() == "INPUT 1\n"
+    r = loop.homie("map", "--over", "data/*.txt", "--halt", "whenever", "job.py", "{}")
+    assert r.returncode == 2 and "--halt" in one_line_error(r)
