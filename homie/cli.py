@@ -712,6 +712,11 @@ def _read_stdin(home: Home) -> str | None:
         return None
     if sys.stdin.isatty() or not (stat.S_ISFIFO(mode) or stat.S_ISREG(mode) or stat.S_ISSOCK(mode)):
         return None
+    import select
+
+    if not stat.S_ISREG(mode) and not select.select([0], [], [], 3.0)[0]:
+        # A pipe nobody writes to (a caller's inherited stdin) would hang here silently.
+        _say("reading stdin for the job until it closes (--no-stdin sends none)")
     d = home.root / "stdin"
     d.mkdir(mode=0o700, exist_ok=True)
     fd, path = tempfile.mkstemp(prefix="stdin-", dir=d)
