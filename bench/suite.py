@@ -298,7 +298,7 @@ class Bench:
 
     def job_timeline(self, a, b, r) -> dict:
         """Seconds from the CLI's start to each daemon log event of the job it ran."""
-        m = re.search(r"job started: ([0-9a-f]+)", r.out)
+        m = re.search(r"job started: ([0-9a-f]+)", r.err)  # homie's own lines are on stderr
         out = {"CLI exits": r.wall}
         if not m:
             return out
@@ -333,7 +333,7 @@ class Bench:
         r = timed(a, argv, cwd=proj, timeout=timeout).check(f"homie job ({label})")
         ca1, cb1 = a.iface_counters(), b.iface_counters()
         ua1, ub1 = cpu_seconds(pa), cpu_seconds(pb)
-        m = re.search(r"job started: ([0-9a-f]+)", r.out)
+        m = re.search(r"job started: ([0-9a-f]+)", r.err)  # homie's own lines are on stderr
         if not m:
             raise BenchError(f"no job id in homie run's output ({label}): {r.out!r}")
         job = m.group(1)

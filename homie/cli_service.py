@@ -6,7 +6,6 @@ homie/service.py, imported only when a command runs so `homie --help` stays fast
 
 from __future__ import annotations
 
-import functools
 
 import click
 
@@ -23,23 +22,10 @@ def _mode_options(f):
     return f
 
 
-def _errors(f):
-    """HomieError -> one line 'error: ...' on stderr and its exit code."""
-
-    @functools.wraps(f)
-    def wrapper(*args, **kwargs):
-        from homie.errors import HomieError
-
-        try:
-            return f(*args, **kwargs)
-        except HomieError as e:
-            click.echo(f"error: {e}", err=True)
-            raise SystemExit(e.exit_code)
-
-    return wrapper
-
-
-@click.group(help="Run homie as an OS service (systemd or launchd). " + _MODE_HELP)
+# HomieErrors reach the one error path in homie.cli (its group's invoke): one line, its exit code.
+@click.group(help="Run homie as an OS service (systemd or launchd). " + _MODE_HELP,
+             epilog="\b\nExamples:\n  homie service install --user\n  homie service install --dry-run\n"
+                    "  homie service status")
 def service() -> None:
     pass
 
@@ -47,7 +33,6 @@ def service() -> None:
 @service.command(help="Install, enable and start the service. " + _MODE_HELP)
 @_mode_options
 @click.option("--dry-run", is_flag=True, help="Print the rendered file and the commands; change nothing.")
-@_errors
 def install(mode: str | None, dry_run: bool) -> None:
     from homie import service as svc
 
@@ -57,7 +42,6 @@ def install(mode: str | None, dry_run: bool) -> None:
 @service.command(help="Stop and disable the service and remove its unit (state is kept).")
 @_mode_options
 @click.option("--dry-run", is_flag=True, help="Print what would be removed and run; change nothing.")
-@_errors
 def uninstall(mode: str | None, dry_run: bool) -> None:
     from homie import service as svc
 
@@ -66,7 +50,6 @@ def uninstall(mode: str | None, dry_run: bool) -> None:
 
 @service.command(help="Show whether the service is installed and running.")
 @_mode_options
-@_errors
 def status(mode: str | None) -> None:
     from homie import service as svc
 

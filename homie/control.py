@@ -144,7 +144,7 @@ class ControlServer:
             handler(msg)
         except HomieError as e:
             try:
-                ch.send("fail", message=str(e), exit_code=e.exit_code)
+                ch.send("fail", message=printable(str(e)), exit_code=e.exit_code)
             except ConnectionClosed:
                 pass
         except (ConnectionClosed, ProtocolError, socket.timeout):
@@ -152,11 +152,17 @@ class ControlServer:
         except Exception as e:
             self.log.exception("control.request_failed")
             try:
-                ch.send("fail", message=f"internal error: {type(e).__name__}: {e}", exit_code=73)
+                ch.send("fail", message=printable(f"internal error: {type(e).__name__}: {e}"), exit_code=73)
             except Exception:
                 pass
         finally:
             ch.close()
+
+
+def printable(text: str) -> str:
+    """A message that may quote an undecodable file name (surrogate escapes) as
+    sendable text: the bad bytes shown as \\xNN, so the user still gets the message."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def signal_number(name_or_number) -> int:

@@ -12,6 +12,46 @@ from homie.joblog import read_records
 
 FOLLOW_POLL = 0.1
 PROGRESS_EVERY = 0.2
+PS_BATCH = 200
+ARGS_SHOWN = 2000  # characters of a job's arguments that ps and top show
+
+
+def _short_args(args: list) -> tuple[list, bool]:
+    """The arguments, cut to what a listing needs (a job may have 100 000 of them)."""
+    shown, size = [], 0
+    for a in args:
+        if size + len(a) > ARGS_SHOWN:
+            return shown + [f"… ({len(args) - len(shown)} more)"], True
+        shown.append(a)
+        size += len(a) + 1
+    return shown, False
+
+
+def _job_log_facts(path, tail: int = 8 << 20) -> dict[str, dict]:
+    """job id -> {script, code} from the daemon's own log (its last `tail` bytes)."""
+    import json
+
+    facts: dict[str, dict] = {}
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, 2)
+            f.seek(max(0, f.tell() - tail))
+            data = f.read()
+    except OSError:
+        return facts
+    for line in data.splitlines():
+        if b'"job.accepted"' not in line and b'"job.exited"' not in line:
+            continue
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue
+        d = facts.setdefault(rec.get("job_id"), {})
+        if rec.get("event") == "job.accepted":
+            d["script"] = rec.get("script")
+        else:
+            d["code"] = rec.get("code")
+    return facts
 
 
 class Handlers:
@@ -27,8 +67,7 @@ class Handlers:
         n = self.node
         from homie.keys import fingerprint
 
-        ifaces = n.discovery.interfaces()
-        address = n.bind_address or (ifaces[0]["address"] if ifaces else "127.0.0.1")
+        address = self._address()
         self.reply(
             running=True, name=n.name, pid=os.getpid(), version=__version__, uptime=time.time() - n.started,
             address=address, port=n.config.port, discovery_port=n.config.discovery_port,
@@ -39,8 +78,16 @@ class Handlers:
             retries=n.config.retries, sandbox=n.worker.sandbox.label, sandbox_reason=n.worker.sandbox.reason,
         )
 
+    def _address(self) -> str:
+        """The address friends reach this machine on (not loopback, unless that is all there is)."""
+        n = self.node
+        ifaces = n.discovery.interfaces()
+        return n.bind_address or (ifaces[0]["address"] if ifaces else "127.0.0.1")
+
     def do_peers(self, msg) -> None:
-        self.reply(peers=[p.to_dict() for p in self.node.peers.snapshot()], me=self.node.local_peer().to_dict())
+        me = self.node.local_peer().to_dict()
+        me["ip"] = self._address()
+        self.reply(peers=[p.to_dict() for p in self.node.peers.snapshot()], me=me)
 
     def do_down(self, msg) -> None:
         self.reply(stopping=True, name=self.node.name)
@@ -82,6 +129,8 @@ class Handlers:
 
     # -- jobs -------------------------------------------------------------------------
     def do_ps(self, msg) -> None:
+        """Jobs in batches of events, then a reply: however many jobs and however long
+        their arguments, no message comes near the frame cap."""
         show_all = bool(msg.get("all"))
         out = []
         for job in sorted(self.node.submitter.jobs.values(), key=lambda j: j.created):
@@ -89,15 +138,38 @@ class Handlers:
                 continue
             s = job.summary()
             s["side"] = "out"
+            s["args"], s["args_cut"] = _short_args(s["args"])
             out.append(s)
         here = []
+        live = set()
         for wj in sorted(self.node.worker.jobs.values(), key=lambda j: j.created):
+            live.add(wj.id)
             if wj.state not in ("preparing", "running") and not show_all:
                 continue
             s = wj.summary()
             s["side"] = "here"
+            s["args"], s["args_cut"] = _short_args(s["args"])
             here.append(s)
-        self.reply(jobs=out, here=here, now=time.time())
+        if show_all:
+            here = sorted(here + self._ran_here(live), key=lambda j: j["created"])
+        for i in range(0, max(len(out), len(here)), PS_BATCH):
+            self.ch.send("event", kind="ps", jobs=out[i:i + PS_BATCH], here=here[i:i + PS_BATCH])
+        self.reply(now=time.time())
+
+    def _ran_here(self, live: set) -> list[dict]:
+        """Jobs run here for friends that are over and gone from the worker: the karma
+        ledger keeps each one (who, when, how long), the daemon's log its script and exit."""
+        seen = _job_log_facts(self.node.home.log)
+        out = []
+        for e in self.node.store.ledger_entries():
+            if e["direction"] != "given" or e["job_id"] in live:
+                continue
+            facts = seen.get(e["job_id"], {})
+            out.append({"job_id": e["job_id"], "from": e["peer"], "script": facts.get("script"), "args": [],
+                        "args_cut": False, "status": "finished", "created": e["at"] - (e["wall_s"] or 0.0),
+                        "pid": None, "code": facts.get("code"), "reason": None, "side": "here",
+                        "cpu_s": e["cpu_s"], "wall_s": e["wall_s"]})
+        return out
 
     def _one_job(self, job_id: str):
         found = self.node.submitter.find(job_id)
@@ -125,7 +197,9 @@ class Handlers:
             if job.done.is_set():
                 raise HomieError(f"job {job.id} already ended", EXIT_FAILURE)
             self.node.worker.signal_job(job, sig, by=f"{self.node.name}'s owner")
-            what = f"sent {signal.Signals(sig).name} to job {job.id} (running here for {job.submitter})"
+            what = (f"stopping job {job.id} (running here for {job.submitter}): SIGTERM, then SIGKILL after 2 s"
+                    if sig == signal.SIGKILL else
+                    f"sent {signal.Signals(sig).name} to job {job.id} (running here for {job.submitter})")
         self.reply(message=what)
 
     def do_run(self, msg) -> None:
@@ -133,6 +207,9 @@ class Handlers:
         if body.get("explain"):
             self._explain(body)
             return
+        self._submit_and_follow(body)
+
+    def _submit_and_follow(self, body: dict) -> None:
         job = self.node.submitter.submit(body)
         self.ch.send("event", kind="job", job_id=job.id)
         if body.get("detach"):
@@ -140,20 +217,78 @@ class Handlers:
             return
         self._follow(job, 0, live=True)
 
+    def do_restart(self, msg) -> None:
+        old = self._one_job(msg["job_id"])
+        body = self.node.submitter.request_of(old)
+        body["detach"] = bool(msg.get("detach"))
+        self._submit_and_follow(body)
+
     def _explain(self, body) -> None:
+        """What `run` would do, judged the same way as the queue judges the real job:
+        run now, wait (every obstacle is temporary) or never (unknown peer, no GPU...)."""
         from homie import scheduling
 
+        sub = self.node.submitter
+        sub.check_peer(body.get("peer"))
+        sub.check_plugins(body)
         req = scheduling.JobRequest(job_id="-", script=body["script"], submitter=self.node.name,
                                     gpu=bool(body.get("gpu")), peer=body.get("peer"),
-                                    scheduler=body.get("scheduler") or self.node.config.scheduler)
-        cands = self.node.submitter._candidates()
+                                    scheduler=body.get("scheduler") or self.node.config.scheduler,
+                                    executor=body.get("executor") or self.node.config.executor)
+        cands = sub._candidates()
         chosen, verdicts = scheduling.choose(req, cands, self.node.config)
-        self.reply(chosen=chosen.name if chosen else None, peers=[
+        why = None
+        if chosen:
+            verdict = "run"
+        elif (why := sub._permanent(req, verdicts)) is not None:
+            verdict = "never"
+        else:
+            verdict, why = "wait", scheduling.why_waiting(verdicts, req)
+        self.reply(chosen=chosen.name if chosen else None, verdict=verdict, why=why, peers=[
             {"name": p.name, "ip": p.ip, "local": p.local, "eligible": not r, "reasons": r} for p, r in verdicts])
 
     def do_follow(self, msg) -> None:
+        found = self.node.submitter.find(msg["job_id"])
+        if not found:
+            self._follow_here(msg["job_id"], msg.get("offset") or 0, live=bool(msg.get("live")))
+            return
         job = self._one_job(msg["job_id"])
+        self.ch.send("event", kind="job", job_id=job.id)
+        if msg.get("quiet"):
+            job_wait(job)
+            self._end(job)
+            return
         self._follow(job, msg.get("offset") or 0, live=bool(msg.get("live")))
+
+    def _follow_here(self, job_id: str, offset: int, live: bool) -> None:
+        """`homie logs` on the lending machine: a friend's job running (or just run) here."""
+        here = self.node.worker.find(job_id)
+        if len(here) > 1:
+            raise HomieError(f"job id {job_id!r} is ambiguous: {', '.join(j.id for j in here)}", EXIT_FAILURE)
+        if not here:
+            for e in self.node.store.ledger_entries():
+                if e["direction"] == "given" and e["job_id"].startswith(job_id):
+                    raise HomieError(f"job {e['job_id']} ran here for {e['peer']} and is over; its output went"
+                                     f" back to {e['peer']}, who keeps it (homie logs {e['job_id']} there)",
+                                     EXIT_FAILURE)
+            raise HomieError(f"no job {job_id!r} (see `homie ps --all`)", EXIT_FAILURE)
+        wj = here[0]
+        self.ch.send("event", kind="job", job_id=wj.id)
+        while True:
+            recs = read_records(wj.log.path, offset)
+            for stream, end, data in recs:
+                self.ch.send_output(stream, end, data)
+                offset = end
+            if recs:
+                continue
+            done = wj.done.is_set()
+            if done or not live:
+                s = wj.summary()
+                self.reply(job_id=wj.id, state="done" if done else s["status"], exit_code=s["code"], code=s["code"], signal=None,
+                           reason=s["reason"], message=None, peer=self.node.name, results=[], results_dir="",
+                           offset=offset, terminal=done)
+                return
+            wj.done.wait(FOLLOW_POLL)
 
     def _follow(self, job, offset: int, live: bool) -> None:
         """Stream a job's output from `offset`, with its state changes, until it ends."""
@@ -196,6 +331,7 @@ class Handlers:
             job.log.wait(offset, FOLLOW_POLL)
 
     def _end(self, job) -> None:
+        """The last message of a follow: how the job ended (or where it is, if not over)."""
         d = job.doc
         self.reply(job_id=job.id, state=d["state"], exit_code=d["exit_code"], code=d["code"], signal=d["signal"],
                    reason=d["reason"], message=d["message"], peer=d["peer_name"], results=d["results"] or [],
@@ -217,3 +353,10 @@ class Handlers:
             raise HomieError(f"job {job.id} is still {job.state}", EXIT_USAGE)
         self.node.submitter.forget(job)
         self.reply(forgotten=job.id)
+
+
+def job_wait(job) -> None:
+    """Until the job is over (homie wait): no output is read or sent meanwhile."""
+    with job.cond:
+        while not job.terminal:
+            job.cond.wait(1.0)

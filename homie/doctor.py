@@ -29,10 +29,17 @@ def offline_findings(home) -> list[dict]:
         out.append(_f(False, "key", str(e), "homie init (new group) or homie join KEY (a friend's group)"))
     try:
         cfg = load_config(home.config)
-        out.append(_f(True, "config", f"{home.config if home.config.exists() else 'no config file'}: valid"
-                                      f" (name {cfg.name!r}, port {cfg.port}, discovery port {cfg.discovery_port})"))
     except HomieError as e:
         out.append(_f(False, "config", str(e), f"edit {home.config}"))
+        return out
+    from homie.checks import config_problems
+
+    problems = config_problems(cfg)
+    for setting, why in problems:
+        out.append(_f(False, "config", f"{home.config}: {setting}: {why}", f"edit {setting} in {home.config}"))
+    if not problems:
+        out.append(_f(True, "config", f"{home.config if home.config.exists() else 'no config file'}: valid"
+                                      f" (name {cfg.name!r}, port {cfg.port}, discovery port {cfg.discovery_port})"))
     return out
 
 
@@ -75,9 +82,11 @@ def diagnose(node) -> list[dict]:
             out.append(_f(False, "interface", "no IPv4 interface with a broadcast address: broadcasts go nowhere",
                           "connect to the LAN, set `interface:`, or use `discovery: [static]` with static_peers"))
     if "static" in backends:
-        out.append(_f(bool(cfg.static_peers), "static peers",
-                      f"heartbeats also go to {', '.join(cfg.static_peers) or 'nobody (static_peers is empty)'}",
-                      "list friends' addresses under static_peers"))
+        if cfg.static_peers:
+            out.append(_f(True, "static peers", f"heartbeats go to {', '.join(cfg.static_peers)}"))
+        else:
+            out.append(_f(False, "static peers", "static discovery is on but static_peers is empty:"
+                          " no heartbeat is sent to anyone by it", "list friends' addresses under static_peers"))
 
     answered = disc.probe_round(1.0)
     peers = node.peers.snapshot()

@@ -13,6 +13,8 @@ EXIT_NO_PEER = 70  # no peer could take the job / unknown peer
 EXIT_PEER_LOST = 71  # the peer died or the link dropped for good mid-job
 EXIT_TRANSFER = 72  # upload or result download failed
 EXIT_INTERNAL = 73  # a homie bug, or a job the worker could not start
+EXIT_MAP_FAILED = 4  # `homie map`: one or more inputs failed (how many: summary, --json, --joblog)
+EXIT_WOULD_WAIT = 75  # EX_TEMPFAIL: `homie run --explain` found no free peer now; the job would queue
 # A job killed for exceeding a limit exits 128+N like any signalled job; the reason is printed.
 
 

@@ -29,6 +29,9 @@ _SALT = b"homie/v1"
 _B32_ALPHABET = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZ234567")
 # 32 bytes -> 52 base32 characters once the "====" padding is dropped.
 _KEY_CHARS = -(-KEY_BYTES * 8 // 5)
+# Then 4 check characters (20 bits of SHA-256): a mistyped key is refused
+# instead of silently making a different group.
+_CHECK_CHARS = 4
 _GROUP = 4
 
 
@@ -36,26 +39,36 @@ def generate_key() -> bytes:
     return secrets.token_bytes(KEY_BYTES)
 
 
+def _checksum(key: bytes) -> str:
+    return base64.b32encode(hashlib.sha256(b"homie-key-check" + key).digest()).decode("ascii")[:_CHECK_CHARS]
+
+
 def format_key(key: bytes) -> str:
-    """Base32, no padding, dash-separated blocks of 4: easy to read out and type."""
+    """Base32 plus a checksum, no padding, dash-separated blocks of 4: easy to read out and type."""
     _check_key(key)
-    text = base64.b32encode(key).decode("ascii").rstrip("=")
+    text = base64.b32encode(key).decode("ascii").rstrip("=") + _checksum(key)
     return "-".join(text[i : i + _GROUP] for i in range(0, len(text), _GROUP))
 
 
 def parse_key(text: str) -> bytes:
-    """Inverse of format_key; ignores case, whitespace and dashes."""
+    """Inverse of format_key; ignores case, whitespace and dashes. A key written
+    before checksums existed (52 characters) is still accepted, unchecked."""
     cleaned = "".join(text.split()).replace("-", "").upper()
     bad = sorted(set(cleaned) - _B32_ALPHABET)
     if bad:
         shown = ", ".join(repr(c) for c in bad)
         raise KeyFileError(f"malformed key: bad character(s) {shown} (a key uses only A-Z and 2-7)")
-    if len(cleaned) != _KEY_CHARS:
+    if len(cleaned) not in (_KEY_CHARS, _KEY_CHARS + _CHECK_CHARS):
         raise KeyFileError(
-            f"malformed key: {len(cleaned)} characters, expected {_KEY_CHARS} (ignoring dashes and spaces)"
+            f"malformed key: {len(cleaned)} characters, expected {_KEY_CHARS + _CHECK_CHARS}"
+            " (ignoring dashes and spaces)"
         )
-    padded = cleaned + "=" * (-len(cleaned) % 8)
-    return base64.b32decode(padded)
+    body, check = cleaned[:_KEY_CHARS], cleaned[_KEY_CHARS:]
+    padded = body + "=" * (-len(body) % 8)
+    key = base64.b32decode(padded)
+    if check and check != _checksum(key):
+        raise KeyFileError("not a valid key: its checksum does not match (a character mistyped?)")
+    return key
 
 
 def _hkdf(ikm: bytes, salt: bytes, info: bytes, length: int) -> bytes:

@@ -27,7 +27,11 @@ PEER = {
               "instance": (S, False)},
     "submit": {"job_id": (S, True), "script": (S, True), "args": (L, True), "files": (L, True),
                "submitter": (S, True), "executor": (S, False), "gpu": (B, False),
-               "interpreter": (OPT_S, False), "env": (D, False), "token": (S, False)},
+               "interpreter": (OPT_S, False),
+               # From `homie run -e/--env-file`, `--timeout` and piped stdin (see _check_submit).
+               "env": (D, False), "timeout": (OPT_N, False), "stdin": (OPT_S, False),
+               # The submitter's secret for this job: attach, fetch, ack and signal must carry it.
+               "token": (S, False)},
     "need": {"hashes": (L, True)},
     "refuse": {"reason": (S, True), "code": (S, True)},
     "blob": {"sha256": (S, True), "size": (I, True)},
@@ -58,10 +62,12 @@ CONTROL = {
     "run": {"script": (S, True), "args": (L, True), "cwd": (S, True), "files": (L, False),
             "directory": (OPT_S, False), "peer": (OPT_S, False), "gpu": (B, False),
             "executor": (OPT_S, False), "detach": (B, False), "explain": (B, False),
-            "scheduler": (OPT_S, False), "tag": (OPT_S, False), "retries": (I, False)},
+            "scheduler": (OPT_S, False), "tag": (OPT_S, False), "retries": (I, False),
+            "env": (D, False), "timeout": (OPT_N, False), "name": (OPT_S, False), "stdin_file": (OPT_S, False)},
+    "restart": {"job_id": (S, True), "detach": (B, False)},
     "ps": {"all": (B, False)},
     "kill": {"job_id": (S, True), "sig": (I, False)},
-    "follow": {"job_id": (S, True), "live": (B, False), "offset": (I, False)},
+    "follow": {"job_id": (S, True), "live": (B, False), "offset": (I, False), "quiet": (B, False)},
     "get_results": {"job_id": (S, True)},
     "forget": {"job_id": (S, True)},
     "pause": {"suspend": (B, False)},
@@ -78,6 +84,37 @@ CONTROL = {
 # One namespace for both channels, so a name always means one thing.
 assert not PEER.keys() & CONTROL.keys(), PEER.keys() & CONTROL.keys()
 ALL: dict[str, dict] = {**PEER, **CONTROL}
+
+
+ENV_NAME_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_")
+MAX_ENV = 256
+
+
+def _check_env(t: str, env) -> None:
+    """env: at most MAX_ENV names of letters, digits and _ (not starting with a digit), str values without NUL."""
+    if len(env) > MAX_ENV:
+        raise ProtocolError(f"{t}: more than {MAX_ENV} environment variables")
+    for k, v in env.items():
+        if not (isinstance(k, str) and k and set(k) <= ENV_NAME_CHARS and not k[0].isdigit()):
+            raise ProtocolError(f"{t}: bad environment variable name {str(k)[:40]!r}")
+        if not isinstance(v, str) or "\0" in v:
+            raise ProtocolError(f"{t}: environment variable {k} must be a string without NUL")
+
+
+def _check_submit(t: str, body: dict) -> None:
+    """The optional job settings of `submit` (and the CLI's `run`), beyond their types."""
+    if body.get("env") is not None:
+        _check_env(t, body["env"])
+    timeout = body.get("timeout")
+    if timeout is not None and (isinstance(timeout, bool) or not 0 < timeout < 10**9):
+        raise ProtocolError(f"{t}: timeout must be a positive number of seconds")
+    stdin = body.get("stdin")
+    if stdin is not None and (not stdin or stdin not in {f.get("path") for f in body.get("files") or []
+                                                          if isinstance(f, dict)}):
+        raise ProtocolError(f"{t}: stdin must name a file of the job")
+
+
+_EXTRA_CHECKS = {"submit": _check_submit, "run": _check_submit}
 
 
 def _type_name(types: tuple) -> str:
@@ -103,3 +140,6 @@ def validate(t: str, body: dict) -> None:
             raise ProtocolError(f"{t}: field {field!r} must be {_type_name(types)}")
         if not isinstance(value, types):
             raise ProtocolError(f"{t}: field {field!r} must be {_type_name(types)}")
+    extra = _EXTRA_CHECKS.get(t)
+    if extra:
+        extra(t, body)

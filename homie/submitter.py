@@ -30,6 +30,7 @@ CONNECT_TIMEOUT = 5.0
 STREAM_TIMEOUT = 8.0  # the worker pings every 2 s; silence this long means the link is down
 STREAM_QUIET = 3.0  # silence after which a peer without heartbeats counts as gone
 CHUNK = 1 << 20
+STDIN_NAME = ".homie-stdin"  # the manifest entry holding what `homie run` read from its stdin
 TERMINAL = ("done", "failed", "lost", "killed")
 
 
@@ -51,7 +52,7 @@ class Job:
         "remote_offset", "code", "signal", "reason", "exit_code", "message", "results", "started_at",
         "finished_at", "waiting", "why", "cpu_s", "wall_s", "gpu_s", "attempts", "collected", "interrupts",
         "upload_files", "upload_bytes", "sent_bytes", "via", "retries", "lost_peers", "dispatched_at", "refusals",
-        "first_dispatched_at", "log_end", "token",
+        "first_dispatched_at", "log_end", "env", "timeout", "name", "stdin", "token",
     )
 
     def __init__(self, doc: dict, outbox: Path):
@@ -92,7 +93,7 @@ class Job:
         return {
             "job_id": d["id"], "peer": d["peer_name"], "script": d["script"], "args": d["args"],
             "status": d["state"], "created": d["created"], "exit_code": d["exit_code"], "why": d["why"],
-            "reason": d["reason"], "tag": d["tag"], "results": len(d["results"] or []),
+            "reason": d["reason"], "tag": d["tag"], "name": d["name"], "results": len(d["results"] or []),
             "dispatched_at": d["dispatched_at"], "first_dispatched_at": d["first_dispatched_at"], "started_at": d["started_at"], "finished_at": d["finished_at"],
         }
 
@@ -129,9 +130,8 @@ class Submitter:
         if not all(isinstance(a, str) for a in args):
             raise HomieError("arguments must be strings", EXIT_USAGE)
         pin = req.get("peer")
-        if pin and pin != self.node.name and not self.node.peers.by_name(pin):
-            online = ", ".join(sorted({p.name for p in self.node.peers.snapshot()} | {self.node.name}))
-            raise HomieError(f"unknown peer {pin!r} (online: {online})", EXIT_NO_PEER)
+        self.check_peer(pin)
+        self.check_plugins(req)
         job_id = new_job_id()
         doc = {
             # A secret only we hold: the worker lets only it attach, fetch, ack or signal
@@ -146,9 +146,16 @@ class Submitter:
             "scheduler": req.get("scheduler") or self.config.scheduler, "tag": req.get("tag"),
             "retries": max(0, int(req.get("retries") or 0)),
             "remote_offset": 0, "results": [], "interrupts": 0,
+            "env": dict(req.get("env") or {}) or None, "timeout": req.get("timeout"), "name": req.get("name"),
         }
         job = Job(doc, self.outbox)
-        self._collect(job)  # errors in the inputs are reported now, not after queueing
+        try:
+            if req.get("stdin_file"):
+                self._take_stdin(job, Path(req["stdin_file"]))
+            self._collect(job)  # errors in the inputs are reported now, not after queueing
+        except BaseException:
+            _clear(job.dir)
+            raise
         with self.lock:
             # Queue order is the order jobs become visible to the dispatcher,
             # not when their request arrived (hashing inputs takes a while).
@@ -158,6 +165,33 @@ class Submitter:
         self.log.info("job.submitted", job_id=job_id, script=job.script, files=len(job.manifest))
         self.kick()
         return job
+
+    def check_peer(self, pin: str | None) -> None:
+        if pin and pin != self.node.name and not self.node.peers.by_name(pin):
+            online = ", ".join(sorted({p.name for p in self.node.peers.snapshot()} | {self.node.name}))
+            raise HomieError(f"unknown peer {pin!r} (online: {online})", EXIT_NO_PEER)
+
+    @staticmethod
+    def check_plugins(req: dict) -> None:
+        """A scheduler or executor no plugin provides is a mistake to report now,
+        not a job that silently falls back or waits for a peer that cannot exist."""
+        from homie import checks
+
+        for why in (req.get("scheduler") and checks.check_scheduler(req["scheduler"]),
+                    req.get("executor") and checks.check_executor(req["executor"])):
+            if why:
+                raise HomieError(why, EXIT_USAGE)
+
+    def _take_stdin(self, job: Job, path: Path) -> None:
+        """The bytes the CLI read from its stdin become part of the job's inputs
+        (sent as STDIN_NAME); the file moves into the job's own directory, so
+        a restart of this daemon or `homie restart` still has it."""
+        stdin_dir = (Path(self.node.home.root) / "stdin").resolve()
+        src = path.resolve()
+        if src.parent != stdin_dir or not src.is_file():
+            raise HomieError("stdin must come from the homie CLI", EXIT_USAGE)
+        os.replace(src, job.dir / "stdin")
+        job.doc["stdin"] = STDIN_NAME
 
     def _collect(self, job: Job) -> None:
         script_path = Path(job.script_path)
@@ -179,6 +213,14 @@ class Submitter:
                 script_rel = rel
         if script_rel is None:
             raise HomieError(f"the script {script_path} is excluded by an ignore rule", EXIT_USAGE)
+        if job.stdin:
+            if any(e.path == STDIN_NAME for e in entries):
+                raise HomieError(f"a file named {STDIN_NAME} is among the inputs: that name is homie's"
+                                 " (the job's stdin); rename it", EXIT_USAGE)
+            path = job.dir / "stdin"
+            size, sha = self.hashes.sha256_of(path)
+            entries.append(files.FileEntry(STDIN_NAME, 0o644, size, sha))
+            sources[sha] = path
         job.manifest = entries
         job.sources = sources
         job.doc["script"] = script_rel
@@ -378,7 +420,7 @@ class Submitter:
         try:
             ch.send("submit", job_id=job.id, script=job.script, args=job.args,
                     files=[e.to_dict() for e in job.manifest], submitter=self.node.name,
-                    executor=job.executor or "auto", gpu=bool(job.gpu), **_auth(job))
+                    executor=job.executor or "auto", gpu=bool(job.gpu), **self._job_settings(job), **_auth(job))
             reply = ch.recv_msg("need", "refuse", "error", timeout=30)
             if reply.t == "refuse":
                 if reply["code"] in ("busy", "paused"):
@@ -419,6 +461,36 @@ class Submitter:
         except ProtocolError as e:
             ch.close()
             raise HomieError(f"{job.peer_name} broke the protocol: {e}", EXIT_INTERNAL) from None
+
+    @staticmethod
+    def _job_settings(job: Job) -> dict:
+        """The optional `submit` fields, only when set: env (str -> str), timeout
+        (seconds), stdin (the manifest path of the job's stdin)."""
+        out = {}
+        if job.env:
+            out["env"] = dict(job.env)
+        if job.timeout is not None:
+            out["timeout"] = float(job.timeout)
+        if job.stdin:
+            out["stdin"] = job.stdin
+        return out
+
+    def request_of(self, job: Job) -> dict:
+        """A `run` request that submits this job again (homie restart)."""
+        req = {"script": job.script_path, "args": list(job.args or []), "cwd": job.cwd, "files": list(job.files or []),
+               "directory": job.directory, "peer": job.peer, "gpu": bool(job.gpu), "executor": job.executor,
+               "scheduler": job.scheduler, "tag": job.tag, "env": job.env, "timeout": job.timeout, "name": job.name}
+        if job.stdin and (job.dir / "stdin").is_file():
+            import shutil
+            import tempfile
+
+            d = Path(self.node.home.root) / "stdin"
+            d.mkdir(mode=0o700, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix="stdin-", dir=d)
+            os.close(fd)
+            shutil.copyfile(job.dir / "stdin", tmp)
+            req["stdin_file"] = tmp
+        return req
 
     @staticmethod
     def _check_refusal(ch: Channel) -> None:
@@ -728,6 +800,9 @@ class Submitter:
             raise HomieError(f"{job.peer_name}: {reply['message']}")
         if sig == signal.SIGINT:
             job.update(interrupts=(job.interrupts or 0) + 1)
+        if sig == signal.SIGKILL:
+            # The worker stops a job with SIGTERM first, SIGKILL for what is left 2 s later.
+            return f"stopping job {job.id} on {job.peer_name} (SIGTERM, then SIGKILL after 2 s)"
         return f"sent {signal.Signals(sig).name} to job {job.id} on {job.peer_name}"
 
     def save_all(self) -> None:

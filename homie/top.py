@@ -10,35 +10,59 @@ from homie.fmt import age as _age
 from homie.peers import balance
 
 
+def shown_status(p: dict) -> str:
+    from homie.cli import shown_status as shown
+
+    return shown(p)
+
+
 def snapshot(client_factory) -> dict:
+    from homie.cli import _ps
+
     peers = client_factory().request("peers")
-    jobs = client_factory().request("ps", all=False)
+    jobs = _ps(False)
     return {"peers": peers["peers"], "me": peers["me"], "sent": jobs["jobs"], "here": jobs["here"],
             "now": jobs["now"]}
 
 
 def _karma(k: dict | None) -> str:
-    return f"{balance(k):+.0f}s" if k else ""
+    if not k:
+        return ""
+    b = round(balance(k))
+    return f"{b:+d}s" if b else "0s"  # never "-0s"
 
 
-def render(state: dict):
+def _bar(fraction: float | None, width: int = 10) -> str:
+    """An htop-style meter: the used share of something, as blocks."""
+    if fraction is None:
+        return ""
+    f = min(1.0, max(0.0, fraction))
+    full = round(f * width)
+    return "[" + "|" * full + " " * (width - full) + "]"
+
+
+def render(state: dict, once: bool = False):
     from rich.console import Group
     from rich.table import Table
     from rich.text import Text
 
     peers = Table(title="peers", title_justify="left", expand=True)
-    for col in ("NAME", "IP", "CPU IDLE", "RAM FREE", "GPU", "JOBS", "STATUS", "KARMA"):
+    for col in ("NAME", "IP", "CPU USED", "RAM FREE", "GPU", "JOBS", "STATUS", "KARMA"):
         peers.add_column(col)
     rows = [dict(state["me"], name=state["me"]["name"] + " (me)")] + list(state["peers"])
     for p in rows:
         gpu = p.get("gpu") or "none"
         if p.get("gpu_mem_free_gb") is not None and p.get("gpu"):
-            gpu += f" ({p['gpu_mem_free_gb']:.1f} GB free)"
-        status = p.get("status") or "?"
+            gpus = [g for g in p.get("gpus") or [] if isinstance(g, dict) and g.get("mem_total_gb")]
+            best = max(gpus, key=lambda g: g.get("mem_free_gb") or 0, default=None)  # the one shown
+            used = _bar(1 - best["mem_free_gb"] / best["mem_total_gb"]) + " " if best else ""
+            gpu += f" {used}({p['gpu_mem_free_gb']:.1f} GB free)"
+        status = shown_status(p)
         style = {"idle": "green", "busy": "yellow", "paused": "red"}.get(status, "")
+        idle = p.get("cpu_percent_idle")
         peers.add_row(
             p["name"], p["ip"],
-            f"{p['cpu_percent_idle']:.0f}%" if p.get("cpu_percent_idle") is not None else "?",
+            f"{_bar(1 - idle / 100)} {100 - idle:.0f}%" if idle is not None else "?",
             f"{p['ram_free_gb']:.1f} GB" if p.get("ram_free_gb") is not None else "?",
             gpu, f"{p.get('running') or 0}/{p.get('max_jobs') if p.get('max_jobs') is not None else '?'}",
             Text(status + (" (name conflict)" if p.get("conflict") else ""), style=style),
@@ -57,7 +81,7 @@ def render(state: dict):
                      _age(now - j["created"]))
     if not state["sent"] and not state["here"]:
         jobs.add_row("", "", "no jobs running or queued", "", "")
-    return Group(peers, jobs, Text("q quits", style="dim"))
+    return Group(peers, jobs, *([] if once else [Text("q quits", style="dim")]))
 
 
 def run_top(client_factory, once: bool = False, interval: float = 0.5) -> None:
@@ -66,7 +90,7 @@ def run_top(client_factory, once: bool = False, interval: float = 0.5) -> None:
 
     console = Console()
     if once or not sys.stdin.isatty():
-        console.print(render(snapshot(client_factory)))
+        console.print(render(snapshot(client_factory), once=True))
         return
     import termios
     import tty

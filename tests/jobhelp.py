@@ -167,8 +167,9 @@ class Run:
                               f" err: {self.err()[-500:]!r})")
 
     def job_id(self, timeout: float = 20) -> str:
-        self.wait_out("→ job started: ", timeout)
-        return re.search(r"→ job started: (\w+)", self.out()).group(1)
+        # homie's own lines go to stderr; stdout is the job's output alone
+        self.wait_out("→ job started: ", timeout, stream="err")
+        return re.search(r"→ job started: (\w+)", self.err()).group(1)
 
     def wait(self, timeout: float = 60) -> int:
         try:

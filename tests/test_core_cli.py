@@ -115,7 +115,7 @@ def test_init_refuses_to_overwrite_without_force(home):
     cp = homie(home, "init")
     assert cp.returncode == 2, (cp.returncode, cp.stdout, cp.stderr)
     err = one_line_error(cp)
-    assert "already exists" in err and "--force" in err, err
+    assert "already in group" in err and "--force" in err and "NEW group" in err, err
     assert homie(home, "key").stdout.strip() == first, "the key changed without --force"
 
     cp = homie(home, "init", "--force")
@@ -222,7 +222,8 @@ def test_key_never_logged(loopback_home):
     key_text = group_key_line(cp.stdout)
     cp = homie(home, "up")
     assert cp.returncode == 0, cp.stdout + cp.stderr
-    assert 'broadcasting as "loop"' in cp.stdout
+    assert 'daemon started as "loop" (heartbeats to static_peers)' in cp.stdout, cp.stdout
+    assert "listening for jobs on 127.0.0.1:" in cp.stdout and "broadcasting" not in cp.stdout
     st = json.loads(homie(home, "status", "--json").stdout)
     assert st["discovery"] == ["static"] and st["address"] == "127.0.0.1"
     # some activity: requests, a few heartbeat intervals, a clean stop

@@ -74,7 +74,7 @@ def up(host, *extra) -> float:
     cp = host.homie("up", "--name", host.name, *extra)
     done = time.monotonic()
     assert cp.returncode == 0, f"homie up on {host.name}: {cp.stdout}{cp.stderr}"
-    assert f'broadcasting as "{host.name}"' in cp.stdout, cp.stdout
+    assert f'daemon started as "{host.name}"' in cp.stdout, cp.stdout
     return done
 
 

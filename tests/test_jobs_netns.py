@@ -71,20 +71,21 @@ def test_example_session_streams_live(lan, gate):
     time.sleep(0.3)
     assert run.running(), run.out()
     assert "epoch 2/2" not in run.out()
-    out = run.out()
-    peer = re.search(rf"{ARROW} sending to (\w+) \(best available\)", out).group(1)
+    out, err = run.out(), run.err()
+    peer = re.search(rf"{ARROW} sending to (\w+) \(best available\)", err).group(1)
     assert peer in ("raj", "mike")  # a friend, not this machine
-    assert re.search(rf"^{ARROW} job started: [0-9a-f]+$", out, re.M), out
+    assert re.search(rf"^{ARROW} job started: [0-9a-f]+$", err, re.M), err
     assert f"[{peer}] epoch 1/2 loss=1.000\n" in out
     gate.touch()
     assert run.wait(30) == 0, run.err()
     out, err = run.out(), run.err()
-    lines = out.splitlines()
-    assert lines[0] == f"{ARROW} sending to {peer} (best available)"
-    assert lines[1].startswith(f"{ARROW} job started: ")
-    assert lines[2:] == [f"[{peer}] epoch 1/2 loss=1.000", f"[{peer}] epoch 2/2 loss=0.500",
-                         f"{ARROW} job complete", f"{ARROW} saved: results/model.pt"], out
-    # stderr stays on stderr, stdout on stdout
+    # stdout is the job's output alone; homie's own lines are on stderr
+    assert out.splitlines() == [f"[{peer}] epoch 1/2 loss=1.000", f"[{peer}] epoch 2/2 loss=0.500"], out
+    mine = [ln for ln in err.splitlines() if ln.startswith(ARROW)]
+    assert mine[0] == f"{ARROW} sending to {peer} (best available)"
+    assert mine[1].startswith(f"{ARROW} job started: ")
+    assert mine[2:] == [f"{ARROW} job complete", f"{ARROW} saved: results/model.pt"], err
+    # the job's stderr stays on stderr, its stdout on stdout
     assert f"[{peer}] note: epoch 1 on stderr" in err and f"[{peer}] note: epoch 2 on stderr" in err
     assert "on stderr" not in out and "epoch 1/2" not in err
     assert (proj / "results" / "model.pt").read_text() == "weights after 2 epochs\n"
@@ -105,12 +106,12 @@ def test_input_file_and_pinned_peer(lan):
     for pin in ("mike", "raj"):
         r = you.homie("run", "-n", pin, "-f", "data.csv", "read.py", cwd=proj)
         assert r.returncode == 0, r.stdout + r.stderr
-        assert f"{ARROW} sending to {pin} (chosen)" in r.stdout
+        assert f"{ARROW} sending to {pin} (chosen)" in r.stderr
         assert f"[{pin}] rows=101 sum=5050 on={pin}" in r.stdout
     # -n with this machine's own name runs the job here
     r = you.homie("run", "-n", "you", "-f", "data.csv", "read.py", cwd=proj)
     assert r.returncode == 0, r.stdout + r.stderr
-    assert f"{ARROW} sending to you (chosen)" in r.stdout
+    assert f"{ARROW} sending to you (chosen)" in r.stderr
     assert "[you] rows=101 sum=5050 on=you" in r.stdout
     workers_clean(raj, mike, you)
 
@@ -126,7 +127,7 @@ def test_exit_codes_propagate(lan, body, code):
     r = you.homie("run", "job.py", cwd=proj)
     assert r.returncode == code, r.stdout + r.stderr
     if code == 0:
-        assert f"{ARROW} job complete" in r.stdout
+        assert f"{ARROW} job complete" in r.stderr
     elif code == 3:
         assert "exit code 3" in r.stderr
     else:
@@ -241,11 +242,13 @@ def test_ps_on_both_sides(lan, gate):
     assert mine.returncode == 0
     row = next(ln for ln in mine.stdout.splitlines() if ln.startswith(job))
     assert re.match(rf"{job}\s+raj\s+wait\.py --some-arg\s+running\s+\d+s$", row), mine.stdout
-    assert mine.stdout.splitlines()[0].split() == ["ID", "PEER", "SCRIPT", "STATUS", "AGE"]
+    assert mine.stdout.splitlines()[:2] == ["sent from here:", mine.stdout.splitlines()[1]]
+    assert mine.stdout.splitlines()[1].split() == ["ID", "PEER", "SCRIPT", "STATUS", "AGE"]
     theirs = raj.homie("ps")
     row = next(ln for ln in theirs.stdout.splitlines() if ln.startswith(job))
     assert re.match(rf"{job}\s+you\s+wait\.py --some-arg\s+running\s+\d+s$", row), theirs.stdout
-    assert theirs.stdout.splitlines()[0].split() == ["ID", "FROM", "SCRIPT", "STATUS", "AGE"]
+    assert theirs.stdout.splitlines()[0] == "run here for friends:"
+    assert theirs.stdout.splitlines()[1].split() == ["ID", "FROM", "SCRIPT", "STATUS", "AGE"]
     j = json.loads(you.homie("ps", "--json").stdout)
     assert [(s["job_id"], s["peer"], s["status"]) for s in j["sent"]] == [(job, "raj", "running")]
     assert j["here"] == []
@@ -326,7 +329,7 @@ def test_bad_input(lan):
     for out in ("afile", "afile/sub", "/proc/homie-results"):
         r = you.homie("run", "-o", out, "ok.py", cwd=proj)
         assert r.returncode == 2, (out, r.stdout, r.stderr)
-        assert "results directory" in r.stderr and "sending to" not in r.stdout
+        assert "results directory" in r.stderr and "sending to" not in r.stderr
     assert json.loads(you.homie("ps", "--json").stdout)["sent"] == []
 
 

@@ -34,7 +34,20 @@ def test_format_is_grouped_base32_without_padding():
     assert "=" not in text and text == text.upper()
     blocks = text.split("-")
     assert all(len(b) == 4 for b in blocks)
-    assert len("".join(blocks)) == 52
+    assert len("".join(blocks)) == 56  # 52 for the key, 4 for its checksum
+
+
+def test_a_mistyped_key_is_not_a_valid_key():
+    text = format_key(generate_key())
+    i = 10 if text[10] != "-" else 11
+    typo = text[:i] + ("A" if text[i] != "A" else "B") + text[i + 1:]
+    with pytest.raises(KeyFileError, match="not a valid key"):
+        parse_key(typo)
+
+
+def test_a_key_without_checksum_is_still_accepted():
+    key = generate_key()
+    assert parse_key(format_key(key).replace("-", "")[:52]) == key
 
 
 @pytest.mark.parametrize("key", [bytes(32), b"\xff" * 32, bytes(range(32))] + [os.urandom(32) for _ in range(20)])
@@ -57,12 +70,12 @@ def test_parse_rejects_bad_characters():
         parse_key("01" + text[2:])
 
 
-@pytest.mark.parametrize("cut", [1, 4, 10])
+@pytest.mark.parametrize("cut", [1, 3, 10])
 def test_parse_rejects_wrong_length(cut):
     text = format_key(generate_key()).replace("-", "")
-    with pytest.raises(KeyFileError, match=r"malformed key: .*expected 52"):
+    with pytest.raises(KeyFileError, match=r"malformed key: .*expected 56"):
         parse_key(text[:-cut])
-    with pytest.raises(KeyFileError, match=r"malformed key: .*expected 52"):
+    with pytest.raises(KeyFileError, match=r"malformed key: .*expected 56"):
         parse_key(text + "A" * cut)
     with pytest.raises(KeyFileError, match="malformed key"):
         parse_key("")

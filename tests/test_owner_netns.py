@@ -164,7 +164,7 @@ def test_busy_pause_resume_and_suspend(cluster):
         for _ in range(2):
             r = you.homie("run", "where.py", cwd=proj)
             assert r.returncode == 0, r.stdout + r.stderr
-            assert sent_to(r.stdout) == "b" and "[b] ran on b" in r.stdout
+            assert sent_to(r.stderr) == "b" and "[b] ran on b" in r.stdout
 
         # pause: paused in the peers' view, not chosen; with a busy the job waits
         r = b.homie("pause")
@@ -174,12 +174,12 @@ def test_busy_pause_resume_and_suspend(cluster):
         waiting = Run(you, proj, "where.py")
         waiting.wait_out("queued", 10, stream="err")
         assert "paused" in waiting.err() and "busy" in waiting.err(), waiting.err()
-        assert ARROW + " sending to" not in waiting.out()
+        assert ARROW + " sending to" not in waiting.err()
         # resume: b takes the waiting job
         r = b.homie("resume")
         assert r.returncode == 0 and "resumed" in r.stdout, r.stdout + r.stderr
         assert waiting.wait(20) == 0, waiting.out() + waiting.err()
-        assert sent_to(waiting.out()) == "b"
+        assert sent_to(waiting.err()) == "b"
         assert peer_status(you, "b") in ("idle", "busy")
 
         # pause --suspend: the running job is stopped, resume continues it
@@ -220,7 +220,7 @@ def test_gpu_jobs_go_only_to_the_gpu_host(cluster):
     for _ in range(3):
         r = you.homie("run", "--gpu", "cuda.py", cwd=proj)
         assert r.returncode == 0, r.stdout + r.stderr
-        assert sent_to(r.stdout) == "gpu"
+        assert sent_to(r.stderr) == "gpu"
         assert "[gpu] CUDA='0' on gpu" in r.stdout, r.stdout
     # a job that did not ask for the GPU does not get it, even on the GPU host
     for h in ("gpu", "cpu"):
@@ -360,7 +360,7 @@ def test_installed_roundrobin_plugin(cluster, roundrobin_installed):
     for _ in range(4):
         r = you.homie("run", "where.py", cwd=proj)
         assert r.returncode == 0, r.stdout + r.stderr
-        order.append(sent_to(r.stdout))
+        order.append(sent_to(r.stderr))
         assert f"[{order[-1]}] ran on {order[-1]}" in r.stdout
     assert set(order) == {"a", "b"} and order[0] == order[2] and order[1] == order[3] \
         and order[0] != order[1], order

@@ -330,6 +330,34 @@ def test_mistyped_field(t, field, value):
         FrameDecoder().feed(encode_msg(t, **body))
 
 
+@pytest.mark.parametrize("field,value,why", [
+    ("env", {"1BAD": "x"}, "bad environment variable name"),
+    ("env", {"": "x"}, "bad environment variable name"),
+    ("env", {"A-B": "x"}, "bad environment variable name"),
+    ("env", {"A": 1}, "must be a string"),
+    ("env", {"A": "x\0y"}, "must be a string without NUL"),
+    ("env", {f"V{i}": "x" for i in range(257)}, "more than 256"),
+    ("timeout", 0, "positive number"),
+    ("timeout", -5.0, "positive number"),
+    ("timeout", "10", "must be"),
+    ("stdin", ".homie-stdin", "must name a file of the job"),  # not in the manifest
+    ("stdin", "", "must name a file of the job"),
+    ("stdin", 3, "must be"),
+])
+def test_submit_job_settings_are_checked(field, value, why):
+    """The optional fields of `submit` (homie run -e/--env-file, --timeout, piped stdin)."""
+    body = dict(SAMPLES["submit"])
+    body[field] = value
+    with pytest.raises(ProtocolError, match=why):
+        messages.validate("submit", body)
+
+
+def test_submit_job_settings_accepted():
+    body = dict(SAMPLES["submit"], env={"FOO": "bar", "_X1": ""}, timeout=1.5, stdin="a")
+    messages.validate("submit", body)
+    messages.validate("submit", dict(body, timeout=None, stdin=None))
+
+
 def test_truncated_and_bad_output_frames():
     for n in range(OUT_HEADER.size):
         with pytest.raises(ProtocolError):

@@ -368,17 +368,17 @@ def test_status_tolerates_missing_systemctl(tmp_path):
 def test_cli_dry_run_and_error(tmp_path, monkeypatch):
     from click.testing import CliRunner
 
-    from homie.cli_service import service
+    from homie.cli import main
 
     runner = CliRunner()
     env = {"HOMIE_SERVICE_PLATFORM": "darwin", "HOMIE_SERVICE_ROOT": str(tmp_path), "HOMIE_HOME": str(tmp_path / "h")}
     if os.geteuid() == 0:
         monkeypatch.setattr(os, "geteuid", lambda: 501)
-    res = runner.invoke(service, ["install", "--dry-run"], env=env)
+    res = runner.invoke(main, ["service", "install", "--dry-run"], env=env)
     assert res.exit_code == 0, res.output
     assert "io.homie.agent" in res.output and "would run: launchctl bootstrap" in res.output
     assert _tree(tmp_path) == []
 
-    res = runner.invoke(service, ["install", "--system", "--dry-run"], env=env)
+    res = runner.invoke(main, ["service", "install", "--system", "--dry-run"], env=env)
     assert res.exit_code == 2
     assert res.output.startswith("error: ") and len(res.output.strip().splitlines()) == 1

@@ -52,14 +52,24 @@ def test_render_peers_and_jobs():
     text = _text(sample_state())
     for s in ("peers", "jobs", "you (me)", "raj", "mike", "10.0.0.1", "10.0.0.3",
               "busy", "paused", "idle", "(name conflict)", "RTX 4090 (20.5 GB free)", "2/2", "0/0",
-              "+42s", "-42s", "97%", "12.5 GB",
+              "+42s", "-42s", "3%", "12.5 GB",
               "3f9a61c2", "→ raj", "train.py --epochs 10", "running", "1m15s",
               "77aa00ff", "→ ?", "queued (raj: busy (2/2 jobs))", "5s",
               "c0ffee11", "← mike", "render.py scene.blend", "1h01m", "q quits"):
         assert s in text, f"{s!r} not in:\n{text}"
+    # htop-style meters for the CPU in use (3% of 10 blocks rounds to none)
+    assert "[          ] 3%" in text
     # unknown resources render as ?, never as an error
     mike = next(ln for ln in text.splitlines() if "10.0.0.2" in ln)
     assert "?" in mike and "paused" in mike
+
+
+def test_karma_that_rounds_to_nothing_is_0s_not_minus_0s():
+    state = sample_state()
+    state["peers"][0]["karma"] = {"given": 0.2, "taken": 0.4}
+    text = _text(state)
+    raj = next(ln for ln in text.splitlines() if "10.0.0.1" in ln)
+    assert "0s" in raj and "-0s" not in raj, raj
 
 
 def test_render_without_peers_or_jobs():
@@ -89,8 +99,10 @@ def test_top_once_on_a_cluster(cluster):
         r = you.homie("top", "--once", env={"COLUMNS": "140"})
         assert r.returncode == 0, r.stderr
         out = r.stdout
-        for s in ("you (me)", "raj", raj.ip, job, "→ raj", "wait.py", "running", "1/"):
+        for s in ("you (me)", "raj", raj.ip, you.ip, job, "→ raj", "wait.py", "running", "1/"):
             assert s in out, f"{s!r} not in:\n{out}"
+        # this machine as friends reach it, not loopback; no key hint where no key is read
+        assert "127.0.0.1" not in out and "q quits" not in out, out
         r = raj.homie("top", "--once", env={"COLUMNS": "140"})
         assert r.returncode == 0, r.stderr
         for s in ("raj (me)", "you", you.ip, job, "← you", "running"):

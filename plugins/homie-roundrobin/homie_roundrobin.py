@@ -18,6 +18,10 @@ from homie.hookspecs import hookimpl
 
 __version__ = "0.1.0"
 
+# The scheduler names this plugin answers to: `homie up` and `homie run --scheduler`
+# refuse a name no plugin declares, so a typo is an error instead of a silent fallback.
+SCHEDULERS = ("round-robin",)
+
 _turn = itertools.count()
 _lock = threading.Lock()
 
