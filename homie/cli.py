@@ -193,8 +193,10 @@ def _overrides(name, port, discovery_port, interface, bind) -> dict:
     return {"name": name, "port": port, "discovery_port": discovery_port, "interface": interface, "bind": bind}
 
 
-def _check_runtime_config(home: Home, config, interface, bind) -> None:
-    """What only this machine can judge (users, plugins, addresses): one line, exit 2, before any start."""
+def _check_runtime_config(home: Home, config, interface, bind, with_plugins: bool = True) -> None:
+    """What only this machine can judge (users, plugins, addresses): one line, exit 2, before any start.
+    Plugins are imported only by the daemon's own process (cwd /, isolated import path),
+    never by the `homie up` that starts it from wherever the user stands."""
     from homie import checks
     from homie.errors import ConfigError
 
@@ -206,7 +208,7 @@ def _check_runtime_config(home: Home, config, interface, bind) -> None:
         raise ConfigError(f"config error in {home.config}: bind: {why}")
     if config.interface and not interface and (why := checks.check_interface(config.interface)):
         raise ConfigError(f"config error in {home.config}: interface: {why}")
-    for setting, why in checks.config_problems(config):
+    for setting, why in checks.config_problems(config) if with_plugins else ():
         raise ConfigError(f"config error in {home.config}: {setting}: {why}")
 
 
@@ -238,7 +240,12 @@ def up(name, port, discovery_port, interface, bind, foreground, ready_fd):
         except HomieError:
             click.echo(f"homie is already running (pid {pid})")
         return
-    _check_runtime_config(home, config, interface, bind)
+    try:
+        _check_runtime_config(home, config, interface, bind, with_plugins=foreground)
+    except HomieError as e:
+        if ready_fd is not None:  # the `homie up` that started us says it, with our exit code
+            os.write(ready_fd, f"error: {e}\nexit {e.exit_code}".encode()[:4000])
+        raise
     try:
         key = keys.load_key(home.key)
     except HomieError as e:

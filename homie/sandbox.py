@@ -183,20 +183,44 @@ def options(argv: list[str], spec: Spec, python: str | None = None, disable_user
     return [*args, "--", *argv]
 
 
+# bubblewrap refuses more than 9000 arguments of its own; a job may have far
+# more (homie run x.py $(seq 120000)). Such a command is handed over in a memfd
+# and re-exec'd inside the sandbox by the job's own Python: same pid, same
+# exit status, nothing of it on bubblewrap's command line.
+MAX_INLINE_ARGS = 4000
+_EXEC_FROM_FD = ("import os, sys\n"
+                 "fd = int(sys.argv[1])\n"
+                 "with os.fdopen(fd, 'rb') as f:\n"
+                 "    argv = f.read().split(b'\\0')[:-1]\n"
+                 "os.execvp(argv[0], argv)\n")
+
+
+def _memfd(items: list[str], name: str) -> int:
+    fd = os.memfd_create(name, 0)  # not inheritable: pass_fds hands it over
+    data = b"".join(os.fsencode(a) + b"\0" for a in items)
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+    os.lseek(fd, 0, os.SEEK_SET)
+    return fd
+
+
+def long_command(argv: list[str], python: str) -> tuple[list[str], int | None]:
+    """(command for bubblewrap, fd to pass or None): argv itself, or a shim
+    that reads it from an inherited memfd when it is too long for bubblewrap."""
+    if len(argv) <= MAX_INLINE_ARGS:
+        return argv, None
+    fd = _memfd(argv, "homie-job-argv")
+    return [python, "-I", "-S", "-c", _EXEC_FROM_FD, str(fd)], fd
+
+
 def args_fd(opts: list[str]) -> tuple[int, list[str]]:
     """(memfd, command) for `bwrap --args FD -- command...`: the options (with
     the job's environment) go into a memfd, so they do not appear on
     bubblewrap's command line, which every local user can read in /proc.
     bubblewrap takes the command itself only from its real command line."""
     sep = opts.index("--")
-    opts, cmd = opts[:sep], opts[sep + 1:]
-    fd = os.memfd_create("homie-bwrap-args", 0)  # not inheritable: pass_fds hands it over
-    data = b"".join(os.fsencode(a) + b"\0" for a in opts)
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view):]
-    os.lseek(fd, 0, os.SEEK_SET)
-    return fd, cmd
+    return _memfd(opts[:sep], "homie-bwrap-args"), opts[sep + 1:]
 
 
 def command(bwrap: str, argv: list[str], spec: Spec, python: str | None = None,

@@ -637,11 +637,12 @@ class Worker:
             network=self.config.job_network, gpus=gpus, ro_paths=list(self.config.sandbox_ro_paths),
             tmp_bytes=int(self.config.sandbox_tmp_mb * 2**20), env=env, info_fd=info_w, block_fd=block_r)
         # Nothing of the job's reaches bubblewrap itself: its environment and
-        # arguments are inside the args memfd and set only in the sandbox.
+        # the options are inside the args memfd and set only in the sandbox.
+        argv, argv_fd = sandbox.long_command(argv, self.ctx.python)
         args, cmd = sandbox.args_fd(sandbox.options(argv, spec, python=self.ctx.python,
                                                     disable_userns=self.sandbox.disable_userns,
                                                     private=self._private_paths()))
-        pass_fds = tuple(fd for fd in (args, info_w, block_r) if fd is not None)
+        pass_fds = tuple(fd for fd in (args, info_w, block_r, argv_fd) if fd is not None)
         return Launch(argv=[*prefix, self._bwrap, "--args", str(args), "--", *cmd], cwd="/",
                       env={"PATH": sandbox.SYSTEM_PATH},
                       user=ident, cgroup=cg, info_fd=info_r, block_w=block_w, pass_fds=pass_fds, umask=umask)

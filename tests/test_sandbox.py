@@ -55,12 +55,21 @@ def test_command_binds_only_what_the_job_needs():
     assert not {s for s in sources if s in ("/", "/home", "/root", "/var", "/run") or s.startswith("/home/")}
 
 
-def test_command_cuts_network_and_binds_a_private_interpreter():
+def test_command_cuts_network_and_binds_a_private_interpreter(tmp_path):
+    prefix = tmp_path / "py312"
+    (prefix / "bin").mkdir(parents=True)
+    (prefix / "bin" / "python3.12").write_text("")
+    py = str(prefix / "bin" / "python3.12")
     spec = sandbox.Spec(job_dir="/w/j", network=False)
-    argv = sandbox.command("bwrap", ["python", "x.py"], spec, python="/opt/py/3.12/bin/python3.12")
+    argv = sandbox.command("bwrap", ["python", "x.py"], spec, python=py)
     assert "--unshare-net" in argv
-    assert ("/opt/py/3.12", "/opt/py/3.12") in _pairs(argv, "--ro-bind")
+    assert (str(prefix), str(prefix)) in _pairs(argv, "--ro-bind")
     assert sandbox.interpreter_roots("/usr/bin/python3") == []
+    # never a prefix that holds a home or the homie home
+    with pytest.raises(sandbox.SandboxError, match="holds"):
+        sandbox.interpreter_roots(py, private=(str(prefix / "home"),))
+    with pytest.raises(sandbox.SandboxError, match="does not exist"):
+        sandbox.interpreter_roots(str(tmp_path / "nope" / "bin" / "python3"))
 
 
 def test_probe_off_and_missing():
