@@ -149,7 +149,8 @@ def init(name, force):
     _show_key(key, f"created a new group key in {home.key}")
     click.echo("friends join with:")
     click.echo(f"  homie join {keys.format_key(key)}")
-    click.echo("anyone with this key can run code on your machine: share it only with people you trust")
+    click.echo("anyone with this key can run code on your machine (in a sandbox where bubblewrap works):"
+               " share it only with people you trust")
 
 
 @main.command(epilog=_example("homie join ABCD-EFGH-...   (the line `homie init` printed)"))
