@@ -434,7 +434,7 @@ def peers(as_json):
     if as_json:
         out = []
         for p in plist:
-            d = {k: p.get(k) for k in ("name", "ip", "port", "ram_free_gb", "cpu_percent_idle", "gpu",
+            d = {k: p.get(k) for k in ("name", "ip", "port", "ram_free_gb", "ram_total_gb", "cpu_percent_idle", "gpu",
                                        "gpu_mem_free_gb", "gpus", "status", "timestamp", "last_seen",
                                        "slots_free", "max_jobs", "running", "version", "karma", "conflict",
                                        "instance", "sandbox")}

@@ -175,6 +175,7 @@ class Node:
         return Peer(
             name=self.name, ip=self.bind_address or "127.0.0.1", port=self.config.port,
             instance=self.instance_hex, status=f["status"], ram_free_gb=f.get("ram_free_gb"),
+            ram_total_gb=f.get("ram_total_gb"),
             cpu_percent_idle=f.get("cpu_percent_idle"), gpu=f.get("gpu"), gpu_mem_free_gb=f.get("gpu_mem_free_gb"),
             gpus=f.get("gpus") or [], slots_free=f["slots_free"], max_jobs=f["max_jobs"], running=f["running"],
             version=__version__, karma=f["karma"], accept_gpu=f["accept_gpu"], sandbox=f["sandbox"],

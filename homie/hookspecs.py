@@ -33,7 +33,7 @@ def homie_probe_resources(config):
 
     Called before every heartbeat; the dicts of all plugins are merged, later
     plugins (and tryfirst ones) winning on the same key. Known keys:
-    `ram_free_gb`, `cpu_percent_idle`, `gpu` (a name, or None), `gpu_mem_free_gb`,
+    `ram_free_gb`, `ram_total_gb`, `cpu_percent_idle`, `gpu` (a name, or None), `gpu_mem_free_gb`,
     `gpus` (a list of {"index", "name", "mem_free_gb", "mem_total_gb"}).
     Keep it fast: it runs every `heartbeat_interval` seconds.
     """

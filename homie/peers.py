@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 
 # Heartbeat fields copied onto a Peer (the spec's, plus what scheduling needs).
 HB_FIELDS = (
-    "name", "port", "ram_free_gb", "cpu_percent_idle", "gpu", "gpu_mem_free_gb", "gpus",
+    "name", "port", "ram_free_gb", "ram_total_gb", "cpu_percent_idle", "gpu", "gpu_mem_free_gb", "gpus",
     "status", "timestamp", "slots_free", "max_jobs", "running", "version", "karma",
     "accept_gpu", "sandbox",
 )
@@ -28,6 +28,7 @@ class Peer:
     instance: str = ""
     status: str = "idle"
     ram_free_gb: float | None = None
+    ram_total_gb: float | None = None
     cpu_percent_idle: float | None = None
     gpu: str | None = None
     gpu_mem_free_gb: float | None = None

@@ -32,7 +32,7 @@ def _karma(k: dict | None) -> str:
     return f"{b:+d}s" if b else "0s"  # never "-0s"
 
 
-def _bar(fraction: float | None, width: int = 10) -> str:
+def _bar(fraction: float | None, width: int = 6) -> str:
     """An htop-style meter: the used share of something, as blocks."""
     if fraction is None:
         return ""
@@ -41,14 +41,22 @@ def _bar(fraction: float | None, width: int = 10) -> str:
     return "[" + "|" * full + " " * (width - full) + "]"
 
 
+def _ram(p: dict) -> str:
+    free, total = p.get("ram_free_gb"), p.get("ram_total_gb")
+    if free is None:
+        return "?"
+    meter = _bar(1 - free / total) + " " if total else ""  # peers older than the meter send no total
+    return f"{meter}{free:.1f} GB"
+
+
 def render(state: dict, once: bool = False):
     from rich.console import Group
     from rich.table import Table
     from rich.text import Text
 
-    peers = Table(title="peers", title_justify="left", expand=True)
+    peers = Table(title="peers", title_justify="left", expand=True, pad_edge=False)
     for col in ("NAME", "IP", "CPU USED", "RAM FREE", "GPU", "JOBS", "STATUS", "KARMA"):
-        peers.add_column(col)
+        peers.add_column(col, no_wrap=col in ("CPU USED", "RAM FREE", "STATUS"))  # meters and states on one line
     rows = [dict(state["me"], name=state["me"]["name"] + " (me)")] + list(state["peers"])
     for p in rows:
         gpu = p.get("gpu") or "none"
@@ -63,7 +71,7 @@ def render(state: dict, once: bool = False):
         peers.add_row(
             p["name"], p["ip"],
             f"{_bar(1 - idle / 100)} {100 - idle:.0f}%" if idle is not None else "?",
-            f"{p['ram_free_gb']:.1f} GB" if p.get("ram_free_gb") is not None else "?",
+            _ram(p),
             gpu, f"{p.get('running') or 0}/{p.get('max_jobs') if p.get('max_jobs') is not None else '?'}",
             Text(status + (" (name conflict)" if p.get("conflict") else ""), style=style),
             _karma(p.get("karma")),

@@ -13,7 +13,7 @@ NOW = 1_700_000_000.0
 
 
 def _peer(name, ip, **kw):
-    d = {"name": name, "ip": ip, "cpu_percent_idle": 97.0, "ram_free_gb": 12.5, "gpu": None,
+    d = {"name": name, "ip": ip, "cpu_percent_idle": 97.0, "ram_free_gb": 12.5, "ram_total_gb": 50.0, "gpu": None,
          "gpu_mem_free_gb": None, "running": 0, "max_jobs": 4, "status": "idle", "karma": None}
     d.update(kw)
     return d
@@ -57,8 +57,9 @@ def test_render_peers_and_jobs():
               "77aa00ff", "→ ?", "queued (raj: busy (2/2 jobs))", "5s",
               "c0ffee11", "← mike", "render.py scene.blend", "1h01m", "q quits"):
         assert s in text, f"{s!r} not in:\n{text}"
-    # htop-style meters for the CPU in use (3% of 10 blocks rounds to none)
-    assert "[          ] 3%" in text
+    # htop-style meters for the CPU in use (3% of 6 blocks rounds to none) and RAM (75% used: 4 of 6, rounded)
+    assert "[      ] 3%" in text
+    assert "[||||  ] 12.5 GB" in text
     # unknown resources render as ?, never as an error
     mike = next(ln for ln in text.splitlines() if "10.0.0.2" in ln)
     assert "?" in mike and "paused" in mike
