@@ -527,3 +527,50 @@ def test_map_with_bar_and_retries(loop):
     assert (loop.proj / "results" / "in1.txt" / "out.txt").read_text() == "INPUT 1\n"
     r = loop.homie("map", "--over", "data/*.txt", "--halt", "whenever", "job.py", "{}")
     assert r.returncode == 2 and "--halt" in one_line_error(r)
+
+
+def _on_a_terminal(loop, *args, timeout: float = 60) -> tuple[int, str]:
+    """Run homie with stderr on a pseudo-terminal (stdout piped): what a user at a terminal sees there."""
+    import pty
+    import select
+
+    master, slave = pty.openpty()
+    proc = subprocess.Popen([HOMIE, *args], env=loop.env(COLUMNS="100"), cwd=loop.proj, stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=slave)
+    os.close(slave)
+    seen = b""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if select.select([master], [], [], 0.2)[0]:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:  # EIO: the other side is closed
+                break
+            if not chunk:
+                break
+            seen += chunk
+        elif proc.poll() is not None:
+            break
+    os.close(master)
+    rc = proc.wait(timeout)
+    return rc, seen.decode(errors="replace")
+
+
+def test_progress_bars_on_a_terminal(loop):
+    # The upload bar counts in the send line's decimal MB and is gone once the job starts.
+    loop.write("job.py", "print('ran', flush=True)\n")
+    with open(loop.proj / "big.bin", "wb") as f:  # big enough for the bar to be drawn at least once
+        for _ in range(30):
+            f.write(os.urandom(10_000_000))
+    rc, tty = _on_a_terminal(loop, "run", "-f", "big.bin", "job.py")
+    assert rc == 0, tty
+    assert "300.0 MB" in tty and "MiB" not in tty, tty
+    assert "/300.0 MB" in tty, tty  # the bar, in decimal MB
+    assert tty.rfind("/300.0 MB") < tty.find("job started"), tty  # closed before the job ran
+    # map shows its bar by default on a terminal (and not when stderr is a file: test_map_with_bar_and_retries)
+    for i in range(3):
+        loop.write(f"data/in{i}.txt", f"input {i}\n")
+    loop.write("up.py", "import sys\nprint(open(sys.argv[1]).read().upper())\n")
+    rc, tty = _on_a_terminal(loop, "map", "--over", "data/*.txt", "up.py", "{}")
+    assert rc == 0, tty
+    assert "3/3" in tty and "3 inputs: 3 ok, 0 failed" in tty, tty
