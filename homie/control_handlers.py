@@ -158,14 +158,17 @@ class Handlers:
 
     def _ran_here(self, live: set) -> list[dict]:
         """Jobs run here for friends that are over and gone from the worker: the karma
-        ledger keeps each one (who, when, how long), the daemon's log its script and exit."""
+        ledger keeps each one (who, when, how long); the worker's history its script,
+        arguments and exit (the daemon's log, for jobs that ran before there was one)."""
         seen = _job_log_facts(self.node.home.log)
+        history = self.node.store.worker_history()
         out = []
         for e in self.node.store.ledger_entries():
             if e["direction"] != "given" or e["job_id"] in live:
                 continue
-            facts = seen.get(e["job_id"], {})
-            out.append({"job_id": e["job_id"], "from": e["peer"], "script": facts.get("script"), "args": [],
+            facts = history.get(e["job_id"]) or seen.get(e["job_id"], {})
+            out.append({"job_id": e["job_id"], "from": e["peer"], "script": facts.get("script"),
+                        "args": facts.get("args") or [],
                         "args_cut": False, "status": "finished", "created": e["at"] - (e["wall_s"] or 0.0),
                         "pid": None, "code": facts.get("code"), "reason": None, "side": "here",
                         "cpu_s": e["cpu_s"], "wall_s": e["wall_s"]})

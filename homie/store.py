@@ -64,6 +64,7 @@ class Store:
                 """
                 CREATE TABLE IF NOT EXISTS jobs (id TEXT PRIMARY KEY, created REAL, state TEXT, doc TEXT);
                 CREATE TABLE IF NOT EXISTS worker_jobs (id TEXT PRIMARY KEY, doc TEXT);
+                CREATE TABLE IF NOT EXISTS worker_history (id TEXT PRIMARY KEY, finished REAL, doc TEXT);
                 CREATE TABLE IF NOT EXISTS ledger (
                     job_id TEXT, peer TEXT, direction TEXT, cpu_s REAL, gpu_s REAL, wall_s REAL, at REAL,
                     PRIMARY KEY (job_id, direction));
@@ -107,6 +108,20 @@ class Store:
     def worker_job_done(self, job_id: str) -> None:
         with self._lock:
             self._db.execute("DELETE FROM worker_jobs WHERE id = ?", (job_id,))
+
+    @_tolerant
+    def worker_history_add(self, job_id: str, doc: dict, keep: int = 1000) -> None:
+        """What ran here for a friend, once it is gone from the worker (the newest `keep` kept)."""
+        with self._lock:
+            self._db.execute("INSERT OR REPLACE INTO worker_history (id, finished, doc) VALUES (?, ?, ?)",
+                             (job_id, doc.get("finished") or 0.0, json.dumps(doc)))
+            self._db.execute("DELETE FROM worker_history WHERE id NOT IN"
+                             " (SELECT id FROM worker_history ORDER BY finished DESC LIMIT ?)", (keep,))
+
+    def worker_history(self) -> dict[str, dict]:
+        with self._lock:
+            rows = self._db.execute("SELECT id, doc FROM worker_history").fetchall()
+        return {r[0]: json.loads(r[1]) for r in rows}
 
     def worker_jobs(self) -> dict[str, dict]:
         with self._lock:

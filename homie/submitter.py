@@ -134,9 +134,6 @@ class Submitter:
         self.check_plugins(req)
         job_id = new_job_id()
         doc = {
-            # A secret only we hold: the worker lets only it attach, fetch, ack or signal
-            # this job (the name in a member's certificate is any member's to choose).
-            "token": secrets.token_hex(16),
             "id": job_id, "created": time.time(), "state": "queued", "script_path": str(script_path.resolve()),
             "args": list(args), "cwd": str(cwd),
             # -f paths and globs are the user's, relative to where they typed the command
@@ -328,6 +325,10 @@ class Submitter:
             self.pending.setdefault(peer.instance, set()).add(job.id)
             job.update(state="uploading", why=None, peer_name=peer.name, peer_ip=peer.ip, peer_port=peer.port,
                        peer_instance=peer.instance, attempts=(job.attempts or 0) + 1,
+                       # A secret only we hold, new for every attempt: the worker lets only it
+                       # attach, fetch, ack or signal the job (the name in a member's certificate
+                       # is any member's to choose, and an earlier worker has seen the old one).
+                       token=secrets.token_hex(16),
                        via="chosen" if job.peer else "best available", dispatched_at=time.time(),
                        first_dispatched_at=job.first_dispatched_at or time.time())
             self._save(job)

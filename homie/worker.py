@@ -920,6 +920,10 @@ class Worker:
         _unlink(Path(job.log.path))
         self.identities.release(job.id)  # if still held: its files were that uid's until removed
         self.node.store.worker_job_done(job.id)
+        # The lending machine remembers what ran on it (homie ps --all there).
+        summary = job.summary()
+        summary.update(args=_cut_args(job.args), finished=job.finished_at, why=why)
+        self.node.store.worker_history_add(job.id, summary)
         self.log.info("job.removed", job_id=job.id, why=why)
 
     # -- signals -----------------------------------------------------------------
@@ -1034,6 +1038,18 @@ class Worker:
                 self.sock.close()
             except OSError:
                 pass
+
+
+def _cut_args(args: list[str], budget: int = 2048) -> list[str]:
+    """A job's arguments as far as `budget` characters go (history, not a replay)."""
+    out, used = [], 0
+    for a in args:
+        if used + len(a) > budget:
+            out.append("…")
+            break
+        out.append(a)
+        used += len(a) + 1
+    return out
 
 
 def _check_job_options(msg: Message, paths: set) -> None:

@@ -44,6 +44,9 @@ def test_the_lending_machine_sees_what_ran_on_it(cluster):
         assert set(over) == set(done), here
         assert all(j["from"] == "you" and j["script"] == "hello.py" and j["status"] == "finished"
                    for j in over.values()), over
+        # with their arguments and exit, from the worker's own history
+        assert [over[j]["args"] for j in done] == [["0"], ["1"], ["2"]], over
+        assert all(j["code"] == 0 for j in over.values()), over
         r = raj.homie("ps", "--all")
         assert all(j in r.stdout for j in done), r.stdout
         # their output went home with them: raj says where it is
