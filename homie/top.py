@@ -56,7 +56,7 @@ def render(state: dict, once: bool = False):
 
     peers = Table(title="peers", title_justify="left", expand=True, pad_edge=False)
     for col in ("NAME", "IP", "CPU USED", "RAM FREE", "GPU", "JOBS", "STATUS", "KARMA"):
-        peers.add_column(col, no_wrap=col in ("CPU USED", "RAM FREE", "STATUS"))  # meters and states on one line
+        peers.add_column(col, no_wrap=col != "GPU")  # names, addresses, meters and states on one line
     rows = [dict(state["me"], name=state["me"]["name"] + " (me)")] + list(state["peers"])
     for p in rows:
         gpu = p.get("gpu") or "none"
@@ -96,7 +96,8 @@ def run_top(client_factory, once: bool = False, interval: float = 0.5) -> None:
     from rich.console import Console
     from rich.live import Live
 
-    console = Console()
+    # Not a terminal (a file, a pipe): as wide as the table needs, not rich's 80 columns.
+    console = Console() if sys.stdout.isatty() else Console(width=int(os.environ.get("COLUMNS") or 160))
     if once or not sys.stdin.isatty():
         console.print(render(snapshot(client_factory), once=True))
         return
