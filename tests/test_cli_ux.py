@@ -571,6 +571,7 @@ def test_progress_bars_on_a_terminal(loop):
     for i in range(3):
         loop.write(f"data/in{i}.txt", f"input {i}\n")
     loop.write("up.py", "import sys\nprint(open(sys.argv[1]).read().upper())\n")
-    rc, tty = _on_a_terminal(loop, "map", "--over", "data/*.txt", "up.py", "{}")
+    # one at a time: this checks the bar, not the worker under concurrent submits
+    rc, tty = _on_a_terminal(loop, "map", "-j", "1", "--over", "data/*.txt", "up.py", "{}")
     assert rc == 0, tty
     assert "3/3" in tty and "3 inputs: 3 ok, 0 failed" in tty, tty
