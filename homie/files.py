@@ -10,8 +10,8 @@ Design (docs: design-notes section 4 "Moving files"):
   :func:`validate_manifest`, and every file is written by :class:`SafeWriter`,
   which walks the tree with ``dir_fd`` + ``O_NOFOLLOW`` + ``O_EXCL`` so that a
   symlink planted by a previous job (or anyone else) cannot redirect a write.
-* :func:`collect` decides what ``homie run`` ships; :func:`snapshot` and
-  :func:`changed_files` decide which files of a finished job come back.
+* :func:`collect` decides what ``homie run`` ships; which files of a finished
+  job come back is homie.jobdir's (walked by descriptor, never through a link).
 
 Only the standard library is imported at module load; pathspec is imported when
 a directory is actually walked so that ``homie peers`` stays fast.
@@ -47,8 +47,6 @@ __all__ = [
     "Collected",
     "collect",
     "summarize",
-    "snapshot",
-    "changed_files",
     "DEFAULT_SKIP_DIRS",
     "RESERVED_DIR",
     "MODE_FILE",
@@ -941,49 +939,3 @@ def summarize(files: Iterable[tuple[str, Path]]) -> tuple[int, int]:
         count += 1
         total += os.stat(path).st_size
     return count, total
-
-
-# --------------------------------------------------------------------------
-# Finding a job's results
-# --------------------------------------------------------------------------
-
-
-def snapshot(root: str | os.PathLike) -> dict[str, tuple[int, int, int]]:
-    """relpath -> (size, mtime_ns, inode) of every regular file under root.
-
-    Symlinks are neither listed nor followed, so a job cannot make the worker
-    send back files from outside its directory. The inode catches a file
-    replaced by rename with the same size and timestamp.
-    """
-    root = os.fspath(root)
-    out: dict[str, tuple[int, int, int]] = {}
-    stack = [""]
-    while stack:
-        rel_dir = stack.pop()
-        try:
-            it = os.scandir(os.path.join(root, rel_dir) if rel_dir else root)
-        except OSError:
-            continue  # removed by the job meanwhile, or unreadable: nothing to send
-        with it:
-            for entry in it:
-                rel = f"{rel_dir}/{entry.name}" if rel_dir else entry.name
-                try:
-                    if entry.is_dir(follow_symlinks=False):
-                        if rel_dir or entry.name != RESERVED_DIR:
-                            stack.append(rel)
-                    elif entry.is_file(follow_symlinks=False):
-                        st = entry.stat(follow_symlinks=False)
-                        out[rel] = (st.st_size, st.st_mtime_ns, st.st_ino)
-                except OSError:
-                    continue
-    return out
-
-
-def changed_files(root: str | os.PathLike, before: dict[str, tuple[int, int, int]]) -> list[str]:
-    """Files created or modified under root since ``before = snapshot(root)``, sorted.
-
-    Names are returned as found: the caller must still validate them (a job
-    can create names that a manifest refuses).
-    """
-    now = snapshot(root)
-    return sorted(rel for rel, sig in now.items() if before.get(rel) != sig)

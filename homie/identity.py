@@ -110,13 +110,9 @@ class Identities:
             for uid in range(self.range[0], self.range[1] + 1):
                 if uid in taken or _has_passwd_entry(uid):
                     continue
-                fd = os.open(str(uid), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
-                             dir_fd=self._dirfd)
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except BlockingIOError:
-                    os.close(fd)  # another daemon's job has it
-                    continue
+                fd = self._lock_uid(uid)
+                if fd is None:
+                    continue  # another daemon's job has it
                 ident = Identity(uid, uid, f"homie-job-{uid}")
                 self._held[job_id] = (ident, fd)
                 return ident
@@ -130,14 +126,21 @@ class Identities:
         with self._lock:
             if self._dirfd is None:
                 self._dirfd = _safe_lock_dir(self._lock_dir)
-            fd = os.open(str(uid), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=self._dirfd)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                return False
-            except BlockingIOError:
+            fd = self._lock_uid(uid)
+            if fd is None:
                 return True
-            finally:
-                os.close(fd)
+            os.close(fd)
+            return False
+
+    def _lock_uid(self, uid: int) -> int | None:
+        """The fd holding uid's lock file flocked, or None if another daemon holds it (caller holds _lock)."""
+        fd = os.open(str(uid), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=self._dirfd)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return None
+        return fd
 
     def release(self, job_id: str) -> None:
         with self._lock:

@@ -271,6 +271,13 @@ def scan(root: Path) -> dict[str, tuple[int, int, int]]:
     return out
 
 
+def changed(root: Path, before: dict[str, tuple[int, int, int]]) -> list[str]:
+    """Files created or modified under root since ``before = scan(root)``, sorted.
+    Names are as found: the caller still validates them (a job can create names
+    a manifest refuses)."""
+    return sorted(rel for rel, sig in scan(root).items() if before.get(rel) != sig)
+
+
 def tree_size(root: Path) -> int:
     """Bytes in the regular files under root (links not followed)."""
     return sum(size for size, _, _ in scan(root).values())

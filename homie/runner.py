@@ -87,10 +87,8 @@ def processes_of_job(job_id: str, uid: int | None = None):
     import psutil
 
     found = []
-    for p in psutil.process_iter(["uids"]):
+    for p in processes_of_uid(uid) if uid is not None else psutil.process_iter():
         try:
-            if uid is not None and p.info["uids"] and p.info["uids"].real != uid:
-                continue
             if p.environ().get("HOMIE_JOB_ID") == job_id:
                 found.append(p)
         except (psutil.Error, OSError):

@@ -792,8 +792,7 @@ class Worker:
         # The job's processes are all gone by now (pid namespace, cgroup, uid
         # sweep), and every open below is by descriptor with O_NOFOLLOW: what a
         # job left as a symlink is skipped, never followed.
-        now = jobdir.scan(job.dir)
-        changed = sorted(rel for rel, sig in now.items() if job.inputs_stat.get(rel) != sig)
+        changed = jobdir.changed(job.dir, job.inputs_stat)
         out = []
         seen = set()
         for rel in changed:

@@ -10,15 +10,14 @@ from pathlib import Path
 
 import pytest
 
+from homie import jobdir
 from homie.errors import HomieError, ManifestError
 from homie.files import (
     BlobCache,
     FileEntry,
     HashCache,
     SafeWriter,
-    changed_files,
     collect,
-    snapshot,
     summarize,
     validate_manifest,
 )
@@ -519,13 +518,13 @@ def test_summarize(tmp_path):
 
 
 # --------------------------------------------------------------------------
-# snapshot / changed_files
+# jobdir.scan / jobdir.changed
 # --------------------------------------------------------------------------
 
 
 def test_changed_files(tmp_path):
     mk(tmp_path, "in.txt", "same.txt", "sub/keep.txt", "rewrite.txt")
-    before = snapshot(tmp_path)
+    before = jobdir.scan(tmp_path)
     (tmp_path / "in.txt").write_text("modified, longer")
     mk(tmp_path, "out/model.pt", ".homie/stdout.log", "sub/.homie/x")
     # Replaced by rename with the same size and mtime: only the inode tells.
@@ -537,7 +536,7 @@ def test_changed_files(tmp_path):
     mk(outside, "secret")
     os.symlink(outside, tmp_path / "escape")
     os.symlink(outside / "secret", tmp_path / "secret-link")
-    assert changed_files(tmp_path, before) == ["in.txt", "out/model.pt", "rewrite.txt", "sub/.homie/x"]
+    assert jobdir.changed(tmp_path, before) == ["in.txt", "out/model.pt", "rewrite.txt", "sub/.homie/x"]
 
 
 def test_commit_after_swallowed_error_still_fails(tmp_path):
