@@ -604,6 +604,11 @@ def _follow_stream(events, out_dir: str | None, quiet: bool = False, tag: str | 
             else:
                 say(f"sending to {ev['peer']} ({ev['via']}){extra}")
             printer = _Printer(None if quiet else (tag or ev["peer"]))
+        elif kind == "resumed":
+            at = ev.get("checkpoint_at")
+            where = (f"from the checkpoint of {time.strftime('%H:%M:%S', time.localtime(at))}" if at
+                     else "from the beginning")
+            say(f"resumed on {ev['peer']} {where} (attempt {ev['attempt']})")
         elif kind == "started":
             progress.close()  # the upload is over: no bar frozen at its last value while the job runs
             if printer is None or (not quiet and printer.tag != (tag or ev["peer"])):
@@ -841,7 +846,8 @@ says nothing but errors. Piped or redirected stdin is forwarded to the job.
               epilog=_example("homie run hello.py", "homie run -f data.csv train.py --epochs 10",
                               "homie run -d . train.py --epochs 10", "homie run -n raj --gpu train.py",
                               "homie run -e SEED=1 --timeout 2h --name exp1 train.py",
-                              "homie run --quiet count.py < words.txt > counts.txt"))
+                              "homie run --quiet count.py < words.txt > counts.txt",
+                              "homie run --checkpoint ckpt/ --retries 5 train.py --epochs 100"))
 @click.option("-n", "--peer", metavar="PEER", help="Run on this peer (by name; your own name runs it here).")
 @click.option("-f", "--file", "files", multiple=True, metavar="FILE", help="Also send FILE (repeatable; globs allowed).")
 @click.option("-d", "--dir", "directory", metavar="DIR", help="Send this whole project directory (honours .gitignore/.homieignore).")
@@ -855,13 +861,19 @@ says nothing but errors. Piped or redirected stdin is forwarded to the job.
 @click.option("--no-stdin", is_flag=True, help="Send the job no stdin even if one is piped (like ssh -n; for loops reading a list).")
 @click.option("--executor", metavar="NAME", help="Executor on the worker (subprocess, venv, ...; default auto).")
 @click.option("--scheduler", metavar="NAME", help="Scheduler choosing the peer (default from config).")
+@click.option("--checkpoint", "checkpoints", multiple=True, metavar="PATH",
+              help="A file or directory of the job (besides $HOMIE_CHECKPOINT_DIR) holding its checkpoint: sent home"
+                   " as it changes, restored if the job has to move (repeatable).")
+@click.option("--retries", type=click.IntRange(min=0), metavar="N",
+              help="Run the job again (from its checkpoint, if any) up to N times if its peer is lost"
+                   " (default: 3 with a checkpoint, else 0).")
 @click.option("--detach", is_flag=True, help="Return at once with the job id; follow it with homie attach.")
 @click.option("--explain", is_flag=True, help="Only say which peers could take the job, and why not (exit 0: would run now, 75: would wait, 70: cannot run).")
 @click.option("--json", "as_json", is_flag=True, help="With --detach or --explain: machine-readable output.")
 @click.argument("script")
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
 def run(peer, files, directory, out_dir, gpu, env_pairs, env_file, timeout, label, quiet, no_stdin, executor,
-        scheduler, detach, explain, as_json, script, args):
+        scheduler, checkpoints, retries, detach, explain, as_json, script, args):
     if as_json and not (detach or explain):
         raise HomieError("--json goes with --detach or --explain (a running job's output is not JSON)", EXIT_USAGE)
     _check_inputs(script, files, directory)
@@ -874,6 +886,10 @@ def run(peer, files, directory, out_dir, gpu, env_pairs, env_file, timeout, labe
     req = dict(script=os.path.abspath(script), args=list(args), cwd=_utf8("this directory", os.getcwd()),
                files=list(files), directory=directory, peer=peer, gpu=gpu, executor=executor, scheduler=scheduler,
                detach=detach, explain=explain, env=env, timeout=timeout, name=label)
+    if checkpoints:
+        req["checkpoints"] = [_utf8("--checkpoint", c) for c in checkpoints]
+    if retries is not None:
+        req["retries"] = retries
     if explain:
         _explain(req, as_json)
         return
@@ -976,6 +992,8 @@ def ps(as_json, show_all, statuses, peer, ids_only):
                 status = f"queued ({j['why']})"
             elif j["status"] in ("done",) and j.get("exit_code") not in (None, 0):
                 status = f"exit {j['exit_code']}"
+            if (j.get("attempt") or 1) > 1:
+                status += f" (attempt {j['attempt']})"
             script = " ".join([os.path.basename(j["script"] or "?"), *j["args"]])[:40]
             rows.append([j["job_id"], j.get("name") or "", j.get("peer") or "", script, status,
                          _age(now - j["created"])])
@@ -1169,11 +1187,21 @@ def results(job_id, out_dir):
 # -- the owner's controls --------------------------------------------------------------
 
 
-@main.command(epilog=_example("homie pause", "homie pause --suspend"))
+@main.command(epilog=_example("homie pause", "homie pause --suspend", "homie pause --evict"))
 @click.option("--suspend", is_flag=True, help="Also suspend (SIGSTOP) jobs running here.")
-def pause(suspend):
+@click.option("--evict", is_flag=True,
+              help="Also send running jobs away: SIGTERM, evict_grace_seconds to write a checkpoint, then they"
+                   " go on elsewhere from it.")
+def pause(suspend, evict):
     """Stop accepting new jobs from friends."""
-    res = _request("pause", suspend=suspend)
+    if suspend and evict:
+        raise HomieError("--suspend keeps jobs here and --evict sends them away: choose one", EXIT_USAGE)
+    res = _request("pause", suspend=suspend, evict=evict)
+    if evict:
+        n = res.get("evicted") or 0
+        click.echo(f"paused: no new jobs; {n} running job{'s' if n != 1 else ''} evicted (SIGTERM, then"
+                   f" {res.get('grace', 10):g} s to checkpoint; their owners' daemons run them on elsewhere)")
+        return
     click.echo("paused: no new jobs" + ("; running jobs suspended (homie resume continues them)"
                                          if res.get("suspended") else ""))
 

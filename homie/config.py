@@ -359,6 +359,10 @@ CONFIG_KEYS: tuple[KeySpec, ...] = (
     _spec("keep_results_hours", "float", 24.0, _float(0),
           "Hours to keep finished jobs' results before cleaning them up."),
     _spec("retries", "int", 2, _int(0), "How often a job is retried elsewhere when its peer is lost."),
+    _spec("checkpoint_interval", "float", 60.0, _float(1, 86400, lo_open=False),
+          "Seconds between checkpoints sent home from a job of ours (at most one per interval; 1-86400)."),
+    _spec("evict_grace_seconds", "float", 10.0, _float(0, 3600, lo_open=False),
+          "Seconds an evicted job has after SIGTERM to write its last checkpoint (pause --evict, accept_jobs: idle)."),
     _spec("plugins", "list", [], _list_of(_module_item, "module names"),
           "Extra plugin modules to import and register."),
     _spec("disable_plugins", "list", [], _list_of(_str, "plugin names"),
@@ -425,6 +429,8 @@ class Config:
     venv_cache_max_gb: float = _field(SPECS["venv_cache_max_gb"])
     keep_results_hours: float = _field(SPECS["keep_results_hours"])
     retries: int = _field(SPECS["retries"])
+    checkpoint_interval: float = _field(SPECS["checkpoint_interval"])
+    evict_grace_seconds: float = _field(SPECS["evict_grace_seconds"])
     plugins: list[str] = _field(SPECS["plugins"])
     disable_plugins: list[str] = _field(SPECS["disable_plugins"])
     job_user: str | None = _field(SPECS["job_user"])

@@ -94,9 +94,11 @@ class Handlers:
         self.node.request_shutdown()
 
     def do_pause(self, msg) -> None:
-        self.node.worker.pause(bool(msg.get("suspend")))
+        evicting = [j.id for j in self.node.worker.jobs.values() if not j.done.is_set()] if msg.get("evict") else []
+        self.node.worker.pause(bool(msg.get("suspend")), evict=bool(msg.get("evict")))
         self.node.announce_soon()
-        self.reply(status="paused", suspended=self.node.worker.suspended)
+        self.reply(status="paused", suspended=self.node.worker.suspended, evicted=len(evicting),
+                   grace=self.node.config.evict_grace_seconds)
 
     def do_resume(self, msg) -> None:
         self.node.worker.resume()
@@ -314,6 +316,9 @@ class Handlers:
                         files=job.upload_files, bytes=job.upload_bytes)
             if job.started_at and not started_sent and job.state != "uploading":
                 started_sent = True
+                if (job.attempt or 1) > 1:
+                    ch.send("event", kind="resumed", job_id=job.id, peer=job.peer_name, attempt=job.attempt,
+                            checkpoint_at=job.restored_at)
                 ch.send("event", kind="started", job_id=job.id, peer=job.peer_name)
             p = job.progress
             if p and time.monotonic() - last_progress > PROGRESS_EVERY:

@@ -255,6 +255,7 @@ class Node:
         self.tasks.spawn("discovery-rx", self.discovery.receive_loop, stop)
         self.tasks.spawn("control", self.control.serve, stop)
         self.tasks.spawn("expiry", self._expire_loop, stop)
+        self.tasks.spawn("lending", self.worker.lending_loop, stop)
         self.tasks.spawn("dispatch", self.submitter.dispatch_loop, stop)
         self.submitter.restore()
         self.tasks.spawn("discovery-tx", self.discovery.heartbeat_loop, stop)

@@ -88,7 +88,8 @@ class WorkArea:
         return self.root / job_id
 
     # -- building ---------------------------------------------------------------------
-    def build(self, job_id: str, entries, blobs, ident: Identity, link: bool, sandboxed: bool) -> Path:
+    def build(self, job_id: str, entries, blobs, ident: Identity, link: bool, sandboxed: bool,
+              mkdirs: tuple[str, ...] = ()) -> Path:
         """Materialise the inputs in staging, give them to the job's uid, move them into place."""
         stage = self.staging / job_id
         final = self.job_dir(job_id)
@@ -102,6 +103,11 @@ class WorkArea:
             for e in entries:
                 writer.link_or_copy_new(blobs.path(e.sha256), e.path, e.mode, link=link)
                 blobs.touch(e.sha256)
+            for d in mkdirs:  # directories the job is told about (its checkpoint/), unless an input took the name
+                try:
+                    os.mkdir(stage / d, 0o700)
+                except FileExistsError:
+                    pass
             if ident.differs:
                 give(stage, ident.uid, ident.gid)
             os.rename(stage, final)

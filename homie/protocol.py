@@ -217,6 +217,8 @@ STREAM = "STREAM"  # job output flowing until exit
 RESULTS = "RESULTS"  # fetch sent, waiting for the result manifest
 WANT = "WANT"  # manifest received, client says which files it wants
 DOWNLOAD = "DOWNLOAD"  # server sending result blobs
+CHECKPOINT = "CHECKPOINT"  # ckpt_fetch sent, waiting for the checkpoint's manifest
+CKPT_WANT = "CKPT_WANT"  # manifest received, client says which chunks it lacks
 REPLY = "REPLY"  # a one-shot request (ack, signal) waiting for ok/error
 CLOSED = "CLOSED"
 
@@ -231,6 +233,7 @@ TRANSITIONS: dict[tuple[str, str, str], str] = {
     (IDLE, _C, "ack"): REPLY,
     (IDLE, _C, "signal"): REPLY,
     (IDLE, _C, "bye"): CLOSED,
+    (IDLE, _C, "ckpt_fetch"): CHECKPOINT,
     (NEGOTIATE, _S, "need"): UPLOAD,
     (NEGOTIATE, _S, "refuse"): IDLE,
     (NEGOTIATE, _S, "error"): IDLE,
@@ -244,6 +247,7 @@ TRANSITIONS: dict[tuple[str, str, str], str] = {
     (STARTING, _S, "error"): IDLE,
     (STARTING, _C, "signal"): STARTING,
     (STREAM, _S, "started"): STREAM,
+    (STREAM, _S, "checkpoint"): STREAM,
     (STREAM, _S, "output"): STREAM,
     (STREAM, _S, "exit"): IDLE,
     (STREAM, _S, "error"): IDLE,
@@ -254,6 +258,10 @@ TRANSITIONS: dict[tuple[str, str, str], str] = {
     (DOWNLOAD, _S, "blob"): DOWNLOAD,
     (DOWNLOAD, _S, "data"): DOWNLOAD,
     (DOWNLOAD, _S, "results_done"): IDLE,
+    (DOWNLOAD, _S, "ckpt_done"): IDLE,
+    (CHECKPOINT, _S, "ckpt"): CKPT_WANT,
+    (CHECKPOINT, _S, "error"): IDLE,
+    (CKPT_WANT, _C, "ckpt_want"): DOWNLOAD,
     (DOWNLOAD, _S, "error"): IDLE,
     (REPLY, _S, "ok"): IDLE,
     (REPLY, _S, "error"): IDLE,

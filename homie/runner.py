@@ -130,6 +130,7 @@ class JobProcess:
         self._seen: set[int] = set()  # every pid ever seen in the tree
         self._started = 0.0
         self.suspended = False
+        self.cpu_seen = 0.0  # CPU seconds of the tree at the last sample
 
     @property
     def pid(self) -> int | None:
@@ -301,6 +302,7 @@ class JobProcess:
         while not self._exited.is_set():
             rss, cpu = self._sample()
             max_cpu = max(max_cpu, cpu)
+            self.cpu_seen = max_cpu  # read by the owner-activity check (homie.owner)
             self.outcome.peak_rss = max(self.outcome.peak_rss, rss)
             lim = self.limits
             if lim.max_memory_bytes and rss > lim.max_memory_bytes:

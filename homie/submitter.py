@@ -18,7 +18,7 @@ import threading
 import time
 from pathlib import Path
 
-from homie import PROTOCOL_VERSION, __version__, files, protocol, scheduling
+from homie import PROTOCOL_VERSION, __version__, checkpoints, files, migration, protocol, scheduling
 from homie.channel import Channel, ConnectionClosed
 from homie.errors import (EXIT_INTERNAL, EXIT_NO_PEER, EXIT_PEER_LOST, EXIT_TRANSFER, EXIT_USAGE,
                           HomieError, ManifestError, ProtocolError)
@@ -53,6 +53,9 @@ class Job:
         "finished_at", "waiting", "why", "cpu_s", "wall_s", "gpu_s", "attempts", "collected", "interrupts",
         "upload_files", "upload_bytes", "sent_bytes", "via", "retries", "lost_peers", "dispatched_at", "refusals",
         "first_dispatched_at", "log_end", "env", "timeout", "name", "stdin", "token",
+        # checkpoints and attempts (homie.migration)
+        "checkpoints", "attempt", "losses", "evictions", "evicted", "ckpt_seq", "ckpt_at", "ckpt_attempt",
+        "ckpt_bytes", "restored_at", "history", "stale",
     )
 
     def __init__(self, doc: dict, outbox: Path):
@@ -68,12 +71,23 @@ class Job:
         self.sources: dict[str, Path] = {}
         self.thread: threading.Thread | None = None
         self.channel: Channel | None = None
+        self.ckpt_store = checkpoints.Store(self.dir / "checkpoint")
+        self.ckpt_lock = threading.Lock()
+        self.syncer: migration.Syncer | None = None
 
     def __getattr__(self, name):
         doc = self.__dict__.get("doc")
         if doc is not None and name in doc:
             return doc[name]
         raise AttributeError(name)
+
+    @property
+    def wire_id(self) -> str:
+        return migration.wire_id(self.doc["id"], self.doc["attempt"])
+
+    @property
+    def checkpointed(self) -> bool:
+        return bool(self.doc["checkpoints"] or self.doc["ckpt_seq"])
 
     @property
     def results_dir(self) -> Path:
@@ -95,6 +109,8 @@ class Job:
             "status": d["state"], "created": d["created"], "exit_code": d["exit_code"], "why": d["why"],
             "reason": d["reason"], "tag": d["tag"], "name": d["name"], "results": len(d["results"] or []),
             "dispatched_at": d["dispatched_at"], "first_dispatched_at": d["first_dispatched_at"], "started_at": d["started_at"], "finished_at": d["finished_at"],
+            "attempt": d["attempt"] or 1, "attempts": list(d["history"] or []), "checkpoint_at": d["ckpt_at"],
+            "checkpoint_seq": d["ckpt_seq"], "stale": len(d["stale"] or []),
         }
 
 
@@ -112,6 +128,7 @@ class Submitter:
         # peer instance -> ids of jobs sent there whose start its heartbeats may not show yet
         self.pending: dict[str, set] = {}
         self.refused: dict[str, float] = {}  # peer instance -> until when not to retry it
+        self._reaper = migration.Reaper(self.connect, self._online, self.log)
 
     # -- creation ------------------------------------------------------------
     def submit(self, req: dict) -> Job:
@@ -130,6 +147,10 @@ class Submitter:
         if not all(isinstance(a, str) for a in args):
             raise HomieError("arguments must be strings", EXIT_USAGE)
         pin = req.get("peer")
+        try:
+            ckpt_paths = checkpoints.normalize(req.get("checkpoints"))[1:]
+        except ManifestError as e:
+            raise HomieError(str(e), EXIT_USAGE) from None
         self.check_peer(pin)
         self.check_plugins(req)
         job_id = new_job_id()
@@ -141,7 +162,9 @@ class Submitter:
             "directory": str(directory.resolve()) if directory else None, "peer": pin,
             "gpu": bool(req.get("gpu")), "executor": req.get("executor") or self.config.executor,
             "scheduler": req.get("scheduler") or self.config.scheduler, "tag": req.get("tag"),
-            "retries": max(0, int(req.get("retries") or 0)),
+            # None: the default, decided when a peer is lost (migration.retry_budget)
+            "retries": max(0, int(req["retries"])) if req.get("retries") is not None else None,
+            "checkpoints": ckpt_paths, "attempt": 1, "losses": 0, "history": [], "stale": [],
             "remote_offset": 0, "results": [], "interrupts": 0,
             "env": dict(req.get("env") or {}) or None, "timeout": req.get("timeout"), "name": req.get("name"),
         }
@@ -218,6 +241,17 @@ class Submitter:
             size, sha = self.hashes.sha256_of(path)
             entries.append(files.FileEntry(STDIN_NAME, 0o644, size, sha))
             sources[sha] = path
+        # A new attempt starts from the last complete checkpoint: its files win over inputs of the same name.
+        restored = job.ckpt_store.entries()
+        if restored:
+            taken = {e.path for e, _ in restored}
+            if script_rel in taken:
+                raise HomieError(f"the checkpoint holds the script {script_rel}: checkpoint paths must not"
+                                 " include the job's inputs", EXIT_USAGE)
+            entries = [e for e in entries if e.path not in taken]
+            for e, src in restored:
+                entries.append(e)
+                sources[e.sha256] = src
         job.manifest = entries
         job.sources = sources
         job.doc["script"] = script_rel
@@ -243,6 +277,10 @@ class Submitter:
             job = Job(doc, self.outbox)
             with self.lock:
                 self.jobs[job.id] = job
+            if not job.terminal:
+                job.ckpt_store.cleanup()  # a fetch cut short by the restart
+                if job.attempt is None:
+                    job.doc.update(attempt=1, losses=0, history=[], stale=[])
             if job.state == "uploading":
                 job.doc["state"] = "queued"  # the upload never completed: start it again
             if job.state == "queued":
@@ -270,6 +308,10 @@ class Submitter:
                 self._dispatch_once()
             except Exception:
                 self.log.exception("dispatch.failed")
+            try:
+                self.reap_stale()
+            except Exception:
+                self.log.exception("dispatch.reap_failed")
             with self.wake:
                 self.wake.wait(0.5)
 
@@ -302,12 +344,17 @@ class Submitter:
             return
         candidates = self._candidates()
         for job in queued:
-            skip = set(job.lost_peers or []) | set(job.refusals or {})
-            cands = [p for p in candidates if p.instance not in skip] if skip else candidates
+            refused = set(job.refusals or {})
+            lost = set(job.lost_peers or [])
             req = scheduling.JobRequest(job_id=job.id, script=job.script, submitter=self.node.name, gpu=job.gpu,
                                         peer=job.peer, scheduler=job.scheduler or "auto",
                                         executor=job.executor or "auto", queued_at=job.created)
+            cands = [p for p in candidates if p.instance not in refused | lost]
             peer, verdicts = scheduling.choose(req, cands, self.config)
+            if peer is None and lost and job.checkpointed:
+                # Nobody else can take it: the peer it was lost on, now that it is back.
+                cands = [p for p in candidates if p.instance not in refused]
+                peer, verdicts = scheduling.choose(req, cands, self.config)
             if peer is None:
                 permanent = self._permanent(req, verdicts)
                 if permanent and job.refusals:
@@ -330,7 +377,7 @@ class Submitter:
                        # is any member's to choose, and an earlier worker has seen the old one).
                        token=secrets.token_hex(16),
                        via="chosen" if job.peer else "best available", dispatched_at=time.time(),
-                       first_dispatched_at=job.first_dispatched_at or time.time())
+                       first_dispatched_at=job.first_dispatched_at or time.time(), evicted=None)
             self._save(job)
             self._start_driver(job)
 
@@ -419,7 +466,7 @@ class Submitter:
             return
         job.channel = ch
         try:
-            ch.send("submit", job_id=job.id, script=job.script, args=job.args,
+            ch.send("submit", job_id=job.wire_id, script=job.script, args=job.args,
                     files=[e.to_dict() for e in job.manifest], submitter=self.node.name,
                     executor=job.executor or "auto", gpu=bool(job.gpu), **self._job_settings(job), **_auth(job))
             reply = ch.recv_msg("need", "refuse", "error", timeout=30)
@@ -463,24 +510,30 @@ class Submitter:
             ch.close()
             raise HomieError(f"{job.peer_name} broke the protocol: {e}", EXIT_INTERNAL) from None
 
-    @staticmethod
-    def _job_settings(job: Job) -> dict:
+    def _job_settings(self, job: Job) -> dict:
         """The optional `submit` fields, only when set: env (str -> str), timeout
         (seconds), stdin (the manifest path of the job's stdin)."""
-        out = {}
+        out = {"checkpoint_interval": float(self.config.checkpoint_interval)}
         if job.env:
             out["env"] = dict(job.env)
         if job.timeout is not None:
             out["timeout"] = float(job.timeout)
         if job.stdin:
             out["stdin"] = job.stdin
+        if job.checkpoints:
+            out["checkpoints"] = list(job.checkpoints)
+        if (job.attempt or 1) > 1:
+            out["attempt"] = job.attempt
         return out
 
     def request_of(self, job: Job) -> dict:
         """A `run` request that submits this job again (homie restart)."""
         req = {"script": job.script_path, "args": list(job.args or []), "cwd": job.cwd, "files": list(job.files or []),
                "directory": job.directory, "peer": job.peer, "gpu": bool(job.gpu), "executor": job.executor,
-               "scheduler": job.scheduler, "tag": job.tag, "env": job.env, "timeout": job.timeout, "name": job.name}
+               "scheduler": job.scheduler, "tag": job.tag, "env": job.env, "timeout": job.timeout, "name": job.name,
+               "checkpoints": list(job.checkpoints or [])}
+        if job.retries is not None:
+            req["retries"] = job.retries
         if job.stdin and (job.dir / "stdin").is_file():
             import shutil
             import tempfile
@@ -516,13 +569,16 @@ class Submitter:
         except Exception:
             return None
 
+    def _retries_left(self, job: Job) -> int:
+        return migration.retry_budget(job.retries, job.checkpointed) - (job.losses or 0)
+
     def _retry_upload(self, job: Job, ch: Channel, why: str) -> bool:
-        """A job with retries left (homie map) goes to another peer after a failed upload."""
-        if (job.retries or 0) <= 0:
+        """A job with retries left (homie map, --retries) goes to another peer after a failed upload."""
+        if self._retries_left(job) <= 0:
             return False
         ch.close()
         job.log.append(protocol.STDERR, f"homie: {why}; retrying elsewhere\n".encode())
-        job.update(retries=job.retries - 1, lost_peers=list(job.lost_peers or []) + [job.peer_instance],
+        job.update(losses=(job.losses or 0) + 1, lost_peers=list(job.lost_peers or []) + [job.peer_instance],
                    log_end=job.log.end)
         self._requeue(job, f"retrying after {why}")
         return True
@@ -626,14 +682,25 @@ class Submitter:
                 continue
             if ev.t in ("ping", "pong"):
                 continue
+            if ev.t == "checkpoint":
+                self._syncer(job).want(ev["seq"])
+                continue
             if ev.t == "exit":
                 code = ev["code"]
-                job.update(state="fetching", code=code, signal=ev.get("signal"), reason=ev.get("reason"),
-                           cpu_s=ev.get("cpu_s", 0.0), wall_s=ev.get("wall_s", 0.0), gpu_s=ev.get("gpu_s", 0.0))
-                job.log.finish()
+                if ev.get("evicted"):
+                    # Its owner took the machine back: the last checkpoint comes home, then it runs on elsewhere.
+                    job.update(state="fetching", evicted={"seq": ev.get("checkpoint") or 0,
+                                                          "why": ev.get("reason") or "evicted"},
+                               cpu_s=ev.get("cpu_s", 0.0), wall_s=ev.get("wall_s", 0.0))
+                else:
+                    job.update(state="fetching", code=code, signal=ev.get("signal"), reason=ev.get("reason"),
+                               cpu_s=ev.get("cpu_s", 0.0), wall_s=ev.get("wall_s", 0.0),
+                               gpu_s=ev.get("gpu_s", 0.0))
+                    job.log.finish()
                 self._save(job)
-                self.node.karma_record(job.peer_name, given=False, cpu_s=job.cpu_s or 0.0,
-                                       wall_s=job.wall_s or 0.0, gpu_s=job.gpu_s or 0.0, job_id=job.id)
+                self.node.karma_record(job.peer_name, given=False, cpu_s=ev.get("cpu_s", 0.0),
+                                       wall_s=ev.get("wall_s", 0.0), gpu_s=ev.get("gpu_s", 0.0),
+                                       job_id=job.wire_id)
                 job.channel = ch  # back in IDLE: the results come over this same connection
                 return
             if ev.t == "error":
@@ -667,7 +734,7 @@ class Submitter:
                 time.sleep(0.5)
                 continue
             try:
-                ch.send("attach", job_id=job.id, offset=job.remote_offset or 0, **_auth(job))
+                ch.send("attach", job_id=job.wire_id, offset=job.remote_offset or 0, **_auth(job))
                 self._stream(job, ch)
             except _Lost as e:
                 self._lost(job, f"{job.peer_name} no longer has the job: {e}")
@@ -682,16 +749,49 @@ class Submitter:
 
     def _lost(self, job: Job, why: str) -> None:
         self.log.warning("job.lost", job_id=job.id, peer=job.peer_name, why=why)
-        if (job.retries or 0) > 0:
-            # Run it again elsewhere (homie map): the dead peer is out of the table by now.
-            job.log.append(protocol.STDERR, f"homie: {why}; retrying elsewhere\n".encode())
-            lost = list(job.lost_peers or []) + [job.peer_instance]
-            job.update(retries=job.retries - 1, lost_peers=lost, remote_offset=0, log_end=job.log.end)
-            self._requeue(job, f"retrying after {why}")
+        if self._retries_left(job) > 0:
+            # Run it again (from its checkpoint, if it has one) elsewhere, or on the same
+            # peer once it is back; the attempt left behind is stopped if it turns up.
+            self._next_attempt(job, why, lost=True)
             return
+        self._end_attempt(job, "lost", why)
         self._finish(job, "lost", message=why, exit_code=EXIT_PEER_LOST)
 
+    def _end_attempt(self, job: Job, outcome: str, why: str | None = None) -> None:
+        """One line in the job's history: where this attempt ran and how it ended."""
+        hist = list(job.history or [])
+        hist.append({"attempt": job.attempt or 1, "peer": job.peer_name, "started_at": job.started_at,
+                     "ended_at": time.time(), "outcome": outcome, "why": why,
+                     "checkpoint_at": job.ckpt_at if (job.ckpt_attempt or 0) == (job.attempt or 1) else None})
+        job.update(history=hist)
+
+    def _next_attempt(self, job: Job, why: str, lost: bool) -> None:
+        if job.syncer is not None:
+            job.syncer.stop()
+            job.syncer = None
+        self._end_attempt(job, "lost" if lost else "evicted", why)
+        stale = list(job.stale or [])
+        if lost and job.peer_instance:
+            stale.append(migration.Stale(job.peer_instance, job.peer_ip, job.peer_port, job.wire_id, job.token,
+                                         time.time()).to_dict())
+        saved = job.ckpt_store.current()
+        where = (f"from the checkpoint of {time.strftime('%H:%M:%S', time.localtime(saved.at))}" if saved
+                 else "from the beginning (no checkpoint yet)")
+        job.log.append(protocol.STDERR, f"homie: {why}; running it again {where}\n".encode())
+        fields = {"attempt": (job.attempt or 1) + 1, "stale": stale, "restored_at": saved.at if saved else None, "remote_offset": 0, "log_end": job.log.end,
+                  "code": None, "signal": None, "reason": None, "evicted": None}
+        if lost:
+            fields.update(losses=(job.losses or 0) + 1, lost_peers=list(job.lost_peers or []) + [job.peer_instance])
+        else:
+            fields.update(evictions=(job.evictions or 0) + 1)
+        job.update(**fields)
+        job.manifest = None  # inputs again, with the checkpoint on top
+        self._requeue(job, f"running it again after {why}")
+
     def _fetch(self, job: Job) -> None:
+        if job.evicted:
+            self._fetch_evicted(job)
+            return
         tries = 0
         while True:
             try:
@@ -717,10 +817,78 @@ class Submitter:
                     raise HomieError(f"could not fetch results from {job.peer_name}: {e}", EXIT_TRANSFER) from None
                 time.sleep(0.5)
         code = job.code
+        self._end_attempt(job, "done")
         self._finish(job, "done", exit_code=code if code is not None else EXIT_INTERNAL)
 
+    def _fetch_evicted(self, job: Job) -> None:
+        """An evicted attempt: bring its last checkpoint home, let the worker drop
+        it, and run the job on (evictions are not the job's fault: no retry is spent)."""
+        ev = job.evicted or {}
+        why = f"{job.peer_name} {ev.get('why') or 'evicted it'}"
+        for tries in range(60):
+            try:
+                ch, job.channel = job.channel, None
+                if ch is None or ch.closed:
+                    ch = self.connect(job.peer_ip, job.peer_port)
+                try:
+                    if ev.get("seq", 0) > self._have_seq(job):
+                        migration.fetch_now(job, self.connect, lambda saved: self._committed(job, saved), ch=ch)
+                    ch.send("ack", job_id=job.wire_id, **_auth(job))
+                    ch.recv_msg("ok", "error", timeout=10)
+                    ch.send("bye")
+                finally:
+                    ch.close()
+                break
+            except (ConnectionClosed, socket.timeout, OSError, HomieError, ProtocolError) as e:
+                if not self._peer_alive(job) or tries == 59:
+                    why += f" (its last checkpoint could not be fetched: {e})"
+                    break
+                time.sleep(0.5)
+        if (job.evictions or 0) >= migration.MAX_EVICTIONS:
+            self._end_attempt(job, "evicted", why)
+            self._finish(job, "lost", message=f"{why}; evicted {job.evictions} times, giving up",
+                         exit_code=EXIT_PEER_LOST)
+            return
+        self._next_attempt(job, why, lost=False)
+
+    @staticmethod
+    def _have_seq(job: Job) -> int:
+        return (job.ckpt_seq or 0) if (job.ckpt_attempt or 0) == (job.attempt or 1) else 0
+
+    def _syncer(self, job: Job) -> migration.Syncer:
+        if job.syncer is None:
+            job.syncer = migration.Syncer(job, self.connect, lambda saved: self._committed(job, saved), self.log)
+        return job.syncer
+
+    def _committed(self, job: Job, saved: checkpoints.Saved) -> None:
+        job.update(ckpt_seq=saved.seq, ckpt_at=saved.at, ckpt_attempt=saved.attempt, ckpt_bytes=saved.size)
+        self._save(job)
+        self.log.info("job.checkpoint", job_id=job.id, attempt=saved.attempt, seq=saved.seq, bytes=saved.size)
+
+    def reap_stale(self) -> None:
+        """Attempts given up on whose worker is back: stop them, drop what they made."""
+        with self.lock:
+            jobs = [j for j in self.jobs.values() if j.stale]
+        now = time.time()
+        for job in jobs:
+            entries = [migration.Stale.from_dict(d) for d in job.stale]
+            for st in self._reaper.due([e for e in entries if now - e.since < migration.STALE_TTL]):
+                threading.Thread(target=self._reap_one, args=(job, st), name=f"reap-{st.wire_id}",
+                                 daemon=True).start()
+            if any(now - e.since >= migration.STALE_TTL for e in entries):
+                job.update(stale=[d for d in job.stale if now - d["since"] < migration.STALE_TTL])
+                self._save(job)
+
+    def _reap_one(self, job: Job, st: migration.Stale) -> None:
+        if self._reaper.reap(st):
+            job.update(stale=[d for d in (job.stale or []) if d["wire_id"] != st.wire_id])
+            self._save(job)
+
+    def _online(self, instance: str) -> bool:
+        return instance == self.node.instance_hex or self.node.peers.get(instance) is not None
+
     def _download(self, job: Job, ch: Channel) -> None:
-        ch.send("fetch", job_id=job.id, **_auth(job))
+        ch.send("fetch", job_id=job.wire_id, **_auth(job))
         msg = ch.recv_msg("results", "error", timeout=30)
         if msg.t == "error":
             if msg.get("code") == "unknown_job":
@@ -769,12 +937,15 @@ class Submitter:
         job.progress = None
         job.update(results=[e.path for e in entries])
         self._save(job)
-        ch.send("ack", job_id=job.id, **_auth(job))
+        ch.send("ack", job_id=job.wire_id, **_auth(job))
         ch.recv_msg("ok", "error", timeout=10)
         ch.send("bye")
 
     def _finish(self, job: Job, state: str, **fields) -> None:
         _clear(job.dir / ".incoming")  # a download cut short leaves nothing behind
+        if job.syncer is not None:
+            job.syncer.stop()
+            job.syncer = None
         fields.setdefault("finished_at", time.time())
         job.update(state=state, **fields)
         job.log.finish()
@@ -793,7 +964,7 @@ class Submitter:
             return f"job {job.id} already exited; its results are being fetched"
         ch = self.connect(job.peer_ip, job.peer_port)
         try:
-            ch.send("signal", job_id=job.id, sig=int(sig), **_auth(job))
+            ch.send("signal", job_id=job.wire_id, sig=int(sig), **_auth(job))
             reply = ch.recv_msg("ok", "error", timeout=10)
         finally:
             ch.close()

@@ -22,13 +22,14 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from homie import PROTOCOL_VERSION, __version__, files, jobdir, plugins, protocol, sandbox
+from homie import PROTOCOL_VERSION, __version__, checkpoints, files, jobdir, plugins, protocol, sandbox
 from homie.admission import ConnectionGate
 from homie.cgroup import Cgroups
 from homie.channel import Channel, ConnectionClosed, Pipeline
 from homie.errors import HomieError, ManifestError, ProtocolError
 from homie.identity import Identities, Identity, parse_range
 from homie.joblog import JobLog
+from homie.owner import SAMPLE_EVERY, OwnerWatch
 from homie.peers import balance
 from homie.protocol import Conversation, Data, Message
 from homie.runner import (JobProcess, Launch, Limits, Outcome, enable_subreaper, processes_of_job,
@@ -82,6 +83,8 @@ class WorkerJob:
     timeout: float | None = None  # the submitter's --timeout, seconds
     stdin: str | None = None  # the input file the job reads as its stdin
     token_sha: str | None = None  # sha256 of the submitter's secret for this job, if it sent one
+    ckpt: checkpoints.Watcher | None = None  # its checkpoint paths, and the last checkpoint taken
+    evicted_by: str | None = None  # its owner took the machine back: it ends here and goes on elsewhere
 
     def answers_to(self, peer: str, token) -> bool:
         if self.token_sha is None:
@@ -388,6 +391,7 @@ class Worker:
             if not all(isinstance(a, str) for a in args):
                 raise ProtocolError("submit: args must be strings")
             _check_job_options(msg, {e.path for e in entries})
+            checkpoints.normalize(msg.get("checkpoints"))
         except HomieError as e:
             ch.send("error", message=str(e), code="bad_job")
             return
@@ -572,7 +576,7 @@ class Worker:
             # the blob's owner (a job running as the daemon's user could chmod and
             # rewrite a cached input in place for the next job).
             jd = self.work.build(job_id, entries, self.blobs, ident, link=ident.differs,
-                                 sandboxed=self.sandbox.active)
+                                 sandboxed=self.sandbox.active, mkdirs=(checkpoints.DEFAULT_DIR,))
             self.blobs.evict(keep={e.sha256 for e in entries})
             log = JobLog(self.logs / f"{job_id}.log")
         except (OSError, HomieError) as e:
@@ -587,6 +591,9 @@ class Worker:
             timeout=msg.get("timeout"), stdin=msg.get("stdin"),
             token_sha=hashlib.sha256(msg["token"].encode()).hexdigest() if msg.get("token") else None,
         )
+        job.ckpt = checkpoints.Watcher(jd, checkpoints.normalize(msg.get("checkpoints")),
+                                       interval=max(1.0, float(msg.get("checkpoint_interval") or 60.0)))
+        job.ckpt.prime()  # a checkpoint restored from an earlier attempt is not a new one
         job.inputs_stat = jobdir.scan(jd)
         with self.lock:
             self.jobs[job_id] = job
@@ -688,6 +695,9 @@ class Worker:
             # Importing a shipped module must not write pkg/__pycache__/*.pyc into the
             # job directory: it would come back as a "result" (the inputs never carry it).
             "PYTHONDONTWRITEBYTECODE": "1",
+            # Where a checkpoint goes to be carried home and restored if the job moves.
+            "HOMIE_CHECKPOINT_DIR": (f"{sandbox.JOB_DIR}/{checkpoints.DEFAULT_DIR}" if self.sandbox.active
+                                     else str(job.dir / checkpoints.DEFAULT_DIR)),
         })
         # The submitter's own variables; homie's names stay homie's.
         env.update({k: v for k, v in job.extra_env.items() if not k.startswith("HOMIE_")})
@@ -744,7 +754,10 @@ class Worker:
         except Exception as e:
             self.log.exception("job.crashed", job_id=job.id)
             outcome = Outcome(code=None, reason=f"worker error: {type(e).__name__}: {e}")
-        if job.killed_by and not outcome.reason:
+        if job.evicted_by:
+            outcome.reason = f"evicted: {job.evicted_by}"
+            self._final_checkpoint(job)
+        elif job.killed_by and not outcome.reason:
             outcome.reason = f"killed by {job.killed_by}"
         if job.cgroup is not None:
             job.cgroup.kill()  # nothing of the job may outlive it, whatever it did
@@ -773,6 +786,15 @@ class Worker:
         self.log.info("job.exited", job_id=job.id, code=outcome.code, signal=outcome.signal,
                       reason=outcome.reason, cpu_s=outcome.cpu_s, wall_s=outcome.wall_s, results=len(job.results))
         self.node.announce_soon()
+
+    def _final_checkpoint(self, job: WorkerJob) -> None:
+        """What the job left in its checkpoint paths once it stopped: nothing can change it any more."""
+        if job.ckpt is None:
+            return
+        try:
+            job.ckpt.poll(final=True)
+        except (HomieError, OSError) as e:
+            job.log.append(protocol.STDERR, f"homie: no final checkpoint: {e}\n".encode())
 
     def _reclaim(self, job: WorkerJob) -> None:
         """Its processes gone, a job's directory goes back to the daemon and its
@@ -832,11 +854,16 @@ class Worker:
     # -- streaming output ----------------------------------------------------
     def _stream(self, ch: Channel, job: WorkerJob, offset: int) -> None:
         started_sent = False
+        ckpt_sent = 0
         last = time.monotonic()
         while True:
             if not started_sent and job.start_offset is not None and offset >= job.start_offset:
                 ch.send("started", job_id=job.id, pid=job.pid, gpu=job.gpu_index)
                 started_sent = True
+            snap = job.ckpt.snapshot if job.ckpt is not None and started_sent else None
+            if snap is not None and snap.seq > ckpt_sent and not job.done.is_set():
+                ch.send("checkpoint", job_id=job.id, seq=snap.seq, at=snap.at, bytes=snap.size)
+                ckpt_sent = snap.seq
             until = job.start_offset if not started_sent else None
             recs = job.log.read(offset, 1 << 20, until=until)
             for stream, end, data in recs:
@@ -849,7 +876,8 @@ class Worker:
                 o = job.outcome
                 ch.send("exit", job_id=job.id, code=o.code, signal=o.signal, reason=o.reason,
                         cpu_s=o.cpu_s, wall_s=o.wall_s, gpu_s=o.wall_s if job.gpu else 0.0,
-                        results=len(job.results))
+                        results=len(job.results), evicted=bool(job.evicted_by),
+                        checkpoint=job.ckpt.seq if job.ckpt is not None else 0)
                 return
             if time.monotonic() - last > PING_EVERY:
                 ch.send("ping")
@@ -868,6 +896,12 @@ class Worker:
             ch.send("error", message=f"bad output offset {offset}", code="bad_offset")
             return
         self._stream(ch, job, offset)
+
+    def _on_ckpt_fetch(self, ch, msg, peer, ip) -> None:
+        job = self._job(ch, msg, peer)
+        if job is None:
+            return
+        checkpoints.serve(ch, job.id, job.ckpt.snapshot if job.ckpt is not None else None)
 
     # -- results ---------------------------------------------------------------
     def _on_fetch(self, ch, msg, peer, ip) -> None:
@@ -911,6 +945,8 @@ class Worker:
     def _drop(self, job: WorkerJob, why: str) -> None:
         with self.lock:
             self.jobs.pop(job.id, None)
+        if job.ckpt is not None:
+            job.ckpt.close()
         job.log.close()
         try:
             jobdir.remove(job.dir)
@@ -956,9 +992,11 @@ class Worker:
         with self.lock:
             return [j for j in self.jobs.values() if j.id.startswith(prefix)]
 
-    def pause(self, suspend: bool) -> None:
+    def pause(self, suspend: bool, evict: bool = False) -> None:
         self.paused = True
-        if suspend:
+        if evict:
+            self.evict_all(f"{self.node.name}'s owner took the machine back (homie pause --evict)")
+        elif suspend:
             self.suspended = True
             for j in list(self.jobs.values()):
                 if j.proc and not j.proc.done:
@@ -971,6 +1009,59 @@ class Worker:
             for j in list(self.jobs.values()):
                 if j.proc and not j.proc.done:
                     j.proc.signal(signal.SIGCONT)
+
+    # -- eviction and checkpoints ---------------------------------------------------
+    def evict_all(self, why: str) -> int:
+        """Every job here stops (SIGTERM, then SIGKILL after evict_grace_seconds),
+        leaves its last checkpoint, and its submitter runs it on elsewhere."""
+        n = 0
+        for job in [j for j in list(self.jobs.values()) if not j.done.is_set() and not j.evicted_by]:
+            job.evicted_by = why
+            job.killed_by = job.killed_by or "eviction"
+            target = job.proc or job.prepare
+            if target is not None:
+                target.kill(f"evicted: {why}", grace=self.config.evict_grace_seconds)
+            n += 1
+            self.log.info("job.evicted", job_id=job.id, submitter=job.submitter, why=why)
+        return n
+
+    def lending_loop(self, stop: threading.Event) -> None:
+        """About every second: take the checkpoints that are due; every few
+        seconds under accept_jobs: idle, see whether the owner is back."""
+        owner = OwnerWatch(self.config.idle_threshold)
+        next_owner = 0.0
+        while not stop.wait(1.0):
+            with self.lock:
+                running = [j for j in self.jobs.values() if j.state == "running" and not j.done.is_set()]
+            for job in running:
+                if job.ckpt is None or job.evicted_by or (job.proc is not None and job.proc.done):
+                    continue
+                try:
+                    if job.ckpt.poll():
+                        self.log.info("job.checkpoint", job_id=job.id, seq=job.ckpt.seq,
+                                      bytes=job.ckpt.snapshot.size if job.ckpt.snapshot else 0)
+                except (HomieError, OSError) as e:
+                    self.node.rate_warn("job.checkpoint_failed", "cannot take a checkpoint", job_id=job.id,
+                                        error=str(e))
+                except Exception:
+                    self.log.exception("job.checkpoint_crashed", job_id=job.id)
+            if self.config.accept_jobs != "idle" or time.monotonic() < next_owner:
+                continue
+            next_owner = time.monotonic() + SAMPLE_EVERY
+            if not running:
+                owner.reset()
+                continue
+            try:
+                back = owner.sample({j.id: j.proc.cpu_seen for j in running if j.proc is not None})
+            except Exception:
+                self.log.exception("owner.sample_failed")
+                continue
+            if back:
+                n = self.evict_all(f"{self.node.name}'s owner is using it"
+                                   f" ({owner.owner_percent:.0f}% CPU outside homie's jobs)")
+                if n:
+                    self.node.announce_soon()
+                owner.reset()
 
     # -- housekeeping --------------------------------------------------------------
     def janitor(self) -> None:

@@ -50,7 +50,13 @@ SAMPLES: dict[str, dict] = {
     "blob": {"sha256": SHA, "size": 3},
     "upload_done": {},
     "started": {"job_id": "j1", "pid": 42, "gpu": None},
-    "exit": {"job_id": "j1", "code": 0, "signal": None, "cpu_s": 1.5, "wall_s": 2, "results": 1},
+    "exit": {"job_id": "j1", "code": 0, "signal": None, "cpu_s": 1.5, "wall_s": 2, "results": 1,
+             "evicted": False, "checkpoint": 2},
+    "checkpoint": {"job_id": "j1", "seq": 2, "at": 1.5, "bytes": 10},
+    "ckpt_fetch": {"job_id": "j1", "token": "t"},
+    "ckpt": {"job_id": "j1", "seq": 2, "at": 1.5, "files": []},
+    "ckpt_want": {"chunks": [SHA]},
+    "ckpt_done": {},
     "attach": {"job_id": "j1", "offset": 0},
     "fetch": {"job_id": "j1"},
     "results": {"job_id": "j1", "files": [{"path": "out.txt"}]},
@@ -380,7 +386,14 @@ FULL = [
     (SERVER, Output(STDOUT, 10, b"setting up venv\n")),
     (SERVER, msg("started")),
     (SERVER, Output(STDERR, 20, b"hi\n")),
+    (SERVER, msg("checkpoint")),
     (SERVER, msg("exit")),
+    (CLIENT, msg("ckpt_fetch")),
+    (SERVER, msg("ckpt")),
+    (CLIENT, msg("ckpt_want")),
+    (SERVER, msg("blob")),
+    (SERVER, Data(b"chunk")),
+    (SERVER, msg("ckpt_done")),
     (CLIENT, msg("fetch")),
     (SERVER, msg("results")),
     (CLIENT, msg("want")),
@@ -505,7 +518,8 @@ def _prefixes_reaching_each_open_state():
 def test_prefixes_reach_every_open_state():
     states = set(_prefixes_reaching_each_open_state()) | {protocol.REPLY}
     assert states == {IDLE, protocol.NEGOTIATE, protocol.UPLOAD, protocol.STARTING, protocol.STREAM,
-                      protocol.RESULTS, protocol.WANT, protocol.DOWNLOAD, protocol.REPLY}
+                      protocol.RESULTS, protocol.WANT, protocol.DOWNLOAD, protocol.REPLY,
+                      protocol.CHECKPOINT, protocol.CKPT_WANT}
 
 
 @pytest.mark.parametrize("role", [CLIENT, SERVER])

@@ -53,7 +53,7 @@ FUZZ = settings(
 BOUND = max(protocol._CAPS.values()) + HEADER.size
 assert BOUND >= MAX_MSG + HEADER.size
 
-STATES = {protocol.START, protocol.IDLE, protocol.NEGOTIATE, protocol.UPLOAD, protocol.STARTING,
+STATES = {protocol.CHECKPOINT, protocol.CKPT_WANT, protocol.START, protocol.IDLE, protocol.NEGOTIATE, protocol.UPLOAD, protocol.STARTING,
           protocol.STREAM, protocol.RESULTS, protocol.WANT, protocol.DOWNLOAD, protocol.REPLY,
           protocol.CLOSED}
 
@@ -91,6 +91,11 @@ SAMPLES: dict[str, dict] = {
     "upload_done": {},
     "started": {"job_id": "j1", "pid": 42},
     "exit": {"job_id": "j1", "code": 0},
+    "checkpoint": {"job_id": "j1", "seq": 1, "at": 0.5},
+    "ckpt_fetch": {"job_id": "j1"},
+    "ckpt": {"job_id": "j1", "seq": 1, "at": 0.5, "files": []},
+    "ckpt_want": {"chunks": []},
+    "ckpt_done": {},
     "attach": {"job_id": "j1", "offset": 0},
     "fetch": {"job_id": "j1"},
     "results": {"job_id": "j1", "files": []},
