@@ -103,9 +103,19 @@ def fingerprint(key: bytes) -> str:
 
 
 def save_key(path: str | os.PathLike, key: bytes, force: bool = False) -> None:
-    """Write the key atomically with mode 0600; refuse to replace one unless force."""
+    """Write the key atomically with mode 0600; refuse to replace one unless force.
+
+    Every failure is a KeyFileError naming the path: a key path that is a
+    directory, or a home nobody may write in, is the user's to fix, not a bug."""
     _check_key(key)
     path = Path(path)
+    try:
+        _write_key(path, key, force)
+    except OSError as e:
+        raise KeyFileError(f"cannot write the group key at {path}: {e.strerror or e}") from None
+
+
+def _write_key(path: Path, key: bytes, force: bool) -> None:
     _make_private_dirs(path.parent)
     if not force and path.exists():
         raise KeyFileError(f"a key already exists at {path}; use --force to replace it")

@@ -1,6 +1,6 @@
 """Install homie as an OS service: a systemd unit (system or user) or a launchd agent.
 
-`homie service install|uninstall|status` (see homie/cli_service.py) are thin
+`homie service install|uninstall|status` (see homie/cli/service.py) are thin
 wrappers around :func:`install`, :func:`uninstall` and :func:`status`.
 
 The unit files are package data (homie/data/); the checked-in copies

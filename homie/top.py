@@ -11,16 +11,16 @@ from homie.peers import balance
 
 
 def shown_status(p: dict) -> str:
-    from homie.cli import shown_status as shown
+    from homie.cli.net import shown_status as shown
 
     return shown(p)
 
 
 def snapshot(client_factory) -> dict:
-    from homie.cli import _ps
+    from homie.cli.jobs import ps_jobs
 
     peers = client_factory().request("peers")
-    jobs = _ps(False)
+    jobs = ps_jobs(False)
     return {"peers": peers["peers"], "me": peers["me"], "sent": jobs["jobs"], "here": jobs["here"],
             "now": jobs["now"]}
 

@@ -91,7 +91,7 @@ def test_a_peer_running_jobs_with_no_cpu_left_is_busy(cluster):
             ps = json.loads(you.homie("peers", "--json").stdout)
             p = next(p for p in ps if p["name"] == "raj")
             seen["p"] = p
-            return p["running"] and (p["cpu_percent_idle"] or 100) < 10
+            return p["running"] and p["cpu_percent_idle"] is not None and p["cpu_percent_idle"] < 10
         try:
             wait_until(raj_row, 40)
         except AssertionError:
