@@ -35,7 +35,7 @@ from homie.errors import HomieError, ManifestError, ProtocolError
 
 CHUNK = 1 << 20  # the unit of change: a 200 MB checkpoint with 1 MB changed sends about 1 MB
 SETTLE = 0.25  # seconds a checkpoint must stay unchanged, just before it is taken
-MAX_FILES = 4096  # descriptors one snapshot may hold open
+MAX_FILES = 256  # descriptors one snapshot may hold open (a daemon may run many jobs)
 DEFAULT_DIR = "checkpoint"
 TEMP_SUFFIXES = (".tmp", ".part", ".partial", "~")
 FRAME_TIMEOUT = 30.0

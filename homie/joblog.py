@@ -61,6 +61,11 @@ class JobLog:
             self.finished = True
             self.cond.notify_all()
 
+    def reopen(self) -> None:
+        """The job runs again (another attempt): its output goes on in this log."""
+        with self.cond:
+            self.finished = False
+
     def close(self) -> None:
         self.finish()
         try:

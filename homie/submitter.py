@@ -786,6 +786,7 @@ class Submitter:
             fields.update(evictions=(job.evictions or 0) + 1)
         job.update(**fields)
         job.manifest = None  # inputs again, with the checkpoint on top
+        job.log.reopen()
         self._requeue(job, f"running it again after {why}")
 
     def _fetch(self, job: Job) -> None:
@@ -804,14 +805,12 @@ class Submitter:
                     ch.close()
                 break
             except _Lost as e:
-                self._finish(job, "lost", message=f"results are gone from {job.peer_name}: {e}",
-                             exit_code=EXIT_PEER_LOST)
+                self._lost(job, f"results are gone from {job.peer_name}: {e}")
                 return
             except (ConnectionClosed, socket.timeout, OSError) as e:
                 tries += 1
                 if not self._peer_alive(job):
-                    self._finish(job, "lost", message=f"{job.peer_name} went away before the results came home ({e})",
-                                 exit_code=EXIT_PEER_LOST)
+                    self._lost(job, f"{job.peer_name} went away before the results came home ({e})")
                     return
                 if tries > 60:
                     raise HomieError(f"could not fetch results from {job.peer_name}: {e}", EXIT_TRANSFER) from None

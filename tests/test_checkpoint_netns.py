@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from jobhelp import Run, daemon_pid, make_group, marker, processes, project, start_daemon
+from jobhelp import Run, daemon_pid, make_group, marker, processes, project, start_daemon, vm_hwm_kb
 from netns import wait_until
 
 pytestmark = pytest.mark.netns
@@ -61,12 +61,12 @@ print("done", flush=True)
 '''
 
 
-def expected_model(tmp_path: Path) -> str:
+def expected_model(tmp_path: Path, epochs: int = EPOCHS) -> str:
     """The same training, uninterrupted, run here by plain Python."""
-    d = tmp_path / "reference"
+    d = tmp_path / f"reference-{epochs}"
     (d / "checkpoint").mkdir(parents=True)
     (d / "train.py").write_text(TRAIN)
-    subprocess.run([sys.executable, "train.py", str(EPOCHS), "0"], cwd=d, check=True, capture_output=True,
+    subprocess.run([sys.executable, "train.py", str(epochs), "0"], cwd=d, check=True, capture_output=True,
                    env={**os.environ, "HOMIE_CHECKPOINT_DIR": str(d / "checkpoint")})
     return (d / "model.txt").read_text()
 
@@ -102,13 +102,14 @@ def redone_epochs(out: str) -> int:
     return len(re.findall(r"\] epoch \d+/", out)) - EPOCHS
 
 
-def check_finished(run: Run, proj: Path, tmp_path: Path, resumed_on: str, code_timeout: float = 90) -> None:
+def check_finished(run: Run, proj: Path, tmp_path: Path, resumed_on: str, code_timeout: float = 90,
+                   epochs: int = EPOCHS) -> None:
     code = run.wait(code_timeout)
     assert code == 0, (code, run.out()[-2000:], run.err()[-2000:])
     assert re.search(rf"→ resumed on {resumed_on} from the checkpoint of \d\d:\d\d:\d\d \(attempt 2\)",
                      run.err()), run.err()
     got = (proj / "results" / "model.txt").read_text()
-    assert got == expected_model(tmp_path), "results differ from an uninterrupted run"
+    assert got == expected_model(tmp_path, epochs), "results differ from an uninterrupted run"
 
 
 def test_kill_9_of_the_worker_resumes_elsewhere_from_the_last_checkpoint(cluster, tmp_path):
@@ -180,6 +181,36 @@ def test_eviction_takes_the_last_checkpoint_and_keeps_the_karma(cluster, tmp_pat
     assert given["given_cpu_s"] > 0 and given["jobs_given"] >= 1, karma
 
 
+def test_the_owner_coming_back_under_accept_jobs_idle_evicts(cluster, tmp_path):
+    hosts = make_group(cluster, ["raj", "mike", "you"],
+                       config={"checkpoint_interval": INTERVAL, "evict_grace_seconds": 2},
+                       per_host={"you": {"max_jobs": 0}, "raj": {"accept_jobs": "idle"}})
+    raj, mike, you = hosts
+    assert mike.homie("pause").returncode == 0  # so the job starts on raj
+    proj = project(you, {"train.py": TRAIN})
+    epochs = 60  # long enough for the owner to be noticed (about 6 s of load) before it ends
+    run = Run(you, proj, "train.py", str(epochs), str(STEP))
+    job = run.job_id()
+    run.wait_out("[raj] epoch 2/", 40)
+    assert mike.homie("resume").returncode == 0
+    burners = [raj.spawn(sys.executable, "-c", "while True: pass") for _ in range(os.cpu_count() or 2)]
+    try:
+        try:
+            run.wait_out("[mike] resumed at epoch", 40)
+        except AssertionError:
+            for h in (raj, you):
+                print(h.name, (h.home / "logs" / "homie.log").read_text()[-6000:])
+            raise
+    finally:
+        for b in burners:
+            b.kill()
+            b.wait()
+    check_finished(run, proj, tmp_path, "mike", epochs=epochs)
+    info = ps_job(you, job)
+    assert [a["outcome"] for a in info["attempts"]] == ["evicted", "done"], info["attempts"]
+    assert "owner is using it" in (info["attempts"][0]["why"] or ""), info["attempts"]
+
+
 def test_submitter_restart_during_the_migration_loses_nothing(cluster, tmp_path):
     hosts = trio(cluster)
     raj, mike, you = hosts
@@ -230,4 +261,8 @@ for epoch in range(1, 5):
     per = (c3 - c1) / (ps_job(you, job)["checkpoint_seq"] - info1["checkpoint_seq"])
     print(f"200 MB checkpoint, 1 MB changed per epoch: {per / 1e6:.2f} MB on raj's veth per checkpoint")
     assert per < 4e6, per
+    # Memory stays flat on both sides: 1 MiB at a time, whatever the checkpoint's size.
+    hwm = {h.name: vm_hwm_kb(daemon_pid(h)) / 1024 for h in (raj, you)}
+    print(f"daemons' peak RSS after 200 MB checkpoints: {hwm}")
+    assert all(mb < 150 for mb in hwm.values()), hwm
     run.proc.kill()
