@@ -72,7 +72,7 @@ class Handlers:
             running=True, name=n.name, pid=os.getpid(), version=__version__, uptime=time.time() - n.started,
             address=address, port=n.config.port, discovery_port=n.config.discovery_port,
             peers=len(n.peers.snapshot()), status=n.worker.status(), jobs_here=n.worker.running(),
-            jobs_out=sum(1 for j in n.submitter.jobs.values() if not j.terminal),
+            jobs_out=sum(1 for j in n.submitter.all() if not j.terminal),
             discovery=[b.name for b in n.discovery.backends], broadcast=n.discovery.broadcast_addresses(),
             home=str(n.home.root), key_fingerprint=fingerprint(n.key), instance=n.instance_hex,
             retries=n.config.retries, sandbox=n.worker.sandbox.label, sandbox_reason=n.worker.sandbox.reason,
@@ -109,19 +109,7 @@ class Handlers:
         self.reply(plugins=plugins.describe())
 
     def do_karma(self, msg) -> None:
-        rows: dict[str, dict] = {}
-        for r in self.node.store.ledger():
-            row = rows.setdefault(r["peer"], {"peer": r["peer"], "given_cpu_s": 0.0, "taken_cpu_s": 0.0,
-                                              "given_gpu_s": 0.0, "taken_gpu_s": 0.0, "given_wall_s": 0.0,
-                                              "taken_wall_s": 0.0, "jobs_given": 0, "jobs_taken": 0})
-            d = r["direction"]
-            row[f"{d}_cpu_s"] += r["cpu_s"]
-            row[f"{d}_gpu_s"] += r["gpu_s"]
-            row[f"{d}_wall_s"] += r["wall_s"]
-            row[f"jobs_{d}"] += r["jobs"]
-        for row in rows.values():
-            row["balance_cpu_s"] = row["given_cpu_s"] - row["taken_cpu_s"]
-        self.reply(ledger=sorted(rows.values(), key=lambda r: r["peer"]), totals=self.node.karma_totals(),
+        self.reply(ledger=self.node.karma.per_peer(), totals=self.node.karma.totals(),
                    entries=self.node.store.ledger_entries())
 
     def do_doctor(self, msg) -> None:
@@ -135,7 +123,7 @@ class Handlers:
         their arguments, no message comes near the frame cap."""
         show_all = bool(msg.get("all"))
         out = []
-        for job in sorted(self.node.submitter.jobs.values(), key=lambda j: j.created):
+        for job in self.node.submitter.all():
             if job.terminal and not show_all:
                 continue
             s = job.summary()
@@ -240,12 +228,12 @@ class Handlers:
                                     gpu=bool(body.get("gpu")), peer=body.get("peer"),
                                     scheduler=body.get("scheduler") or self.node.config.scheduler,
                                     executor=body.get("executor") or self.node.config.executor)
-        cands = sub._candidates()
+        cands = sub.candidates()
         chosen, verdicts = scheduling.choose(req, cands, self.node.config)
         why = None
         if chosen:
             verdict = "run"
-        elif (why := sub._permanent(req, verdicts)) is not None:
+        elif (why := sub.dispatcher.permanent(req, verdicts)) is not None:
             verdict = "never"
         else:
             verdict, why = "wait", scheduling.why_waiting(verdicts, req)
@@ -308,7 +296,7 @@ class Handlers:
             if job.state == "queued" and job.why and job.why != last_why:
                 last_why = job.why
                 ch.send("event", kind="queued", job_id=job.id, why=job.why)
-            attempt = (job.peer_name, job.attempts)
+            attempt = (job.peer_name, job.dispatches)
             if job.peer_name and attempt != last_sent:
                 last_sent = attempt
                 started_sent = False

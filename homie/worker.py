@@ -781,7 +781,7 @@ class Worker:
         job.done.set()
         self.node.store.worker_job(job.id, {"state": "exited", "dir": str(job.dir), "from": job.submitter})
         gpu_s = outcome.wall_s if job.gpu else 0.0
-        self.node.karma_record(job.submitter, given=True, cpu_s=outcome.cpu_s, wall_s=outcome.wall_s,
+        self.node.karma.record(job.submitter, given=True, cpu_s=outcome.cpu_s, wall_s=outcome.wall_s,
                                gpu_s=gpu_s, job_id=job.id)
         self.log.info("job.exited", job_id=job.id, code=outcome.code, signal=outcome.signal,
                       reason=outcome.reason, cpu_s=outcome.cpu_s, wall_s=outcome.wall_s, results=len(job.results))

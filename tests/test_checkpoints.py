@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from homie import checkpoints, migration, protocol
+from homie import checkpoints, protocol
+from homie.submit import migration
 from homie.channel import Channel
 from homie.checkpoints import CHUNK, Store, Watcher
 from homie.errors import HomieError, ManifestError
