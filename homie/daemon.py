@@ -127,8 +127,9 @@ class Node:
         if self.config.bind:
             return self.config.bind
         if self.config.interface:
-            import psutil
             import socket
+
+            import psutil
 
             for a in psutil.net_if_addrs().get(self.config.interface, []):
                 if a.family == socket.AF_INET:
@@ -218,7 +219,7 @@ class Node:
         if peer == self.name:
             return  # running one's own job locally is neither giving nor taking
         self.store.record(job_id, peer, "given" if given else "taken", cpu_s, gpu_s, wall_s)
-        self._karma_cache = None
+        self._karma_cache: dict[str, float] | None = None
 
     def karma_totals(self) -> dict:
         cached = getattr(self, "_karma_cache", None)

@@ -197,7 +197,7 @@ def feed_sliced(data: bytes, cuts: list[int]) -> None:
     dec = FrameDecoder()
     points = sorted({c % (len(data) + 1) for c in cuts} | {0, len(data)})
     try:
-        for a, b in zip(points, points[1:]):
+        for a, b in zip(points, points[1:], strict=False):
             events = dec.feed(data[a:b])
             assert all(isinstance(e, (Message, Data, Output)) for e in events)
             assert dec.pending <= BOUND
@@ -234,7 +234,7 @@ def test_decoder_valid_streams_any_slicing(cases, stream, cuts):
     dec = FrameDecoder()
     got = []
     points = sorted({c % (len(stream) + 1) for c in cuts} | {0, len(stream)})
-    for a, b in zip(points, points[1:]):
+    for a, b in zip(points, points[1:], strict=False):
         got += dec.feed(stream[a:b])
     assert dec.pending == 0
     assert got == whole

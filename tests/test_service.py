@@ -91,16 +91,16 @@ def test_systemd_analyze_verify(tmp_path, mode):
     res = _analyze(*args, cwd=unit.parent, tmp=tmp_path)
     assert res.returncode == 0, res.stdout + res.stderr
     # verify also reports unknown/misspelled keys only as warnings: none allowed.
-    noise = [l for l in res.stderr.splitlines() if "homie.service" in l]
+    noise = [line for line in res.stderr.splitlines() if "homie.service" in line]
     assert not noise, res.stderr
 
 
 @needs_analyze
 def test_checked_in_system_unit_verifies_apart_from_the_placeholder_binary(tmp_path):
     res = _analyze("verify", str(REPO / "homie.service"), cwd=tmp_path, tmp=tmp_path)
-    complaints = [l for l in (res.stdout + res.stderr).splitlines() if l.strip()]
+    complaints = [line for line in (res.stdout + res.stderr).splitlines() if line.strip()]
     # The only acceptable complaint is the placeholder /usr/local/bin/homie not existing here.
-    assert all(svc.TEMPLATE_EXE in l for l in complaints), complaints
+    assert all(svc.TEMPLATE_EXE in line for line in complaints), complaints
 
 
 @needs_analyze
@@ -115,7 +115,7 @@ def test_system_unit_security_exposure(tmp_path):
 def test_system_unit_essentials():
     text = svc.template(svc.SYSTEM)
     keys = dict(
-        l.split("=", 1) for l in text.splitlines() if l and not l.startswith(("#", "[")) and "=" in l
+        line.split("=", 1) for line in text.splitlines() if line and not line.startswith(("#", "[")) and "=" in line
     )
     assert keys["User"] == "homie"
     assert keys["StateDirectory"] == "homie"
@@ -229,7 +229,7 @@ def test_dry_run_prints_file_and_commands_and_writes_nothing(
 def test_dry_run_system_shows_useradd_when_user_missing(tmp_path):
     lines: list[str] = []
     svc.install("system", dry_run=True, root=tmp_path, out=lines.append, platform="linux", exe=EXE, euid=0)
-    useradd = [l for l in lines if "useradd" in l]
+    useradd = [line for line in lines if "useradd" in line]
     assert useradd and "--system" in useradd[0] and useradd[0].rstrip().endswith(" homie")
 
 
@@ -309,7 +309,7 @@ def test_install_uninstall_launchd(tmp_path, monkeypatch):
 def test_root_prefix_without_runner_skips_commands(tmp_path):
     lines: list[str] = []
     svc.install("system", root=tmp_path, out=lines.append, platform="linux", exe=EXE, euid=0)
-    assert any(l.startswith("skipped (HOMIE_SERVICE_ROOT is set): systemctl") for l in lines)
+    assert any(line.startswith("skipped (HOMIE_SERVICE_ROOT is set): systemctl") for line in lines)
 
 
 def test_failed_command_is_an_error(tmp_path):
