@@ -3,10 +3,11 @@
 `homie service install|uninstall|status` (see homie/cli/service.py) are thin
 wrappers around :func:`install`, :func:`uninstall` and :func:`status`.
 
-The unit files are package data (homie/data/); the checked-in copies
-(homie.service, packaging/homie-user.service, packaging/io.homie.agent.plist)
-are identical and stay valid for `systemd-analyze verify`, so rendering only
-swaps placeholders:
+The unit files live once, at the top of the source tree (homie.service,
+packaging/homie-user.service, packaging/io.homie.agent.plist); homie/data/
+holds symlinks to them, which the sdist and the wheel carry as plain files, so
+they are package data. The files stay valid for `systemd-analyze verify`, so
+rendering only swaps placeholders:
 
 * ``/usr/local/bin/homie`` -> the absolute path of the running homie executable
   (or ``python -m homie`` when there is no console script);

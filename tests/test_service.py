@@ -7,6 +7,10 @@ import plistlib
 import re
 import shutil
 import subprocess
+import sys
+import tarfile
+import zipfile
+from importlib import resources
 from pathlib import Path
 
 import pytest
@@ -64,18 +68,57 @@ def _rendered_unit(tmp_path: Path, mode: str) -> Path:
 # --- the files ------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    "checked_in,packaged",
-    [
-        ("homie.service", "homie.service"),
-        ("packaging/homie-user.service", "homie-user.service"),
-        ("packaging/io.homie.agent.plist", "io.homie.agent.plist"),
-    ],
-)
-def test_checked_in_files_identical_to_package_data(checked_in, packaged):
-    assert (REPO / checked_in).read_bytes() == (DATA / packaged).read_bytes(), (
-        f"{checked_in} and homie/data/{packaged} differ: edit both"
+# One source each, at the top level; homie/data/ (the package data) holds
+# relative symlinks to them, which the sdist and the wheel carry as plain files.
+SOURCES = {
+    "homie.service": "homie.service",
+    "homie-user.service": "packaging/homie-user.service",
+    "io.homie.agent.plist": "packaging/io.homie.agent.plist",
+}
+
+
+@pytest.mark.parametrize("packaged,source", SOURCES.items())
+def test_package_data_links_to_the_single_source(packaged, source):
+    link = DATA / packaged
+    assert link.is_symlink() and link.resolve() == (REPO / source).resolve(), (
+        f"homie/data/{packaged} must be a symlink to {source} (edit {source}; there is no second copy)"
     )
+    assert sorted(p.name for p in DATA.iterdir()) == sorted(SOURCES)
+
+
+@pytest.mark.parametrize("packaged,source", SOURCES.items())
+def test_the_installed_package_serves_the_source(packaged, source):
+    res = resources.files("homie").joinpath("data").joinpath(packaged)
+    assert res.read_bytes() == (REPO / source).read_bytes()
+
+
+def test_sdist_and_wheel_carry_the_sources_as_plain_files(tmp_path):
+    """What `pip install .` and PyPI users get: build both from a copy of the
+    tree (offline: setuptools and wheel are in the test extra)."""
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("pyproject.toml", "README.md", "homie.service"):
+        shutil.copy2(REPO / name, src / name)
+    ignore = shutil.ignore_patterns("__pycache__", "*.egg-info")
+    for name in ("homie", "packaging"):
+        shutil.copytree(REPO / name, src / name, symlinks=True, ignore=ignore)
+    out = tmp_path / "dist"
+    env = {**os.environ, "PIP_NO_INDEX": "1", "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
+    r = subprocess.run([sys.executable, "-c", f"from setuptools import build_meta as b; b.build_sdist({str(out)!r})"],
+                       cwd=src, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    r = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w",
+                        str(out), str(src)], capture_output=True, text=True, timeout=120, env=env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    (sdist,), (wheel,) = out.glob("*.tar.gz"), out.glob("*.whl")
+    with tarfile.open(sdist) as tar, zipfile.ZipFile(wheel) as whl:
+        top = tar.getnames()[0].split("/")[0]
+        for packaged, source in SOURCES.items():
+            want = (REPO / source).read_bytes()
+            member = tar.getmember(f"{top}/homie/data/{packaged}")
+            assert member.isfile(), f"the sdist holds homie/data/{packaged} as a link"
+            assert tar.extractfile(member).read() == want, packaged
+            assert whl.read(f"homie/data/{packaged}") == want, packaged
 
 
 def test_templates_load_as_package_data():
