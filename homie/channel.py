@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import socket
 import threading
+from typing import Any
 
 from homie import protocol
 from homie.errors import ProtocolError
@@ -67,7 +68,7 @@ class Channel:
         while got < n:
             try:
                 r = self.sock.recv_into(view[got:], n - got)
-            except socket.timeout:
+            except TimeoutError:
                 raise
             except (OSError, ValueError) as e:
                 raise ConnectionClosed(str(e) or type(e).__name__) from None
@@ -128,10 +129,10 @@ class Pipeline:
     def __init__(self, buffers: int = 8, size: int = protocol.MAX_DATA):
         import queue
 
-        self._free = queue.Queue()
+        self._free: queue.Queue[bytearray] = queue.Queue()
         for _ in range(buffers):
             self._free.put(bytearray(size))
-        self._work = queue.Queue()
+        self._work: queue.Queue[tuple[Any, bytearray | None, int] | None] = queue.Queue()
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="pipeline", daemon=True)
         self._thread.start()

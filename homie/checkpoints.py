@@ -452,7 +452,7 @@ def fetch(ch, job_id: str, auth: dict, store: Store, attempt: int) -> Saved | No
     seq, at = msg["seq"], msg["at"]
     need = store.missing(new)
     ch.send("ckpt_want", chunks=need)
-    sizes = {}
+    sizes: dict[str, int] = {}
     for f in new:
         for i, sha in enumerate(f.chunks):
             sizes.setdefault(sha, min(CHUNK, f.size - i * CHUNK))

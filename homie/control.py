@@ -108,8 +108,9 @@ class ControlServer:
     def serve(self, stop: threading.Event) -> None:
         while not stop.is_set():
             try:
+                assert self.sock is not None  # bound by start()
                 conn, _ = self.sock.accept()
-            except socket.timeout:
+            except TimeoutError:
                 continue
             except OSError:
                 if stop.is_set():
@@ -147,7 +148,7 @@ class ControlServer:
                 ch.send("fail", message=printable(str(e)), exit_code=e.exit_code)
             except ConnectionClosed:
                 pass
-        except (ConnectionClosed, ProtocolError, socket.timeout):
+        except (TimeoutError, ConnectionClosed, ProtocolError):
             pass
         except Exception as e:
             self.log.exception("control.request_failed")

@@ -18,7 +18,8 @@ ARGS_SHOWN = 2000  # characters of a job's arguments that ps and top show
 
 def _short_args(args: list) -> tuple[list, bool]:
     """The arguments, cut to what a listing needs (a job may have 100 000 of them)."""
-    shown, size = [], 0
+    shown: list = []
+    size = 0
     for a in args:
         if size + len(a) > ARGS_SHOWN:
             return shown + [f"… ({len(args) - len(shown)} more)"], True
@@ -277,9 +278,9 @@ class Handlers:
             done = wj.done.is_set()
             if done or not live:
                 s = wj.summary()
-                self.reply(job_id=wj.id, state="done" if done else s["status"], exit_code=s["code"], code=s["code"], signal=None,
-                           reason=s["reason"], message=None, peer=self.node.name, results=[], results_dir="",
-                           offset=offset, terminal=done)
+                self.reply(job_id=wj.id, state="done" if done else s["status"], exit_code=s["code"], code=s["code"],
+                           signal=None, reason=s["reason"], message=None, peer=self.node.name, results=[],
+                           results_dir="", offset=offset, terminal=done)
                 return
             wj.done.wait(FOLLOW_POLL)
 

@@ -133,8 +133,9 @@ class Node:
         if self.config.bind:
             return self.config.bind
         if self.config.interface:
-            import psutil
             import socket
+
+            import psutil
 
             for a in psutil.net_if_addrs().get(self.config.interface, []):
                 if a.family == socket.AF_INET:

@@ -154,7 +154,8 @@ def walk(root: Path, on_deep: str = "raise"):
             except OSError:
                 continue  # replaced meanwhile (a job's own tree, while it runs): not ours to follow
             try:
-                subdirs, others = [], []
+                subdirs: list[str] = []
+                others: list[str] = []
                 with os.scandir(fd) as it:
                     for e in it:
                         (subdirs if e.is_dir(follow_symlinks=False) else others).append(e.name)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import pluggy
@@ -37,7 +38,7 @@ _loaded = False
 _lock = threading.Lock()
 # plugin name -> why it was disabled (an exception text), shown by `homie plugins`
 disabled: dict[str, str] = {}
-_on_error = []  # callables(plugin_name, hook_name, exc) -> None, e.g. the daemon's logger
+_on_error: list[Callable[[str, str, BaseException], None]] = []  # e.g. the daemon's logger
 
 
 def load_plugins(extra: tuple[str, ...] | list[str] = (), disable: tuple[str, ...] | list[str] = ()) -> None:
@@ -125,7 +126,8 @@ def describe() -> list[dict]:
             "hooks": hooks,
             "version": getattr(dist, "version", None) if dist else (
                 __version__ if str(name).startswith("homie.builtin") else getattr(plugin, "__version__", None)),
-            "package": dist.project_name if dist else ("homie (built-in)" if str(name).startswith("homie.builtin") else None),
+            "package": dist.project_name if dist else (
+                "homie (built-in)" if str(name).startswith("homie.builtin") else None),
         })
     for name, why in disabled.items():
         out.append({"name": name, "hooks": [], "version": None, "package": None, "disabled": why})

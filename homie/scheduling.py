@@ -5,9 +5,13 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from homie import plugins
 from homie.peers import Peer
+
+if TYPE_CHECKING:
+    from homie.config import Config
 
 
 @dataclass
@@ -22,7 +26,7 @@ class JobRequest:
     queued_at: float = field(default_factory=time.time)
 
 
-def explain(job: JobRequest, peers: list[Peer], config) -> list[tuple[Peer, list[str]]]:
+def explain(job: JobRequest, peers: list[Peer], config: Config) -> list[tuple[Peer, list[str]]]:
     """Each candidate with the reasons it cannot take the job (empty = eligible)."""
     out = []
     for peer in peers:
@@ -33,7 +37,7 @@ def explain(job: JobRequest, peers: list[Peer], config) -> list[tuple[Peer, list
     return out
 
 
-def choose(job: JobRequest, peers: list[Peer], config) -> tuple[Peer | None, list[tuple[Peer, list[str]]]]:
+def choose(job: JobRequest, peers: list[Peer], config: Config) -> tuple[Peer | None, list[tuple[Peer, list[str]]]]:
     """The chosen peer (or None: the job waits) and the explanation."""
     verdicts = explain(job, peers, config)
     eligible = [p for p, reasons in verdicts if not reasons]

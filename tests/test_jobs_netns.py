@@ -16,8 +16,18 @@ import time
 
 import pytest
 
-from jobhelp import (Run, daemon_pid, gate_path, make_group, marker, processes, project, vm_hwm_kb, work_dir,
-                     work_dir_empty)
+from jobhelp import (
+    Run,
+    daemon_pid,
+    gate_path,
+    make_group,
+    marker,
+    processes,
+    project,
+    vm_hwm_kb,
+    work_dir,
+    work_dir_empty,
+)
 from netns import Cluster, wait_until
 
 pytestmark = pytest.mark.netns

@@ -19,8 +19,18 @@ from pathlib import Path
 
 import pytest
 
-from jobhelp import (Run, daemon_pid, gate_path, marker, peer_names, processes, project, start_daemon, work_dir,
-                     write_config)
+from jobhelp import (
+    Run,
+    daemon_pid,
+    gate_path,
+    marker,
+    peer_names,
+    processes,
+    project,
+    start_daemon,
+    work_dir,
+    write_config,
+)
 from netns import REPO, Cluster, Host, wait_until
 
 pytestmark = pytest.mark.netns

@@ -41,7 +41,7 @@ def job(**kw) -> scheduling.JobRequest:
 
 
 def peer(name, **kw) -> Peer:
-    kw.setdefault("ip", "10.0.0.%d" % (abs(hash(name)) % 200 + 1))
+    kw.setdefault("ip", f"10.0.0.{abs(hash(name)) % 200 + 1}")
     kw.setdefault("port", 5556)
     return Peer(name=name, **kw)
 
@@ -119,7 +119,8 @@ def test_call_isolates_a_raising_plugin(pm):
         assert pm.get_plugin("test-raiser") is None and not pm.is_registered(raiser)
         assert pm.is_registered(good)
         assert "test-raiser" in plugins.disabled
-        assert "RuntimeError" in plugins.disabled["test-raiser"] and "broken on purpose" in plugins.disabled["test-raiser"]
+        why = plugins.disabled["test-raiser"]
+        assert "RuntimeError" in why and "broken on purpose" in why
         assert ("test-raiser", "homie_probe_resources", "broken on purpose") in reported
         listed = {p["name"]: p for p in plugins.describe()}
         assert listed["test-raiser"].get("disabled")

@@ -8,10 +8,8 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
 import sys
 import textwrap
-import threading
 import time
 from pathlib import Path
 
@@ -211,7 +209,7 @@ def test_sandboxed_job_sees_only_its_directory(passable):
                 out[path] = type(e).__name__
         print(json.dumps(out))
         open("made.txt", "w").write("hi")
-    """ % str(tmp_path), uid=62020)
+    """ % str(tmp_path), uid=62020)  # noqa: UP031 - the script's braces would need doubling in an f-string
     o = p.wait(30)
     assert o.code == 0, _text(log)
     seen = json.loads(_text(log).strip().splitlines()[-1])

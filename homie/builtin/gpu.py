@@ -8,7 +8,7 @@ import threading
 from homie.hookspecs import hookimpl
 
 _lock = threading.Lock()
-_state = {"init": None}  # None: not tried; False: unavailable; True: initialised
+_state: dict[str, bool | None] = {"init": None}  # None: not tried; False: unavailable; True: initialised
 
 
 def _nvml():
