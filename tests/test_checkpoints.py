@@ -13,12 +13,12 @@ from pathlib import Path
 import pytest
 
 from homie import checkpoints, protocol
-from homie.submit import migration
 from homie.channel import Channel
 from homie.checkpoints import CHUNK, Store, Watcher
 from homie.errors import HomieError, ManifestError
 from homie.owner import OwnerWatch
 from homie.protocol import Conversation
+from homie.submit import migration
 
 
 class Clock:

@@ -4,8 +4,9 @@ last checkpoint (homie.submit.migration has the pieces it uses)."""
 
 from __future__ import annotations
 
-import socket
 import time
+from collections.abc import Callable
+from typing import Any
 
 from homie import checkpoints, protocol
 from homie.channel import Channel, ConnectionClosed
@@ -24,6 +25,20 @@ def _auth(job: Job) -> dict:
 
 class Attempts:
     """Mixed into the Shadow: uses its config, log, dial, dispatch, intake, save and kick."""
+
+    config: Any
+    log: Any
+    dial: Any
+    dispatch: Any
+    intake: Any
+    save: Callable[[Job], None]
+    kick: Callable[[], None]
+
+    def _finish(self, job: Job, state: JobState, **fields: Any) -> None:
+        raise NotImplementedError
+
+    def _peer_alive(self, job: Job) -> bool:
+        raise NotImplementedError
 
     def _retries_left(self, job: Job) -> int:
         return migration.retry_budget(job.retries, job.checkpointed) - (job.losses or 0)
@@ -77,7 +92,8 @@ class Attempts:
         where = (f"from the checkpoint of {time.strftime('%H:%M:%S', time.localtime(saved.at))}" if saved
                  else "from the beginning (no checkpoint yet)")
         job.log.append(protocol.STDERR, f"homie: {why}; running it again {where}\n".encode())
-        fields = {"attempt": (job.attempt or 1) + 1, "stale": stale, "restored_at": saved.at if saved else None, "remote_offset": 0, "log_end": job.log.end,
+        fields = {"attempt": (job.attempt or 1) + 1, "stale": stale, "restored_at": saved.at if saved else None,
+                  "remote_offset": 0, "log_end": job.log.end,
                   "code": None, "signal": None, "reason": None, "evicted": None}
         if lost:
             fields.update(losses=(job.losses or 0) + 1, lost_peers=list(job.lost_peers or []) + [job.peer_instance])
@@ -107,7 +123,7 @@ class Attempts:
                 finally:
                     ch.close()
                 break
-            except (ConnectionClosed, socket.timeout, OSError, HomieError, ProtocolError) as e:
+            except (TimeoutError, ConnectionClosed, OSError, HomieError, ProtocolError) as e:
                 if not self._peer_alive(job) or tries == 59:
                     why += f" (its last checkpoint could not be fetched: {e})"
                     break

@@ -48,7 +48,7 @@ class Dialer:
         ch = Channel(tls, Conversation(protocol.CLIENT))
         try:
             hello = ch.recv_msg("hello", "error", timeout=CONNECT_TIMEOUT)
-        except socket.timeout:
+        except TimeoutError:
             ch.close()
             raise ConnectionClosed(f"{ip}:{port} did not greet us") from None
         if hello.t == "error":

@@ -61,7 +61,8 @@ class Intake:
             # -f paths and globs are the user's, relative to where they typed the command
             files=[f if os.path.isabs(f) else str(cwd / f) for f in (req.get("files") or [])],
             directory=str(directory.resolve()) if directory else None, peer=pin, gpu=bool(req.get("gpu")),
-            executor=req.get("executor") or self.config.executor, scheduler=req.get("scheduler") or self.config.scheduler,
+            executor=req.get("executor") or self.config.executor,
+            scheduler=req.get("scheduler") or self.config.scheduler,
             tag=req.get("tag"), retries=max(0, int(req["retries"])) if req.get("retries") is not None else None,
             checkpoints=ckpt_paths, env=dict(req.get("env") or {}) or None, timeout=req.get("timeout"),
             name=req.get("name"))
@@ -140,9 +141,9 @@ class Intake:
                 raise HomieError(f"the checkpoint holds the script {script_rel}: checkpoint paths must not"
                                  " include the job's inputs", EXIT_USAGE)
             entries = [e for e in entries if e.path not in taken]
-            for e, src in restored:
-                entries.append(e)
-                sources[e.sha256] = src
+            for entry, src in restored:
+                entries.append(entry)
+                sources[entry.sha256] = src
         job.manifest = entries
         job.sources = sources
         job.update(script=script_rel, upload_files=len(entries), upload_bytes=sum(e.size for e in entries))

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from homie import checkpoints, files
+from homie.channel import Channel
 from homie.joblog import JobLog
 from homie.submit import migration
 
@@ -146,7 +147,7 @@ class Job:
         self.manifest: list[files.FileEntry] | None = None
         self.sources: dict[str, Path] = {}
         self.thread: threading.Thread | None = None
-        self.channel = None  # the connection a driver hands on (exit -> results)
+        self.channel: Channel | None = None  # the connection a driver hands on (exit -> results)
         self.ckpt_store = checkpoints.Store(self.dir / "checkpoint")
         self.ckpt_lock = threading.Lock()
         self.syncer: migration.Syncer | None = None

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from homie.channel import Channel, ConnectionClosed
 from homie.errors import EXIT_INTERNAL, EXIT_TRANSFER, HomieError, ProtocolError
 from homie.protocol import Data, Message, Output
-from homie.submit.attempts import Attempts, Lost
 from homie.submit import transfer
+from homie.submit.attempts import Attempts, Lost
 from homie.submit.job import Job, JobState
 
 STREAM_TIMEOUT = 8.0  # the worker pings every 2 s; silence this long means the link is down
@@ -69,7 +69,8 @@ class Shadow(Attempts):
             self._finish(job, JobState.FAILED, message=str(e), exit_code=e.exit_code)
         except Exception as e:
             self.log.exception("job.driver_crashed", job_id=job.id)
-            self._finish(job, JobState.FAILED, message=f"internal error: {type(e).__name__}: {e}", exit_code=EXIT_INTERNAL)
+            self._finish(job, JobState.FAILED, message=f"internal error: {type(e).__name__}: {e}",
+                         exit_code=EXIT_INTERNAL)
         finally:
             self.dispatch.release(job.id)
             self.kick()
@@ -85,7 +86,7 @@ class Shadow(Attempts):
         job.channel = ch
         try:
             ch.send("submit", job_id=job.wire_id, script=job.script, args=job.args,
-                    files=[e.to_dict() for e in job.manifest], submitter=self.me.name,
+                    files=[e.to_dict() for e in job.manifest or []], submitter=self.me.name,
                     executor=job.executor or "auto", gpu=bool(job.gpu), **self._job_settings(job), **_auth(job))
             reply = ch.recv_msg("need", "refuse", "error", timeout=30)
             if reply.t == "refuse":
@@ -94,7 +95,8 @@ class Shadow(Attempts):
                     self.dispatch.refuse_briefly(job.peer_instance, 0.3)
                 else:
                     # It will never take this job (no GPU, no such executor...): ask others.
-                    job.update(refusals={**(job.refusals or {}), job.peer_instance: f"{job.peer_name}: {reply['reason']}"})
+                    why = f"{job.peer_name}: {reply['reason']}"
+                    job.update(refusals={**(job.refusals or {}), job.peer_instance: why})
                 self._requeue(job, reply["reason"])
                 ch.close()
                 return
@@ -117,7 +119,7 @@ class Shadow(Attempts):
             job.update(state=JobState.RUNNING, remote_offset=0, log_end=job.log.end)
             self.save(job)
             self._stream(job, ch)
-        except (ConnectionClosed, socket.timeout, OSError) as e:
+        except (TimeoutError, ConnectionClosed, OSError) as e:
             ch.close()
             if job.state == JobState.UPLOADING:
                 if self._retry_upload(job, ch, f"upload to {job.peer_name} failed: {e}"):
@@ -131,7 +133,7 @@ class Shadow(Attempts):
     def _job_settings(self, job: Job) -> dict:
         """The optional `submit` fields, only when set: env (str -> str), timeout
         (seconds), stdin (the manifest path of the job's stdin)."""
-        out = {"checkpoint_interval": float(self.config.checkpoint_interval)}
+        out: dict[str, object] = {"checkpoint_interval": float(self.config.checkpoint_interval)}
         if job.env:
             out["env"] = dict(job.env)
         if job.timeout is not None:
@@ -157,7 +159,7 @@ class Shadow(Attempts):
             return None
 
     def _upload(self, job: Job, ch: Channel, need: list) -> None:
-        by_sha = {e.sha256: e for e in job.manifest}
+        by_sha = {e.sha256: e for e in job.manifest or []}
         if not all(isinstance(h, str) and h in by_sha for h in need):
             raise ProtocolError("the peer asked for files that are not in the job")
         total = sum(by_sha[h].size for h in need)
@@ -280,7 +282,7 @@ class Shadow(Attempts):
                 self._lost(job, f"{job.peer_name} no longer has the job: {e}")
                 ch.close()
                 return
-            except (ConnectionClosed, socket.timeout, OSError):
+            except (TimeoutError, ConnectionClosed, OSError):
                 ch.close()
                 time.sleep(0.2)
             except ProtocolError as e:
@@ -305,7 +307,7 @@ class Shadow(Attempts):
             except Lost as e:
                 self._lost(job, f"results are gone from {job.peer_name}: {e}")
                 return
-            except (ConnectionClosed, socket.timeout, OSError) as e:
+            except (TimeoutError, ConnectionClosed, OSError) as e:
                 tries += 1
                 if not self._peer_alive(job):
                     self._lost(job, f"{job.peer_name} went away before the results came home ({e})")

@@ -32,7 +32,8 @@ def check_refusal(ch: Channel) -> None:
     stop sending at once and say why."""
     import select
 
-    if ch.sock.pending() or select.select([ch.sock], [], [], 0)[0]:
+    pending = getattr(ch.sock, "pending", None)  # TLS: bytes already decrypted and buffered
+    if (pending is not None and pending()) or select.select([ch.sock], [], [], 0)[0]:
         ev = ch.recv(timeout=5)
         if isinstance(ev, Message) and ev.t == "error":
             raise HomieError(ev["message"], EXIT_TRANSFER)
@@ -55,7 +56,8 @@ def upload_blobs(job: Job, ch: Channel, need: list, by_sha: dict, view, quiet: d
                 quiet["since"] = time.monotonic()
                 left -= n
                 sent += n
-                job.progress["done"] = sent
+                if job.progress is not None:
+                    job.progress["done"] = sent
                 chunks += 1
                 if chunks % 8 == 0:
                     check_refusal(ch)
