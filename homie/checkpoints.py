@@ -30,8 +30,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from homie import files, jobdir
+from homie import files
 from homie.errors import HomieError, ManifestError, ProtocolError
+from homie.worker import jobdir
 
 CHUNK = 1 << 20  # the unit of change: a 200 MB checkpoint with 1 MB changed sends about 1 MB
 SETTLE = 0.25  # seconds a checkpoint must stay unchanged, just before it is taken

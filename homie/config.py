@@ -162,7 +162,7 @@ def _sandbox_mode(v: Any) -> str:
 
 
 def _uid_range(v: Any) -> str:
-    from homie.identity import parse_range
+    from homie.worker.identity import parse_range
 
     try:
         a, b = parse_range(v)

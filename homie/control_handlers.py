@@ -95,7 +95,7 @@ class Handlers:
         self.node.request_shutdown()
 
     def do_pause(self, msg) -> None:
-        evicting = [j.id for j in self.node.worker.jobs.values() if not j.done.is_set()] if msg.get("evict") else []
+        evicting = [j.id for j in self.node.worker.all_jobs() if not j.done.is_set()] if msg.get("evict") else []
         self.node.worker.pause(bool(msg.get("suspend")), evict=bool(msg.get("evict")))
         self.node.announce_soon()
         self.reply(status="paused", suspended=self.node.worker.suspended, evicted=len(evicting),
@@ -133,7 +133,7 @@ class Handlers:
             out.append(s)
         here = []
         live = set()
-        for wj in sorted(self.node.worker.jobs.values(), key=lambda j: j.created):
+        for wj in sorted(self.node.worker.all_jobs(), key=lambda j: j.created):
             live.add(wj.id)
             if wj.state not in ("preparing", "running") and not show_all:
                 continue

@@ -119,14 +119,17 @@ class Node:
         from homie.submit.dial import Dialer
         from homie.submit.schedd import Submitter
         from homie.submit.shadow import Me
-        from homie.worker import Worker
+        from homie.worker.startd import Worker
 
         self.karma = Karma(self.store, self.name)
         self.dial = Dialer(self.trust)
         self.discovery = Discovery(self)
-        self.worker = Worker(self)
-        self.submitter = Submitter(config, self.log, self.store, home, Me(self.name, self.instance_hex, self.started),
-                                   self.dial, self.peers, self.local_peer, self.karma)
+        me = Me(self.name, self.instance_hex, self.started)
+        self.worker = Worker(config, home, self.log, self.store, self.karma, me, self.trust, self.peers,
+                             resources=self.resources, announce=self.announce_soon, warn=self.rate_warn,
+                             peer_name=self.trust_peer_name, bind_address=self.bind_address)
+        self.submitter = Submitter(config, self.log, self.store, home, me, self.dial, self.peers, self.local_peer,
+                                   self.karma)
         self.control = ControlServer(self)
 
     def _bind_address(self) -> str | None:

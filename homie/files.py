@@ -11,7 +11,7 @@ Design (docs: design-notes section 4 "Moving files"):
   which walks the tree with ``dir_fd`` + ``O_NOFOLLOW`` + ``O_EXCL`` so that a
   symlink planted by a previous job (or anyone else) cannot redirect a write.
 * :func:`collect` decides what ``homie run`` ships; which files of a finished
-  job come back is homie.jobdir's (walked by descriptor, never through a link).
+  job come back is homie.worker.jobdir's (walked by descriptor, never through a link).
 
 Only the standard library is imported at module load; pathspec is imported when
 a directory is actually walked so that ``homie peers`` stays fast.

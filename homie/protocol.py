@@ -220,6 +220,7 @@ WANT = "WANT"  # manifest received, client says which files it wants
 DOWNLOAD = "DOWNLOAD"  # server sending result blobs
 CHECKPOINT = "CHECKPOINT"  # ckpt_fetch sent, waiting for the checkpoint's manifest
 CKPT_WANT = "CKPT_WANT"  # manifest received, client says which chunks it lacks
+DRAIN = "DRAIN"  # the server refused an upload: what the client still had in flight is read and dropped
 REPLY = "REPLY"  # a one-shot request (ack, signal) waiting for ok/error
 CLOSED = "CLOSED"
 
@@ -241,7 +242,10 @@ TRANSITIONS: dict[tuple[str, str, str], str] = {
     (UPLOAD, _C, "blob"): UPLOAD,
     (UPLOAD, _C, "data"): UPLOAD,
     (UPLOAD, _C, "upload_done"): STARTING,
-    (UPLOAD, _S, "error"): IDLE,
+    (UPLOAD, _S, "error"): DRAIN,
+    (DRAIN, _C, "blob"): DRAIN,
+    (DRAIN, _C, "data"): DRAIN,
+    (DRAIN, _C, "upload_done"): DRAIN,
     (STARTING, _S, "output"): STARTING,
     (STARTING, _S, "started"): STREAM,
     (STARTING, _S, "exit"): IDLE,
@@ -299,6 +303,10 @@ class Conversation:
 
     def send(self, event: Event) -> None:
         self._step(self.role, event)
+
+    def abort(self) -> None:
+        """A fatal error: the one last `error` frame goes out (Channel.send_error), then nothing."""
+        self.state = CLOSED
 
     def receive(self, event: Event) -> None:
         self._step(SERVER if self.role == CLIENT else CLIENT, event)

@@ -187,7 +187,7 @@ class Run:
 
 def work_dir(h: Host) -> Path:
     """Where h's (root) daemon keeps job directories."""
-    from homie.jobdir import work_root
+    from homie.worker.jobdir import work_root
 
     return work_root(h.home, per_job_uids=True)
 

@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from homie import jobdir, sandbox
 from homie.errors import HomieError, ManifestError
-from homie.identity import Identities, Identity, parse_range
 from homie.joblog import JobLog, read_records
-from homie.runner import JobProcess, Launch, Limits
+from homie.worker import jobdir, sandbox
+from homie.worker.identity import Identities, Identity, parse_range
+from homie.worker.runner import JobProcess, Launch, Limits
 
 ROOT = os.geteuid() == 0
 BWRAP = sandbox.bwrap_path()
@@ -329,7 +329,7 @@ def test_tmp_is_private_and_capped(tmp_path):
 
 @needs_bwrap
 def test_cpu_time_of_a_sandboxed_job_is_counted(tmp_path):
-    from homie.runner import enable_subreaper
+    from homie.worker.runner import enable_subreaper
 
     assert enable_subreaper()  # as the daemon does: bubblewrap's orphaned init is ours to reap
     p, log = _start(tmp_path, """

@@ -1,5 +1,5 @@
 """Built-in executors: subprocess (the default) and venv (when the job carries
-requirements.txt). Executors only decide what runs; homie.runner runs it."""
+requirements.txt). Executors only decide what runs; homie.worker.runner runs it."""
 
 from __future__ import annotations
 
@@ -9,10 +9,11 @@ import shlex
 import threading
 from pathlib import Path
 
-from homie import files, jobdir, sandbox
+from homie import files
 from homie.errors import HomieError
 from homie.hookspecs import hookimpl
 from homie.protocol import STDERR
+from homie.worker import jobdir, sandbox
 
 
 def script_command(job, python: str) -> list[str]:

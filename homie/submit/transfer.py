@@ -8,7 +8,7 @@ import os
 import shutil
 import time
 
-from homie import files
+from homie import files, waitfd
 from homie.channel import Channel
 from homie.errors import EXIT_TRANSFER, HomieError, ManifestError, ProtocolError
 from homie.protocol import Data, Message
@@ -30,10 +30,8 @@ def _clear(path) -> None:
 def check_refusal(ch: Channel) -> None:
     """The worker speaks mid-upload only to refuse it (disk full, bad file):
     stop sending at once and say why."""
-    import select
-
     pending = getattr(ch.sock, "pending", None)  # TLS: bytes already decrypted and buffered
-    if (pending is not None and pending()) or select.select([ch.sock], [], [], 0)[0]:
+    if (pending is not None and pending()) or waitfd.ready(ch.sock, 0):
         ev = ch.recv(timeout=5)
         if isinstance(ev, Message) and ev.t == "error":
             raise HomieError(ev["message"], EXIT_TRANSFER)

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from homie import files
 from homie.errors import HomieError, ManifestError
-from homie.identity import Identity
+from homie.worker.identity import Identity
 
 CHUNK = 1 << 20
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC

@@ -18,10 +18,10 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from homie.cgroup import JobCgroup
-from homie.identity import Identity
 from homie.joblog import JobLog
 from homie.protocol import STDERR, STDOUT
+from homie.worker.cgroup import JobCgroup
+from homie.worker.identity import Identity
 
 WATCH_INTERVAL = 0.25
 
@@ -215,7 +215,7 @@ class JobProcess:
         self._exited.set()
 
     def _read_info(self, timeout: float = 10.0) -> None:
-        import select
+        from homie import waitfd
 
         data = b""
         fd = self.launch.info_fd
@@ -223,7 +223,7 @@ class JobProcess:
         deadline = time.monotonic() + timeout
         try:
             while time.monotonic() < deadline:
-                if not select.select([fd], [], [], max(0.0, deadline - time.monotonic()))[0]:
+                if not waitfd.ready(fd, deadline - time.monotonic()):
                     break
                 chunk = os.read(fd, 4096)
                 if not chunk:
@@ -307,7 +307,7 @@ class JobProcess:
         while not self._exited.is_set():
             rss, cpu = self._sample()
             max_cpu = max(max_cpu, cpu)
-            self.cpu_seen = max_cpu  # read by the owner-activity check (homie.owner)
+            self.cpu_seen = max_cpu  # read by the owner-activity check (homie.worker.owner)
             self.outcome.peak_rss = max(self.outcome.peak_rss, rss)
             lim = self.limits
             if lim.max_memory_bytes and rss > lim.max_memory_bytes:
