@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from homie import PROTOCOL_VERSION, __version__, checkpoints, files, jobdir, plugins, protocol, sandbox
+from homie import PROTOCOL_VERSION, __version__, checkpoints, execution, files, jobdir, plugins, protocol, sandbox
 from homie.admission import ConnectionGate
 from homie.cgroup import Cgroups
 from homie.channel import Channel, ConnectionClosed, Pipeline
@@ -608,11 +608,8 @@ class Worker:
 
     # -- running -------------------------------------------------------------
     def _executor_for(self, job: WorkerJob):
-        if job.executor != "auto":
-            return self._executors[job.executor](self.ctx)
-        wanting = [cls for cls in self._executors.values() if cls(self.ctx).wants(job)]
-        cls = max(wanting, key=lambda c: getattr(c, "priority", 0))
-        return cls(self.ctx)
+        # Bound to the job: the plugin's executor sees a read-only homie.api.Job, never WorkerJob.
+        return execution.bind(self._executors, job, self.ctx)
 
     def launch(self, job: WorkerJob, argv: list[str], env: dict, *, venv: str | None = None,
                venv_writable: bool = False, umask: int = 0o077, job_dir: Path | None = None) -> Launch:
