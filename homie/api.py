@@ -208,25 +208,25 @@ class ExecutorContext(Protocol):
         """The job directory as the job sees it (JOB_DIR in the sandbox)."""
 
     def run_setup(self, job: Job, argv: Sequence[str], *, env: Mapping[str, str], venv: str | None = None,
-                  venv_writable: bool = False, job_dir: str | os.PathLike | None = None) -> SetupResult:
+                  venv_writable: bool = False, job_dir: str | os.PathLike[str] | None = None) -> SetupResult:
         """Run a set-up step (installing packages) as the job: its identity, sandbox,
         cgroup and limits, its output in the job's log; killing the job kills it.
         `venv` (a host path) is bound at VENV_DIR, writable if `venv_writable`;
         `job_dir` (a host path) replaces the job directory at JOB_DIR."""
 
-    def stage_files(self, job: Job, paths: Sequence[str], dest: str | os.PathLike) -> None:
+    def stage_files(self, job: Job, paths: Sequence[str], dest: str | os.PathLike[str]) -> None:
         """Create the new directory `dest` holding copies of the job's files `paths`,
         given to the job's identity: what a set-up step may read (`run_setup(job_dir=dest)`)."""
 
-    def make_setup_dir(self, job: Job, path: str | os.PathLike) -> None:
+    def make_setup_dir(self, job: Job, path: str | os.PathLike[str]) -> None:
         """Create the directory `path` (mode 0755) owned by the job's identity, for a set-up step to write."""
 
-    def take_back(self, path: str | os.PathLike) -> None:
+    def take_back(self, path: str | os.PathLike[str]) -> None:
         """Make the tree at `path` the daemon's again: every file owned by the daemon, no
         setuid/setgid bit, nothing writable by group or others. Use it on what a set-up
         step built before sharing it with later jobs."""
 
-    def remove_tree(self, path: str | os.PathLike) -> None:
+    def remove_tree(self, path: str | os.PathLike[str]) -> None:
         """Remove a tree, whatever a job made of it (links are removed, never followed)."""
 
     def evict_venvs(self, keep: Sequence[str] = ()) -> None:

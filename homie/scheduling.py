@@ -18,7 +18,7 @@ JobRequest = api.JobRequest  # the request the scheduler plugins see: public, in
 _VIEW_FIELDS = tuple(f.name for f in fields(api.Peer))
 
 
-def peer_view(peer) -> api.Peer:
+def peer_view(peer: Peer | api.Peer) -> api.Peer:
     """The read-only homie.api.Peer the plugins see for a peer of the table."""
     if isinstance(peer, api.Peer):
         return peer
