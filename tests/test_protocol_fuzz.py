@@ -53,7 +53,8 @@ FUZZ = settings(
 BOUND = max(protocol._CAPS.values()) + HEADER.size
 assert BOUND >= MAX_MSG + HEADER.size
 
-STATES = {protocol.CHECKPOINT, protocol.CKPT_WANT, protocol.DRAIN, protocol.START, protocol.IDLE, protocol.NEGOTIATE, protocol.UPLOAD,
+STATES = {protocol.CHECKPOINT, protocol.CKPT_WANT, protocol.DRAIN, protocol.START, protocol.IDLE, protocol.NEGOTIATE,
+          protocol.UPLOAD,
           protocol.STARTING, protocol.STREAM, protocol.RESULTS, protocol.WANT, protocol.DOWNLOAD, protocol.REPLY,
           protocol.CLOSED}
 

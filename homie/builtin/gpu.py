@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import threading
 
-from homie.hookspecs import hookimpl
+from homie.api import hookimpl
 
 _lock = threading.Lock()
 _state: dict[str, bool | None] = {"init": None}  # None: not tried; False: unavailable; True: initialised

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 from homie import checkpoints, files, protocol
 from homie.errors import HomieError, ManifestError
-from homie.worker import jobdir, sandbox
+from homie.worker import execution, jobdir, sandbox
 from homie.worker.job import WorkerJob, WorkerJobState
 from homie.worker.runner import JobProcess, Launch, Limits, Outcome, processes_of_uid
 
@@ -28,11 +28,8 @@ class Starter:
         self.w = worker
 
     def _executor_for(self, job: WorkerJob):
-        if job.executor != "auto":
-            return self.w.executors[job.executor](self.w.ctx)
-        wanting = [cls for cls in self.w.executors.values() if cls(self.w.ctx).wants(job)]
-        cls = max(wanting, key=lambda c: getattr(c, "priority", 0))
-        return cls(self.w.ctx)
+        # Bound to the job: the plugin's executor sees a read-only homie.api.Job, never WorkerJob.
+        return execution.bind(self.w.executors, job, self.w.ctx)
 
     def launch(self, job: WorkerJob, argv: list[str], env: dict, *, venv: str | None = None,
                venv_writable: bool = False, umask: int = 0o077, job_dir: Path | None = None) -> Launch:
