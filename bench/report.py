@@ -175,7 +175,9 @@ def _map(bench, mp) -> tuple[list, list]:
     details.append(f"### map: {n} tiny inputs")
     details.append("")
     details.append(f"Hosts a, b, d with the daemon's default slots (`max_jobs` = CPU count): {hosts}; "
-                   f"{slots} slots in all. Every method runs {slots} jobs at a time.")
+                   f"{slots} slots in all. Every method runs {slots} jobs at a time. The homie rows run one after "
+                   "the other in the same daemons (default first, then `-j`): what the first leaves behind in a's "
+                   "daemon (memory, open descriptors) carries into the second.")
     details.append("")
     rows = []
     for k, v in mp["runs"].items():
