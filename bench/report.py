@@ -195,8 +195,8 @@ def _map(bench, mp) -> tuple[list, list]:
                                + "; ".join(f"{c} × {w}" for w, c in x.get("why", {}).items()))
     hw = mp.get("a_hwm_after_kb") or {}
     if hw:
-        details.append(f"- a's daemon (submits every map job) peak RSS, VmHWM reset (clear_refs) before each homie "
-                       f"map: " + "; ".join(f"{_kib_mb(v)} during {names.get(k, k).split(' on a')[0]}"
+        details.append("- a's daemon (submits every map job) peak RSS, VmHWM reset (clear_refs) before each homie "
+                       "map: " + "; ".join(f"{_kib_mb(v)} during {names.get(k, k).split(' on a')[0]}"
                                             for k, v in hw.items())
                        + f" (before the map part: {_kib_mb(mp.get('a_hwm_before_kb'))})")
     details.append("")

@@ -131,7 +131,7 @@ class BenchUser:
                                  "--user-group", "--comment", "homie benchmark baselines", USER],
                                 capture_output=True, text=True, timeout=60)
             if cp.returncode != 0:
-                raise BenchError(f"useradd {USER} failed: {cp.stderr.strip()}")
+                raise BenchError(f"useradd {USER} failed: {cp.stderr.strip()}") from None
             pw = pwd.getpwnam(USER)
         if pw.pw_shell != USER_SHELL or pw.pw_dir != str(USER_HOME):
             self.log(f"setting {USER}'s shell to {USER_SHELL} and home to {USER_HOME}")
