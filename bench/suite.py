@@ -366,7 +366,7 @@ class Bench:
 
         res = {"venv_pass": [], "plain_pass": [], "base_pass": [], "import_cli": [], "runs": [], "importtime": []}
         base = os.path.realpath(getattr(sys, "_base_executable", None) or sys.executable)
-        homie_env = {"PYTHONPATH": str(REPO)}  # bench.probe is found from the repo; homie is the venv's
+        res["base"] = base if base != self.plain_py else None
         for i in range(n + 1):
             rows = [("venv_pass", timed(a, [self.py, "-c", "pass"], timeout=30)),
                     ("plain_pass", timed(a, [self.plain_py, "-c", "pass"], timeout=30, user=self.user)),
