@@ -38,7 +38,7 @@ PEER: dict[str, Schema] = {
                # Checkpoint paths beyond checkpoint/ (homie run --checkpoint), and the attempt.
                "checkpoints": (L, False), "checkpoint_interval": (N, False), "attempt": (I, False)},
     "need": {"hashes": (L, True)},
-    "refuse": {"reason": (S, True), "code": (S, True)},
+    "refuse": {"reason": (S, True), "code": (S, True), "retry_after": (N, False)},
     "blob": {"sha256": (S, True), "size": (I, True)},
     "upload_done": {},
     "started": {"job_id": (S, True), "pid": (OPT_I, False), "gpu": (OPT_S, False)},

@@ -112,3 +112,23 @@ def test_admission_is_atomic_under_threads():
     for t in threads:
         t.join()
     assert len(granted) == 3 and b.used() == 3
+
+
+def test_one_submitters_own_jobs_need_no_contest():
+    b, clock = book(1, order=by_karma)
+    b.admit("run", "you")
+    b.hold("run")
+    b.admit("next", "you")  # refused: full
+    b.release("run")
+    assert b.admit("next", "you").granted  # nobody else waits: no window to sit out
+
+
+def test_a_contest_says_when_to_ask_again():
+    b, clock = book(1, order=by_karma)
+    b.admit("run", "x")
+    b.hold("run")
+    b.admit("m", "mike")
+    b.release("run")
+    clock.t += 0.1
+    refused = b.admit("y", "you")
+    assert not refused.granted and abs(refused.retry_after - (CONTENTION_WINDOW - 0.1)) < 1e-9

@@ -92,7 +92,9 @@ class Shadow(Attempts):
             if reply.t == "refuse":
                 if reply["code"] in ("busy", "paused"):
                     # Short: the worker may be holding its next slot for us after a karma decision.
-                    self.dispatch.refuse_briefly(job.peer_instance, 0.3)
+                    wait = min(2.0, max(0.05, float(reply.get("retry_after") or 0.3)))
+                    self.dispatch.refuse_briefly(job.peer_instance, wait)
+                    threading.Timer(wait, self.kick).start()  # ask again as soon as it makes sense
                 else:
                     # It will never take this job (no GPU, no such executor...): ask others.
                     why = f"{job.peer_name}: {reply['reason']}"

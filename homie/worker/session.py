@@ -89,7 +89,8 @@ class Session:
         # asking at the same moment must not both get the last one.
         admission = self.w.book.admit(job_id, peer, self.w.karma_of_peers())
         if not admission.granted:
-            ch.send("refuse", reason=admission.reason, code=admission.code)
+            extra = {"retry_after": round(admission.retry_after, 3)} if admission.retry_after else {}
+            ch.send("refuse", reason=admission.reason, code=admission.code, **extra)
             return
         try:
             self._accept(ch, msg, entries, peer, ip)

@@ -36,6 +36,7 @@ class Admission:
     granted: bool
     code: str = ""  # "paused" or "busy" when refused
     reason: str = ""
+    retry_after: float | None = None  # when asking again makes sense (the contention window's end)
 
 
 Order = Callable[[list[Waiting], dict[str, float]], list[Waiting]]
@@ -87,9 +88,12 @@ class SlotBook:
             free = self.max_jobs - used
             if free <= 0:
                 return Admission(False, "busy", f"{self.name} is busy ({used}/{self.max_jobs} jobs)")
-            if now < self._contended_until:
-                return Admission(False, "busy", f"{self.name} is busy (choosing who gets its free slot)")
             waiting = list(self._waiting.values())
+            contest = {e.submitter for e in waiting} - {submitter}
+            if now < self._contended_until and contest:
+                # Only when friends compete: one submitter's own jobs need no contest.
+                return Admission(False, "busy", f"{self.name} is busy (choosing who gets its free slot)",
+                                 retry_after=self._contended_until - now)
         order = self._order(waiting, karma or {}) if self._order else None
         if not order:
             order = sorted(waiting, key=lambda e: e.queued_at)
