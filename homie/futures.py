@@ -254,7 +254,9 @@ class Executor(cf.Executor):
         self.output_dir = output_dir
         self.keep_jobs = keep_jobs
         self.name = name
-        for m in pickle_by_value:
+        registered = cloudpickle.list_registry_pickle_by_value()
+        self._by_value = [m for m in pickle_by_value if m.__name__ not in registered]
+        for m in self._by_value:
             cloudpickle.register_pickle_by_value(m)
         self._dir = Path(tempfile.mkdtemp(prefix="homie-futures-"))
         os.chmod(self._dir, 0o755)
@@ -324,6 +326,9 @@ class Executor(cf.Executor):
             for t in list(self._threads):
                 t.join()
             shutil.rmtree(self._dir, ignore_errors=True)
+            for m in self._by_value:  # what this executor registered, it unregisters
+                _cloudpickle().unregister_pickle_by_value(m)
+            self._by_value = []
 
     # -- inside --
     def _submit_many(self, items, chunk: int | None = None) -> list[cf.Future]:
@@ -498,7 +503,8 @@ class Executor(cf.Executor):
 
     def _finish(self, batch: _Batch, info, error: BaseException | None) -> None:
         live = [t for t in batch.tasks if not t.future.done()]
-        if batch.killed:
+        finished = error is None and info is not None and info.state == "done" and "_homie_results.pkl" in info.results
+        if batch.killed and not finished:
             with self._lock:  # killed to cancel some of its tasks: the others run again
                 for t in reversed(live):
                     t.batch = None
@@ -510,7 +516,7 @@ class Executor(cf.Executor):
         job_id = batch.job.id if batch.job else None
         peer = (info.peer if info else None) or batch.peer
         records = None
-        if error is None and info is not None and info.state == "done" and "_homie_results.pkl" in info.results:
+        if finished:
             try:
                 head, records = unpack_results(Path(info.results_dir, "_homie_results.pkl").read_bytes())
             except (OSError, ValueError, EOFError) as e:
