@@ -18,6 +18,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
 
+from bench import pyapi  # noqa: E402
 from bench import sshd as sshmod  # noqa: E402
 from bench.util import (BenchError, NETNS, cpu_seconds, machine_facts, timed, vm_hwm_kb,
                         vm_rss_kb)  # noqa: E402
@@ -457,7 +458,8 @@ class Bench:
                 steps = [("discovery", lambda: self.discovery(a, b)),
                          ("hello", lambda: self.hello(a, b, proj)),
                          ("peers", lambda: self.peers_vs_click(a)),
-                         ("upload", lambda: self.upload(a, b, proj))]
+                         ("upload", lambda: self.upload(a, b, proj)),
+                         ("pyapi", lambda: self.results.__setitem__("pyapi", pyapi.measure(self.log)))]
                 for name, fn in steps:
                     if self.args.only and name not in self.args.only:
                         continue
@@ -521,7 +523,7 @@ def main(argv=None) -> int:
     p.add_argument("--quick", action="store_true", help="128 MiB upload and fewer repeats (a fast check)")
     p.add_argument("--size", type=parse_size, help="upload size (binary units: 128M, 1G); default 1G, --quick 128M")
     p.add_argument("--workdir", default="/var/tmp", help="disk-backed directory for the temp files (default /var/tmp)")
-    p.add_argument("--only", action="append", choices=["discovery", "hello", "peers", "upload"],
+    p.add_argument("--only", action="append", choices=["discovery", "hello", "peers", "upload", "pyapi"],
                    help="run only this part (repeatable); the doc then lists only what ran")
     p.add_argument("--no-doc", action="store_true", help="print the table but do not write docs/benchmarks.md")
     p.add_argument("--keep", action="store_true", help="keep the work dir (homes, logs) for a post-mortem")

@@ -62,6 +62,8 @@ class HomieBackend(AutoBatchingMixin, ParallelBackendBase):
             future.add_done_callback(callback)
         return future
 
+    apply_async = submit  # joblib < 1.5 calls this name
+
     def retrieve_result_callback(self, out):
         return out.result()
 
