@@ -102,7 +102,10 @@ def details(res: dict | None) -> list[str]:
             if not xs:
                 continue
             med = statistics.median(xs)
-            rows.append(f"| {label} | {what} | {med:.2f} s (min {min(xs):.2f}, max {max(xs):.2f}) | {n / med:.0f} |")
+            rate = n / med
+            rows.append(f"| {label} | {what} | {med:.2f} s (min {min(xs):.2f}, max {max(xs):.2f}) |"
+                        f" {rate:.0f} |" if rate >= 100 else
+                        f"| {label} | {what} | {med:.2f} s (min {min(xs):.2f}, max {max(xs):.2f}) | {rate:.1f} |")
     return [
         BEGIN,
         "### From Python: homie.futures.Executor vs ProcessPoolExecutor",
@@ -111,7 +114,8 @@ def details(res: dict | None) -> list[str]:
         "|---|---|---|---|",
         *rows,
         "",
-        f"Three namespace hosts (p1 submits and lends; p2, p3 lend), daemons with the default configuration"
+        "Measured by `sudo .venv/bin/python -m bench.pyapi` (or as the `pyapi` step of `python -m bench`):"
+        f" three namespace hosts (p1 submits and lends; p2, p3 lend), daemons with the default configuration"
         f" ({res.get('slots')} job slots among them), the client in the bench process; the pool has one process"
         f" per core ({res.get('cores')}). Wall time is from creating the executor to the last result, median of"
         f" {res.get('rounds')} rounds after a warm-up round, `map()` with its default batching. The namespace hosts"
