@@ -538,8 +538,7 @@ class Executor(cf.Executor):
                     pass
         elif error is None:
             error = self._job_error(batch, info, peer, job_id)
-        if isinstance(error, HomieError) and not isinstance(error, RemoteError):
-            error = RemoteError(str(error), error.exit_code, peer=peer, job_id=job_id)
+        # (a HomieError from Client.run itself, NoDaemon, NoPeer, UsageError..., is given as it is)
         seconds = []
         if records is not None:
             by_id = {r[0]: r for r in records}
