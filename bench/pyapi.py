@@ -76,8 +76,8 @@ def measure(log=print, rounds: int = 3) -> dict:
             for method, run in (("homie", homie_map), ("process_pool", pool_map)):
                 times = []
                 for i in range(rounds + 1):  # round 0 warms caches (the peers' blob cache too); not counted
-                    got = []
-                    t = _timed(lambda: got.extend(run(fn, items)))
+                    got: list = []
+                    t = _timed(lambda got=got, run=run, fn=fn, items=items: got.extend(run(fn, items)))
                     if check is not None and got != check:
                         raise AssertionError(f"{method} returned wrong results for {name}")
                     if len(got) != len(items):

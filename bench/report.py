@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shlex
 
+from bench.sshd import PLAIN_PATH
 from bench.util import median
 
 MB = 1_000_000
@@ -12,6 +13,10 @@ MiB = 1 << 20
 
 def _s(x, unit="s", nd=3):
     return "n/a" if x is None else f"{x:.{nd}f} {unit}"
+
+
+def _kib_mb(kb):
+    return "n/a" if not kb else f"{kb * 1024 / MB:.0f} MB"
 
 
 def _ms(x):
@@ -47,6 +52,155 @@ def _stats(xs, fmt=_ms):
     if not xs:
         return "n/a"
     return f"{fmt(median(xs))} (min {fmt(min(xs))}, max {fmt(max(xs))}, n={len(xs)})"
+
+
+PHASES = {
+    "interpreter up": "fork → the interpreter runs its first line (exec, site, .pth files)",
+    "probe ready": "the probe's own set-up (socket patches; not in a real `homie run`)",
+    "import homie.cli done": "`from homie.cli import main`",
+    "control socket: connect": "click parses the command line, checks the inputs; connect to the daemon",
+    "control socket: first byte sent": "first request byte on the control socket",
+    "a: job.submitted (queued, inputs hashed)": "a's daemon: inputs hashed, job queued",
+    "b: job.accepted (inputs received, dir ready)": "dispatch, TLS to b, upload; b: job directory ready",
+    "b: job.started (process spawned)": "b: sandbox + interpreter spawned",
+    "control socket: first byte received": "first byte back on the control socket",
+    "control socket: job output received": "the job's `hello` reaches the CLI",
+    "b: job.exited": "b: the job's process exited",
+    "a: job.finished (results fetched)": "a: exit status and results fetched, job over",
+    "control socket: last byte received": "the final reply reaches the CLI",
+    "atexit": "the CLI returns from main (atexit)",
+    "process exit (reaped)": "interpreter teardown; the bench reaps the process",
+}
+
+
+def _breakdown(bench, bd) -> list[str]:
+    out = ["### Where the time goes: `homie run -n b hello.py`", ""]
+    vp, pp, imp = median(bd["venv_pass"]), median(bd["plain_pass"]), median(bd["import_cli"])
+    out.append(_rows_table(["command (on a)", "wall: median (min, max, n)"], [
+        [f"`{bench.py} -c pass` (homie's venv interpreter)", _stats(bd["venv_pass"])],
+        [f"`{bench.plain_py} -c pass` (the baselines' plain interpreter)", _stats(bd["plain_pass"])],
+        *([[f"`{bd['base']} -c pass` (the venv's base interpreter on its own, with its own site-packages; no bench command uses it)", _stats(bd["base_pass"])]]
+          if bd.get("base") else []),
+        ["`.venv/bin/python -c \"import homie.cli\"`", _stats(bd["import_cli"])],
+        ["→ importing homie.cli alone (difference of medians)", _ms(None if imp is None or vp is None else imp - vp)],
+        ["→ the venv's start-up over the plain interpreter's (difference of medians)",
+         _ms(None if vp is None or pp is None else vp - pp)],
+    ]))
+    out.append("")
+    runs = bd.get("runs") or []
+    if runs:
+        keys = sorted({k for r in runs for k in r}, key=lambda k: median([r.get(k) for r in runs]) or 0)
+        rows, prev = [], 0.0
+        for k in keys:
+            at = median([r.get(k) for r in runs])
+            if at is None:
+                continue
+            rows.append([k, PHASES.get(k, ""), _ms(at), _ms(at - prev)])
+            prev = at
+        out.append(f"One `homie run -n b hello.py` split into phases ({len(runs)} runs under bench/probe.py's "
+                   "wrapper, which stamps the wall clock in the CLI; daemon events from their JSON logs; "
+                   "medians, so the steps need not add up exactly):")
+        out.append("")
+        out.append(_rows_table(["stamp", "what happened before it", "at (median)", "step"], rows))
+        out.append("")
+    it = bd.get("importtime") or []
+    if it:
+        mods = {}
+        for run in it:
+            for mod, (self_us, cum_us, depth, parent) in run.items():
+                mods.setdefault(mod, {"self": [], "cum": [], "depth": depth, "parent": parent})
+                mods[mod]["self"].append(self_us / 1e6)
+                mods[mod]["cum"].append(cum_us / 1e6)
+        rows = []
+        if "homie.cli" in mods:
+            m = mods["homie.cli"]
+            rows.append(["homie.cli, everything it imports", _ms(median(m["cum"])), _ms(median(m["self"]))])
+        direct = sorted(((median(m["cum"]), k) for k, m in mods.items() if m["parent"] == "homie.cli"),
+                        reverse=True)[:8]
+        for cum, k in direct:
+            rows.append([f"  {k}", _ms(cum), _ms(median(mods[k]["self"]))])
+        for k in ("site", "encodings"):
+            if k in mods:
+                rows.append([f"{k} (interpreter start-up)", _ms(median(mods[k]["cum"])), _ms(median(mods[k]["self"]))])
+        for k, m in mods.items():
+            if m["parent"] == "site" and "__editable__" in k:
+                rows.append([f"  {k} (the editable install's import hook, loaded by site from a .pth file)",
+                             _ms(median(m["cum"])), _ms(median(m["self"]))])
+        out.append(f"`python -X importtime -c \"import homie.cli\"`, the largest direct imports of homie.cli "
+                   f"(medians of {len(it)} runs; -X importtime itself slows imports down, so these are upper "
+                   "bounds and do not add up to the wall times above):")
+        out.append("")
+        out.append(_rows_table(["module", "cumulative", "self"], rows))
+        out.append("")
+    return out
+
+
+def _map(bench, mp) -> tuple[list, list]:
+    goals, details = [], []
+    n, slots = mp["inputs"], mp["slots"]
+    rate = {k: median([x["inputs"] / x["wall"] for x in v]) for k, v in mp["runs"].items()}
+    failed = {k: sum(x.get("failed") or 0 for x in v) for k, v in mp["runs"].items()}
+    h = rate.get("homie")
+    ps, pcm, pl = rate.get("parallel_ssh"), rate.get("parallel_ssh_cm"), rate.get("parallel_local")
+    hosts = ", ".join(f"{k} {v}" for k, v in mp["hosts"].items())
+
+    def ips(x):
+        return "n/a" if x is None else f"{x:.1f} inputs/s"
+    fnote = (f" ({failed['homie']} of {n} inputs failed)" if failed.get("homie") else "")
+    hh = ips(h) + fnote
+
+    def met(r, lim):
+        return "**no**" if failed.get("homie") else _met(r, lim, True)
+    r = _ratio(h, ps)
+    goals.append([f"`homie map` of {n} tiny inputs over 3 hosts vs `parallel -S` (ssh)", hh, ips(ps),
+                  _fmt_ratio(r), "≥ 3×", met(r, 3.0)])
+    r = _ratio(h, pl)
+    goals.append([f"`homie map` of {n} tiny inputs vs local `parallel -j {slots}`", hh, ips(pl),
+                  _fmt_ratio(r), "≥ 0.5×", met(r, 0.5)])
+    hj = rate.get("homie_j")
+    if hj is not None:
+        goals.append([f"`homie map -j {mp.get('homie_j')}` of {n} tiny inputs vs `parallel -S` (ssh)",
+                      ips(hj) + (f" ({failed['homie_j']} failed)" if failed.get("homie_j") else ""), ips(ps),
+                      _fmt_ratio(_ratio(hj, ps)), "(report)", ""])
+    if pcm is not None:
+        goals.append([f"`homie map` of {n} tiny inputs vs `parallel -S` through ssh ControlMasters", ips(h),
+                      ips(pcm), _fmt_ratio(_ratio(h, pcm)), "(report)", ""])
+    user = bench.user.name if bench.user else "?"
+    names = {"homie": "`homie map task.py --over 'in/*.txt'` on a (default: every input in flight)",
+             "homie_j": f"`homie map -j {mp.get('homie_j')} task.py --over 'in/*.txt'` on a",
+             "parallel_ssh": f"`parallel -S {','.join(f'{v}/{user}@{k}' for k, v in mp['hosts'].items())}` "
+                             "(a fresh ssh login per input)",
+             "parallel_ssh_cm": "the same through warm ssh ControlMasters (`--ssh 'ssh -o ControlMaster=auto ...'`)",
+             "parallel_local": f"`parallel -j {slots}` on a (local, same cores)"}
+    details.append(f"### map: {n} tiny inputs")
+    details.append("")
+    details.append(f"Hosts a, b, d with the daemon's default slots (`max_jobs` = CPU count): {hosts}; "
+                   f"{slots} slots in all. Every method runs {slots} jobs at a time. The homie rows run one after "
+                   "the other in the same daemons (default first, then `-j`): what the first leaves behind in a's "
+                   "daemon (memory, open descriptors) carries into the second.")
+    details.append("")
+    rows = []
+    for k, v in mp["runs"].items():
+        per = v[-1].get("per_host")
+        rows.append([names.get(k, k), _stats([x["wall"] for x in v], lambda x: f"{x:.2f} s"), ips(rate[k]),
+                     "" if not per else ", ".join(f"{p} {c}" for p, c in sorted(per.items(), key=str)),
+                     _s(median([x.get("cpu") for x in v]), "s", 1)])
+    details.append(_rows_table(["method", "wall: median (min, max, n)", "throughput (ok inputs/s)",
+                                "jobs per host", "CPU, command + reaped children (homie: the CLI only)"], rows))
+    details.append("")
+    for k, v in mp["runs"].items():
+        for x in v:
+            if x.get("failed"):
+                details.append(f"- {names.get(k, k)}: {x['failed']} of {n} inputs failed: "
+                               + "; ".join(f"{c} × {w}" for w, c in x.get("why", {}).items()))
+    hw = mp.get("a_hwm_after_kb") or {}
+    if hw:
+        details.append("- a's daemon (submits every map job) peak RSS, VmHWM reset (clear_refs) before each homie "
+                       "map: " + "; ".join(f"{_kib_mb(v)} during {names.get(k, k).split(' on a')[0]}"
+                                            for k, v in hw.items())
+                       + f" (before the map part: {_kib_mb(mp.get('a_hwm_before_kb'))})")
+    details.append("")
+    return goals, details
 
 
 def compute(bench) -> tuple[list, list]:
@@ -161,9 +315,15 @@ def compute(bench) -> tuple[list, list]:
     if hello:
         h = median(hello["homie"])
         f = median(hello.get("ssh_fresh", []))
+        cm = median(hello.get("ssh_master", []))
         r = _ratio(h, f)
-        goals.append(["`homie run hello.py` vs fresh `ssh peer python hello.py`", _ms(h), _ms(f), _fmt_ratio(r),
+        goals.append(["`homie run hello.py` vs fresh `ssh peer python3 hello.py`", _ms(h), _ms(f), _fmt_ratio(r),
                       "≤ 0.3×", _met(r, 0.3, False)])
+        r = _ratio(h, cm)
+        goals.append(["`homie run hello.py` vs ssh with a warm ControlMaster", _ms(h), _ms(cm), _fmt_ratio(r),
+                      "≤ 3×", _met(r, 3.0, False)])
+        goals.append(["`homie run hello.py` vs local `python3 hello.py`", _ms(h), _ms(median(hello["local"])),
+                      _fmt_ratio(_ratio(h, median(hello["local"]))), "(report)", ""])
         if hello.get("homie_nosandbox"):
             # The sandbox's cost: the same job on b (bubblewrap) and on c (sandbox: off), interleaved.
             added = median([x - y for x, y in zip(hello["homie"], hello["homie_nosandbox"])])
@@ -172,22 +332,34 @@ def compute(bench) -> tuple[list, list]:
                           "yes" if added <= 0.015 else "no"])
         details.append("### hello.py (prints hello)")
         details.append("")
-        names = {"local": "python hello.py (local)", "homie": "homie run -n b hello.py",
-                 "homie_nosandbox": "homie run -n c hello.py (c: `sandbox: off`)",
-                 "ssh_fresh": "ssh (fresh connection)", "ssh_master": "ssh (ControlMaster, warm)"}
+        py = bench.plain_py or "python3"
+        who = f"as `{bench.user.name}`" if bench.user else "as root"
+        names = {"local": f"`{py} hello.py` on a (local, {who})", "homie": "`homie run -n b hello.py`",
+                 "homie_nosandbox": "`homie run -n c hello.py` (c: `sandbox: off`)",
+                 "ssh_fresh": f"`ssh {bench.user.name if bench.user else 'root'}@b {py} hello.py` (fresh connection)",
+                 "ssh_master": "the same ssh through a warm ControlMaster"}
         details.append(_rows_table(["method", "wall: median (min, max, n)"],
                                    [[names[k], _stats(v)] for k, v in hello.items()]))
         details.append("")
         tl = bench.results.get("hello_timeline") or []
         if tl:
-            details.append("Where `homie run -n b hello.py` spends its time (seconds after the CLI started, "
-                           "from the daemons' JSON logs; medians):")
+            details.append("The daemons' view of those `homie run -n b hello.py` runs (seconds after the CLI "
+                           "started, from their JSON logs; medians):")
             details.append("")
             keys = list(tl[0].keys())
             keys = [k for k in keys if k != "CLI exits"] + ["CLI exits"]
             details.append(_rows_table(["event", "at (median)"],
                                        [[k, _ms(median([t.get(k) for t in tl]))] for k in keys]))
             details.append("")
+    bd = R.get("breakdown")
+    if bd:
+        details.extend(_breakdown(bench, bd))
+
+    mp = R.get("map")
+    if mp and mp.get("runs"):
+        goals_m, details_m = _map(bench, mp)
+        goals.extend(goals_m)
+        details.extend(details_m)
 
     pc = R.get("peers")
     if pc:
@@ -236,12 +408,29 @@ def render(bench) -> tuple[str, str]:
     errors = "\n".join(f"- {e}" for e in bench.errors)
     notes = "\n".join(f"- {n}" for n in bench.notes)
     ssh_note = (f"- ssh/scp baselines missing: {bench.ssh_missing}\n" if bench.ssh_missing else "")
+    if getattr(bench, "parallel_missing", None):
+        ssh_note += f"- GNU parallel baselines missing: {bench.parallel_missing}\n"
+    user = bench.user.name if bench.user else "homie-bench"
+    plain_py = bench.plain_py or "python3"
+    load = bench.facts.get("load average at start", "")
+    busy = ""
+    try:
+        cores = int(bench.facts.get("cores", "0"))
+        load1 = float(load.split()[0])
+    except (ValueError, IndexError):
+        cores, load1 = 0, 0.0
+    if cores and (cores <= 2 or load1 > cores / 2):
+        busy = (f"**Measured on a {cores}-core machine shared with other work (load average at start {load}): "
+                "absolute numbers are noisy; the ratios within one run are what to read.**\n\n")
     doc = f"""# Benchmarks
 
 Measured by `bench/` in one run: every figure below comes from the same invocation, on two
-network-namespace hosts (`a` 10.203.0.11 submits, `b` 10.203.0.12 works) joined by veth pairs to a
-private bridge (tests/netns.py), daemons with the default configuration, all commands run with
-the venv interpreter.
+network-namespace hosts (`a` 10.203.0.11 submits, `b` 10.203.0.12 works; `c` is b's twin with the
+sandbox off, `d` joins for the map comparison) joined by veth pairs to a private bridge
+(tests/netns.py), daemons with the default configuration, homie run from its venv. The
+baselines (ssh, scp, GNU parallel, local python) run as a dedicated user `{user}` with shell
+`/bin/sh` and no rc files, with the plain interpreter `{plain_py}` (a real binary: no venv, no
+pyenv shim).
 
 ```sh
 {cmd}
@@ -249,6 +438,7 @@ the venv interpreter.
 
 Run {when}{' (quick run: smaller upload, fewer repeats)' if bench.quick else ''}.
 
+{busy}
 {facts}
 
 {('**Steps that failed:**' + chr(10) + errors + chr(10)) if errors else ''}{ssh_note}{notes}
@@ -273,14 +463,44 @@ Ratios are homie / baseline (for throughput: homie's MB/s over the baseline's). 
   appears / disappears; the time is from the command returning to the end of the first poll that
   shows the change (so it includes up to one `homie peers` run). The `peer.seen` / `peer.gone`
   lines in a's JSON log give the moment a's daemon itself learned it.
+- **The baselines' login.** ssh, scp and GNU parallel log in as `{user}`, a system user the
+  bench creates if missing (idempotent): shell `/bin/sh`, home `/var/lib/homie-bench` with no
+  rc files (`.profile`, `.bashrc`, ... are removed if present), password field `*`, its own
+  ed25519 key in `~/.ssh` authorized for itself. The clients run as that user too, with a
+  login's plain environment (`PATH={PLAIN_PATH}`, no venv, no `HOMIE_*`/`PYTHON*`). Earlier
+  runs logged in as root, whose `~/.bashrc` on the development machines runs `pyenv init` on
+  every ssh command and made every ssh figure (and scp's) slower than ssh itself is. The
+  commands they run use `{plain_py}`, the base interpreter resolved to a real binary (a pyenv
+  `python3` shim adds its own start-up, and the venv's interpreter loads the venv's `.pth`
+  files); homie's worker likewise runs jobs with a base interpreter, not a venv.
+- **sshd.** One per server host, started for the run inside that host's namespace (port 2222,
+  key-only, `AllowUsers {user}`, `PermitRootLogin no`, `StrictModes yes`, `UsePAM no`, no
+  environment accepted, host key made in a temp dir); clients use `ssh -F none` so that no
+  ssh_config applies.
 - **hello.py.** `homie run -n b hello.py` (ships the script, runs it in a job directory on b,
-  streams the output back, looks for results) against `python hello.py` on a and
-  `ssh -F none ... root@b python hello.py` against an sshd started for the run inside b's namespace
-  (port {2222}, key-only, `PermitRootLogin prohibit-password`, `StrictModes no`, `UsePAM no`, no
-  environment accepted; host and user keys made in a temp dir). The ssh runs use the same
-  interpreter and the same file (the namespaces share one file system, so ssh ships nothing);
-  "fresh" opens a new connection each time, "ControlMaster" reuses a persistent master
-  (`ControlMaster=auto`, `ControlPersist=60`) warmed first.
+  streams the output back, looks for results) against `{plain_py} hello.py` on a and
+  `ssh ... {user}@b {plain_py} hello.py`. The ssh runs use the same file (the namespaces share one
+  file system, so ssh ships nothing); "fresh" opens a new connection each time, "ControlMaster"
+  reuses a persistent master (`ControlMaster=auto`, `ControlPersist`) started and checked
+  (`ssh -O check`) before anything is timed.
+- **Where the time goes.** `python -c pass` with both interpreters and `python -c "import
+  homie.cli"` with the venv's, timed like everything else; `-X importtime` for the imports; and
+  `homie run -n b hello.py` run through `bench/probe.py`'s wrapper (`python -c WRAPPER run -n b
+  hello.py`, the same thing the `homie` console script does) that stamps the wall clock at its
+  first line, after `import homie.cli` and at the control socket's connect, first byte sent,
+  first/last byte received, next to the daemons' log events of the same job. Separate runs from
+  the hello.py rows, so the probe costs those nothing.
+- **map.** {getattr(bench, "map_inputs", 1000)} input files of one line (a number each); `task.py` prints its square.
+  Three hosts, each with the daemon's default job slots (`max_jobs`, the CPU count): a (which submits
+  and, like every homie daemon, also takes jobs), b and d (made for this step; c is stopped).
+  `homie map task.py --over 'in/*.txt' --json` on a (every input and the script shipped to the
+  job's host, output streamed back) against GNU parallel running `{plain_py} task.py FILE` with
+  the same slots: `-S N/{user}@host,...` through the same ssh command line (GNU parallel's
+  default: one ssh login per input), the same through warm ssh ControlMasters (ours, not
+  parallel's `--controlmaster`, which in this version now and then loses jobs and exits 0), and
+  `parallel -j SLOTS` locally on a. The hosts share one file system, so parallel ships nothing
+  (homie does): that favours parallel. One uncounted warm-up of 12 inputs per method first;
+  every run is checked (all inputs ok, one output line each).
 - **Upload.** A file of random bytes on disk (not tmpfs), in the page cache for every method.
   - *homie*: `homie run -n b -f big.bin noop.py`. The upload time is the CLI wall time minus the
     median wall time of the same job without the file (the baseline), measured both *cold* (first
@@ -289,8 +509,8 @@ Ratios are homie / baseline (for throughput: homie's MB/s over the baseline's). 
     from `job.submitted` in a's log (written after hashing) to `job.accepted` in b's log (after the
     last byte is written and the job directory is linked), which includes the connection,
     handshake and job negotiation but no hashing.
-  - *scp*: `scp -F none` with the default cipher of this OpenSSH, a fresh connection each time
-    (the handshake is included, as it is for homie); the file is written on b's side.
+  - *scp*: `scp -F none` as `{user}` with the default cipher of this OpenSSH, a fresh connection
+    each time (the handshake is included, as it is for homie); the file is written on b's side.
   - *raw TLS*: `bench/rawtls.py`: mutual TLS 1.3 with the same `homie.trust.Trust` contexts as
     homie's channel, blocking sockets, 1 MiB buffers, an 8-byte length prefix and nothing else;
     the receiver writes the bytes to a file (as homie's worker and scp do), closes it and

@@ -7,6 +7,7 @@ import datetime as dt
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -27,6 +28,7 @@ MB = 1_000_000
 MiB = 1 << 20
 RAW_PORT = 7000
 DOC = REPO / "docs" / "benchmarks.md"
+PARTS = ["discovery", "hello", "peers", "map", "upload", "pyapi"]
 
 
 def _venv_python() -> Path:
@@ -45,7 +47,11 @@ class Bench:
             "baseline": 3 if self.quick else 5,
             "rerun": 3 if self.quick else 5,
             "upload": 2 if self.quick else 3,
+            "breakdown": 5 if self.quick else 10,
+            "importtime": 3 if self.quick else 5,
+            "map": 1,
         }
+        self.map_inputs = args.map_inputs or (250 if self.quick else 1000)
         self.t0 = time.monotonic()
         self.py = str(_venv_python())
         self.results: dict = {}
@@ -53,10 +59,16 @@ class Bench:
         self.errors: list[str] = []
         self.sshd = None
         self.ssh_missing: str | None = None
+        self.parallel_missing: str | None = None
+        self.user = None        # the baselines' login (bench.sshd.BenchUser); None without ssh
+        self.plain_py = None    # the baselines' interpreter: a real binary, no venv, no pyenv shim
 
     # -- small helpers ---------------------------------------------------------------
     def log(self, msg: str) -> None:
         print(f"[bench {time.monotonic() - self.t0:6.1f}s] {msg}", file=sys.stderr, flush=True)
+
+    def wants(self, part: str) -> bool:
+        return not self.args.only or part in self.args.only
 
     def homie_cli(self) -> str:
         from netns import homie_bin
@@ -149,9 +161,22 @@ class Bench:
         if not NETNS.ok:
             self.notes.append("setns() unavailable: timed commands ran through `ip netns exec`, which adds "
                               "its start-up to every measurement")
+        self.plain_py = sshmod.plain_python(getattr(sys, "_base_executable", None) or sys.executable)
+        self.facts["baselines' python"] = f"{self.plain_py} (Python {_py_version(self.plain_py)})"
         self.ssh_missing = sshmod.ensure_openssh(self.log)
+        if not self.ssh_missing:
+            try:
+                self.user = sshmod.BenchUser(self.log).ensure()
+            except (BenchError, OSError, subprocess.SubprocessError) as e:
+                self.ssh_missing = f"cannot set up the bench user {sshmod.USER}: {e}"
         if self.ssh_missing:
             self.log(f"ssh/scp baselines skipped: {self.ssh_missing}")
+        if self.wants("map"):
+            self.parallel_missing = sshmod.ensure_parallel(self.log)
+            if self.parallel_missing:
+                self.log(f"GNU parallel baselines skipped: {self.parallel_missing}")
+            else:
+                self.facts["GNU parallel"] = _first_line(["parallel", "--version"])
         self.work = Path(tempfile.mkdtemp(prefix="homie-bench-", dir=self.args.workdir))
         os.chmod(self.work, 0o755)
         fs = _fs_type(self.work)
@@ -163,6 +188,18 @@ class Bench:
             raise BenchError(f"{self.work} has {free / 2**30:.1f} GiB free; the {self.size / 2**30:.2f} GiB "
                              f"upload needs about {need / 2**30:.1f} GiB (input, worker's cache, received copy)")
         self.results["workdir_fs"] = fs
+
+    def add_member(self, cluster, name: str):
+        """One more host with a default configuration, joined to the group and up."""
+        home = self.work / f"home-{name}"
+        home.mkdir(mode=0o700)
+        h = cluster.add_host(name, home=home)
+        h.env.pop("PYTHONDONTWRITEBYTECODE", None)
+        r = h.homie("join", self.group_key, timeout=60)
+        if r.returncode != 0:
+            raise BenchError(f"homie join on {name} failed ({r.returncode}): {r.stdout}{r.stderr}")
+        self.up(h)
+        return h
 
     def make_group(self, cluster):
         homes = []
@@ -187,6 +224,7 @@ class Bench:
         m = re.search(r"group key: (\S+)", r.stdout)
         if r.returncode != 0 or not m:
             raise BenchError(f"homie init failed ({r.returncode}): {r.stdout}{r.stderr}")
+        self.group_key = m.group(1)
         for h in (b, c):
             r = h.homie("join", m.group(1), timeout=60)
             if r.returncode != 0:
@@ -272,15 +310,17 @@ class Bench:
         n = self.reps["hello"]
         self.log(f"hello.py: {n} runs each of local python, homie run, ssh (fresh), ssh (ControlMaster)")
         homie = self.homie_cli()
+        # The baselines run the plain interpreter (no venv, no pyenv shim) as the bench user.
         methods = {
-            "local": lambda: timed(a, [self.py, "hello.py"], cwd=proj, timeout=60),
+            "local": lambda: timed(a, [self.plain_py, "hello.py"], cwd=proj, timeout=60, user=self.user),
             "homie": lambda: timed(a, [homie, "run", "-n", "b", "hello.py"], cwd=proj, timeout=120),
             "homie_nosandbox": lambda: timed(a, [homie, "run", "-n", "c", "hello.py"], cwd=proj, timeout=120),
         }
         if self.sshd:
             script = str(proj / "hello.py")
-            methods["ssh_fresh"] = lambda: timed(a, self.sshd.ssh_argv([self.py, script]), timeout=60)
-            methods["ssh_master"] = lambda: timed(a, self.sshd.ssh_argv([self.py, script], master=True), timeout=60)
+            methods["ssh_fresh"] = lambda: self.sshd.ssh_run([self.plain_py, script])
+            methods["ssh_master"] = lambda: self.sshd.ssh_run([self.plain_py, script], master=True)
+            self.sshd.start_master()  # the master is up before anything is timed
         times = {k: [] for k in methods}
         timeline = []
         for i in range(n + 1):  # round 0 warms caches and the ssh master; not counted
@@ -296,6 +336,7 @@ class Bench:
             self.sshd.stop_master()
         self.results["hello"] = times
         self.results["hello_timeline"] = timeline
+        self.breakdown(a, b, proj)
 
     def job_timeline(self, a, b, r) -> dict:
         """Seconds from the CLI's start to each daemon log event of the job it ran."""
@@ -311,6 +352,193 @@ class Bench:
                                    (a, "job.finished", "a: job.finished (results fetched)")):
             t = self.first_event_after(host, event, r.started, timeout=2, job_id=job)
             out[label] = None if t is None else t - r.started
+        return out
+
+    # -- where homie run's time goes ------------------------------------------------------------
+    def breakdown(self, a, b, proj: Path) -> None:
+        """Split `homie run -n b hello.py` into interpreter start, import, CLI work, the control
+        socket, the daemons' job phases (their JSON logs) and the exit, without changing homie:
+        the CLI runs under a wrapper (bench/probe.py's code via -c) that stamps the wall clock at
+        its first line, after `import homie.cli`, and on the control socket's connect/send/recv."""
+        n = self.reps["breakdown"]
+        self.log(f"where the time goes: {n} x python -c pass / import homie.cli / instrumented homie run, "
+                 f"{self.reps['importtime']} x -X importtime")
+        from bench import probe
+
+        res = {"venv_pass": [], "plain_pass": [], "base_pass": [], "import_cli": [], "runs": [], "importtime": []}
+        base = os.path.realpath(getattr(sys, "_base_executable", None) or sys.executable)
+        res["base"] = base if base != self.plain_py else None
+        for i in range(n + 1):
+            rows = [("venv_pass", timed(a, [self.py, "-c", "pass"], timeout=30)),
+                    ("plain_pass", timed(a, [self.plain_py, "-c", "pass"], timeout=30, user=self.user)),
+                    ("import_cli", timed(a, [self.py, "-c", "import homie.cli"], timeout=30))]
+            if res["base"]:  # the venv's base interpreter (e.g. pyenv's build), without the venv
+                rows.append(("base_pass", timed(a, [res["base"], "-c", "pass"], timeout=30)))
+            stamps = self.work / f"probe-{i}.json"
+            r = timed(a, [self.py, "-c", probe.WRAPPER, "run", "-n", "b", "hello.py"], cwd=proj, timeout=120,
+                      env={probe.ENV: str(stamps)}).check("instrumented homie run")
+            for k, x in rows:
+                x.check(k)
+                if i:
+                    res[k].append(x.wall)
+            if not i:
+                continue
+            try:
+                st = json.loads(stamps.read_text())
+            except (OSError, ValueError):
+                st = {}
+            rec = {k: v - r.started for k, v in st.items() if isinstance(v, (int, float))}
+            rec["process exit (reaped)"] = r.wall
+            tl = self.job_timeline(a, b, r)
+            rec.update({k: v for k, v in tl.items() if k != "CLI exits"})
+            res["runs"].append(rec)
+        for _ in range(self.reps["importtime"]):
+            r = timed(a, [self.py, "-X", "importtime", "-c", "import homie.cli"], timeout=30).check("-X importtime")
+            res["importtime"].append(probe.parse_importtime(r.err))
+        self.results["breakdown"] = res
+
+    # -- map: homie map vs GNU parallel -------------------------------------------------------------
+    def map_bench(self, cluster, a, b) -> None:
+        n = self.map_inputs
+        homie = self.homie_cli()
+        mdir = self.work / "map"
+        mdir.mkdir(mode=0o755)
+        task = mdir / "task.py"
+        task.write_text("import sys\n\nwith open(sys.argv[1]) as f:\n    print(int(f.read()) ** 2)\n")
+        task.chmod(0o644)
+
+        def inputs(name: str, count: int) -> tuple[Path, Path]:
+            d = mdir / name
+            d.mkdir(mode=0o755)
+            for i in range(count):
+                (d / f"{i:04d}.txt").write_text(f"{i}\n")
+                (d / f"{i:04d}.txt").chmod(0o644)
+            lst = mdir / f"{name}.list"
+            lst.write_text("".join(f"{d / f'{i:04d}.txt'}\n" for i in range(count)))
+            lst.chmod(0o644)
+            return d, lst
+
+        warm_dir, warm_list = inputs("warm", 12)
+        in_dir, in_list = inputs("in", n)
+        # Three hosts with a default configuration: a (submits, and like every homie daemon also
+        # runs jobs), b, and d made now; c (sandbox off) is stopped so that it takes no job.
+        self.log("map: adding host d, stopping c")
+        d = self.add_member(cluster, "d")
+        self.down(self.c)
+        hosts = [a, b, d]
+        sshds = []
+        try:
+            self.wait_sees(a, "c", present=False)
+            self.wait_sees(a, "d")
+            self.wait_sees(b, "a")
+            slots = self.slots(a, b, d)
+            total = sum(slots.values())
+            res = self.results["map"] = {"inputs": n, "hosts": {h.name: slots[h.name] for h in hosts},
+                                         "slots": total, "runs": {}}
+            methods = {}
+            out_root = mdir / "out"
+            out_root.mkdir()
+
+            def homie_map(src: Path, tag: str, jobs: list):
+                def go():
+                    r = timed(a, [homie, "map", *jobs, "task.py", "--over", f"{src.name}/*.txt", "-o",
+                                  str(out_root / tag), "--json", "--no-bar"], cwd=mdir, timeout=900 + 2 * n)
+                    try:
+                        summary = json.loads(r.out)
+                    except ValueError:
+                        r.check(f"homie map {' '.join(jobs)} ({tag})")
+                        raise BenchError(f"homie map printed no JSON summary: {r.out[-500:]}") from None
+                    if r.rc not in (0, 4) or not summary.get("ok"):
+                        r.check(f"homie map {' '.join(jobs)} ({tag})")
+                    per, why = {}, {}
+                    for j in summary.get("jobs", []):
+                        per[j.get("peer")] = per.get(j.get("peer"), 0) + 1
+                        if j.get("state") != "ok":
+                            msg = str(j.get("message") or j.get("state"))
+                            why[msg] = why.get(msg, 0) + 1
+                    # Failed inputs are reported, not hidden: the rate counts only the ok ones.
+                    return r, summary["ok"], per, {"failed": summary.get("failed", 0), "why": why}
+                return go
+
+            methods["homie"] = {"warm": homie_map(warm_dir, "warm", []), "run": homie_map(in_dir, "run", [])}
+            # homie map's default puts every input in flight at once; -j 2×slots keeps a next job
+            # queued for every slot without a thousand control connections.
+            jn = ["-j", str(2 * total)]
+            methods["homie_j"] = {"warm": homie_map(warm_dir, "warm-j", jn), "run": homie_map(in_dir, "run-j", jn)}
+            res["homie_j"] = 2 * total
+            if not self.parallel_missing:
+                def par(argv_of, tag):
+                    def go_for(lst: Path, count: int):
+                        def go():
+                            r = timed(a, ["parallel", "--will-cite", *argv_of(), self.plain_py, str(task), "{}",
+                                          "::::", str(lst)], cwd=mdir, timeout=600 + 2 * n,
+                                      user=self.user).check(f"GNU parallel ({tag})")
+                            lines = [x for x in r.out.splitlines() if x.strip()]
+                            if len(lines) != count:
+                                raise BenchError(f"GNU parallel ({tag}) printed {len(lines)} lines for {count} "
+                                                 f"inputs: {r.err[-500:]}")
+                            return r, count, None, None
+                        return go
+                    return {"warm": go_for(warm_list, 12), "run": go_for(in_list, n)}
+
+            if self.user and not self.parallel_missing:
+                sshds = [self.sshd] + [self.start_sshd(h, a) for h in (a, d)]
+                by_host = {s.server.name: s for s in sshds}
+                # GNU parallel logs in with the same ssh command line as the other ssh baselines;
+                # N/login gives each host as many job slots as its homie daemon has.
+                ssh_cmd = " ".join(shlex.quote(x) for x in self.sshd.ssh_base())
+                logins = ",".join(f"{slots[h.name]}/{by_host[h.name].login}" for h in hosts)
+                methods["parallel_ssh"] = par(lambda: ["--ssh", ssh_cmd, "-S", logins], "-S")
+                # With ssh's ControlMaster, masters up before timing (as for hello.py). Not parallel's
+                # own --controlmaster: in this version it now and then loses jobs and still exits 0.
+                ssh_cm = " ".join(shlex.quote(x) for x in self.sshd.ssh_base(master=True))
+                for s in sshds:
+                    s.start_master()
+                methods["parallel_ssh_cm"] = par(lambda: ["--ssh", ssh_cm, "-S", logins], "-S, ControlMaster")
+            if not self.parallel_missing:
+                methods["parallel_local"] = par(lambda: ["-j", str(total)], "local -j")
+            res["a_hwm_before_kb"] = vm_hwm_kb(self.daemon_pid(a) or -1)
+            self.log(f"map: {n} inputs, hosts {res['hosts']} ({total} slots): " + ", ".join(methods))
+            for name, fns in methods.items():
+                fns["warm"]()  # caches, ssh host keys, the script's blob: not counted
+            for _ in range(self.reps["map"]):
+                for name, fns in methods.items():
+                    if name.startswith("homie"):
+                        _reset_hwm(self.daemon_pid(a))
+                    r, count, per, fail = fns["run"]()
+                    res["runs"].setdefault(name, []).append({"wall": r.wall, "inputs": count, "per_host": per,
+                                                             "cpu": r.cpu, **(fail or {})})
+                    self.log(f"  {name}: {r.wall:.2f}s, {count / r.wall:.1f} inputs/s"
+                             + (f", per host {per}" if per else "") + (f", FAILED {fail}" if fail and fail["failed"]
+                                                                       else ""))
+                    if name.startswith("homie"):
+                        res.setdefault("a_hwm_after_kb", {})[name] = vm_hwm_kb(self.daemon_pid(a) or -1)
+        finally:
+            for s in sshds:
+                s.stop_master()
+                if s is not self.sshd:
+                    s.stop()
+            self.down(d)
+            self.up(self.c)
+            self.wait_sees(a, "c")
+
+    def start_sshd(self, server, client):
+        s = sshmod.Sshd(self.work / "ssh" / server.name, server=server, client=client, user=self.user,
+                        client_dir=self.ssh_client_dir)
+        s.start()
+        return s
+
+    def slots(self, a, b, d) -> dict:
+        """Each host's job slots (max_jobs) as its heartbeat tells the others."""
+        out = {}
+        for viewer, names in ((a, ("b", "d")), (b, ("a",))):
+            r = timed(viewer, [self.homie_cli(), "peers", "--json"], timeout=20).check("homie peers --json")
+            for p in json.loads(r.out):
+                if p["name"] in names:
+                    out[p["name"]] = p.get("max_jobs")
+        missing = [x for x in ("a", "b", "d") if not out.get(x)]
+        if missing:
+            raise BenchError(f"no max_jobs in the heartbeats of {missing}")
         return out
 
     def peers_vs_click(self, a) -> None:
@@ -359,7 +587,7 @@ class Bench:
     def scp_once(self, a, big: Path, recv: Path) -> dict:
         dst = recv / "big.scp"
         ca0 = a.iface_counters()
-        r = timed(a, self.sshd.scp_argv(str(big), str(dst)), timeout=120 + self.size / (5 * MB)).check("scp")
+        r = self.sshd.run(self.sshd.scp_argv(str(big), str(dst)), timeout=120 + self.size / (5 * MB)).check("scp")
         ca1 = a.iface_counters()
         got = dst.stat().st_size if dst.exists() else -1
         if got != self.size:
@@ -403,6 +631,8 @@ class Bench:
         big = self.make_big(proj)
         recv = self.work / "recv"
         recv.mkdir(mode=0o755)
+        if self.user:
+            self.user.own(recv, 0o755)  # scp writes there as the bench user
         res = self.results["upload"] = {"baseline": [], "cold": None, "rerun": [], "warm": [], "scp": [],
                                         "raw": [], "a_hwm_kb": None, "b_hwm_kb": []}
         res["idle_rss_kb"] = {"a": vm_rss_kb(self.daemon_pid(a)), "b": vm_rss_kb(self.daemon_pid(b)),
@@ -452,16 +682,20 @@ class Bench:
                 a, b = self.make_group(cluster)
                 proj = self.make_project()
                 if not self.ssh_missing:
-                    self.sshd = sshmod.Sshd(self.work / "ssh", server=b, client=a)
+                    self.ssh_client_dir = self.user.own(self.work / "ssh-client", 0o700)
+                    self.sshd = sshmod.Sshd(self.work / "ssh" / "b", server=b, client=a, user=self.user,
+                                            client_dir=self.ssh_client_dir)
                     self.sshd.start()
                     self.results["ssh_cipher"] = self.sshd.cipher()
                 steps = [("discovery", lambda: self.discovery(a, b)),
                          ("hello", lambda: self.hello(a, b, proj)),
                          ("peers", lambda: self.peers_vs_click(a)),
                          ("upload", lambda: self.upload(a, b, proj)),
+                         # last: 1,000 queued jobs raise a's peak RSS, which the upload part reports
+                         ("map", lambda: self.map_bench(cluster, a, b)),
                          ("pyapi", lambda: self.results.__setitem__("pyapi", pyapi.measure(self.log)))]
                 for name, fn in steps:
-                    if self.args.only and name not in self.args.only:
+                    if not self.wants(name):
                         continue
                     try:
                         fn()
@@ -495,6 +729,31 @@ class Bench:
         return 1 if self.errors else 0
 
 
+def _reset_hwm(pid: int | None) -> None:
+    """Reset a process's VmHWM to its current RSS (clear_refs 5, Linux >= 4.0)."""
+    if pid:
+        try:
+            Path(f"/proc/{pid}/clear_refs").write_text("5")
+        except OSError:
+            pass
+
+
+def _py_version(py: str) -> str:
+    try:
+        return subprocess.run([py, "-c", "import platform; print(platform.python_version())"], capture_output=True,
+                              text=True, timeout=30).stdout.strip() or "?"
+    except (OSError, subprocess.SubprocessError):
+        return "?"
+
+
+def _first_line(argv) -> str:
+    try:
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL).stdout
+        return (out.strip().splitlines() or ["?"])[0]
+    except (OSError, subprocess.SubprocessError):
+        return "not installed"
+
+
 def _fs_type(path: Path) -> str:
     best, fs = "", "unknown"
     try:
@@ -523,12 +782,19 @@ def main(argv=None) -> int:
     p.add_argument("--quick", action="store_true", help="128 MiB upload and fewer repeats (a fast check)")
     p.add_argument("--size", type=parse_size, help="upload size (binary units: 128M, 1G); default 1G, --quick 128M")
     p.add_argument("--workdir", default="/var/tmp", help="disk-backed directory for the temp files (default /var/tmp)")
-    p.add_argument("--only", action="append", choices=["discovery", "hello", "peers", "upload", "pyapi"],
-                   help="run only this part (repeatable); the doc then lists only what ran")
+    p.add_argument("parts", nargs="*", metavar="PART",
+                   help=f"run only these parts ({', '.join(PARTS)}; default: all); the doc then lists only what ran")
+    p.add_argument("--only", action="append", choices=PARTS, help="run only this part (repeatable), like PART")
+    p.add_argument("--map-inputs", type=int, metavar="N",
+                   help="inputs of the map comparison (default 1000, --quick 250)")
     p.add_argument("--no-doc", action="store_true", help="print the table but do not write docs/benchmarks.md")
     p.add_argument("--keep", action="store_true", help="keep the work dir (homes, logs) for a post-mortem")
     p.add_argument("-v", "--verbose", action="store_true", help="tracebacks for failed steps")
     args = p.parse_args(argv)
+    bad = [x for x in args.parts if x not in PARTS]
+    if bad:
+        p.error(f"unknown part(s) {', '.join(bad)}: choose from {', '.join(PARTS)}")
+    args.only = sorted(set(args.only or []) | set(args.parts)) or None
     args.argv = argv if argv is not None else sys.argv[1:]
     b = Bench(args)
     try:

@@ -77,22 +77,31 @@ class Result:
         return self
 
 
-def timed(host, argv, cwd=None, timeout: float = 120, env: dict | None = None) -> Result:
-    """Run argv inside host's namespace with host's environment; measure it."""
+def timed(host, argv, cwd=None, timeout: float = 120, env: dict | None = None, user=None) -> Result:
+    """Run argv inside host's namespace with host's environment; measure it.
+
+    With `user` (a bench.sshd.BenchUser), run it as that user with a login's plain
+    environment (user.env() plus env) instead of the host's."""
     argv = [str(a) for a in argv]
-    full_env = host._env(env)
+    full_env = {**user.env(), **(env or {})} if user is not None else host._env(env)
+    ids = dict(user=user.uid, group=user.gid, extra_groups=[]) if user is not None else {}
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         if NETNS.ok:
             ctx = NETNS.inside(host.ns)
             real = argv
         else:
             ctx = contextlib.nullcontext()
-            real = host._argv(tuple(argv))
+            if ids:  # `ip netns exec` needs root: drop to the user after it
+                real = host._argv(("setpriv", f"--reuid={user.uid}", f"--regid={user.gid}", "--clear-groups",
+                                   *argv))
+                ids = {}
+            else:
+                real = host._argv(tuple(argv))
         with ctx:
             started = time.time()
             t0 = time.perf_counter()
             p = subprocess.Popen(real, cwd=cwd, env=full_env, stdin=subprocess.DEVNULL, stdout=out,
-                                 stderr=err, start_new_session=True)
+                                 stderr=err, start_new_session=True, **ids)
         killed = []
 
         def kill() -> None:

@@ -12,7 +12,8 @@ From Python (docs/api.md):
     with Executor() as ex:
         print(list(ex.map(pow, range(10), [2] * 10)))
 
-The names below are imported on first use, so `import homie` stays cheap.
+Plugins import from homie.api, the public plugin API; `from homie import hookimpl`
+works too. The names below are imported on first use, so `import homie` stays light.
 """
 
 __version__ = "0.1.0"
@@ -24,7 +25,7 @@ _LAZY = {
     "Peer": "homie.client", "OutputEvent": "homie.client", "JobEvent": "homie.client", "Ended": "homie.client",
     "HomieError": "homie.errors", "NoDaemon": "homie.errors", "NoPeer": "homie.errors",
     "PeerLost": "homie.errors", "TransferError": "homie.errors", "UsageError": "homie.errors",
-    "Executor": "homie.futures",
+    "Executor": "homie.futures", "hookimpl": "homie.hookspecs",
 }
 
 __all__ = ["__version__", "PROTOCOL_VERSION", *_LAZY]

@@ -29,8 +29,8 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
-from typing import Callable, Hashable
 
 MAX_CONNECTIONS = 64
 MAX_PER_ADDRESS = 16
@@ -153,7 +153,7 @@ class ConnectionGate:
         count: dict[str, int] = {}
         for _c, s in others:
             count[s.ip] = count.get(s.ip, 0) + 1
-        heaviest = max(count, key=count.get)
+        heaviest = max(count, key=lambda a: count[a])
         own = sum(1 for _c, s in unauth if s.ip == ip)
         if count[heaviest] >= own + 2:
             return next(c for c, s in others if s.ip == heaviest)

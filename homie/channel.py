@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import socket
 import threading
+from typing import Any
 
 from homie import protocol
 from homie.errors import ProtocolError
@@ -26,7 +27,9 @@ class Channel:
         self.conv = conversation
         self._send_lock = threading.Lock()
         self._hdr = bytearray(protocol.HEADER.size)
-        self._buf = bytearray(protocol.MAX_DATA + protocol.OUT_HEADER.size)
+        # Grown to the largest frame seen, not allocated at the caps up front: a daemon
+        # driving a thousand jobs holds a thousand channels, most of them for small frames.
+        self._buf = bytearray(4096)
         self.bytes_in = 0
         self.bytes_out = 0
         self.closed = False
@@ -45,6 +48,14 @@ class Channel:
         with self._send_lock:
             if self.conv:
                 self.conv.send(Message(t, fields))
+            self._sendall(frame)
+
+    def send_error(self, message: str, code: str) -> None:
+        """The last frame of a conversation the other side broke: whatever state it was in."""
+        frame = protocol.encode_msg("error", message=message, code=code)
+        with self._send_lock:
+            if self.conv:
+                self.conv.abort()
             self._sendall(frame)
 
     def send_data(self, chunk) -> None:
@@ -67,7 +78,7 @@ class Channel:
         while got < n:
             try:
                 r = self.sock.recv_into(view[got:], n - got)
-            except socket.timeout:
+            except TimeoutError:
                 raise
             except (OSError, ValueError) as e:
                 raise ConnectionClosed(str(e) or type(e).__name__) from None
@@ -85,7 +96,12 @@ class Channel:
         hv = memoryview(self._hdr)
         self._recv_into(hv)
         length, ftype = protocol.parse_header(bytes(self._hdr))
-        target = into if into is not None and ftype == protocol.DATA else self._buf
+        if into is not None and ftype == protocol.DATA:
+            target = into
+        else:
+            if length > len(self._buf):
+                self._buf = bytearray(length)  # at most the frame cap: parse_header checked it
+            target = self._buf
         view = memoryview(target)[:length]
         self._recv_into(view)
         event = protocol.decode_payload(ftype, view)
@@ -128,10 +144,10 @@ class Pipeline:
     def __init__(self, buffers: int = 8, size: int = protocol.MAX_DATA):
         import queue
 
-        self._free = queue.Queue()
+        self._free: queue.Queue[bytearray] = queue.Queue()
         for _ in range(buffers):
             self._free.put(bytearray(size))
-        self._work = queue.Queue()
+        self._work: queue.Queue[tuple[Any, bytearray | None, int] | None] = queue.Queue()
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="pipeline", daemon=True)
         self._thread.start()

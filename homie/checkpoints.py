@@ -30,8 +30,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from homie import files, jobdir
+from homie import files
 from homie.errors import HomieError, ManifestError, ProtocolError
+from homie.worker import jobdir
 
 CHUNK = 1 << 20  # the unit of change: a 200 MB checkpoint with 1 MB changed sends about 1 MB
 SETTLE = 0.25  # seconds a checkpoint must stay unchanged, just before it is taken
@@ -452,7 +453,7 @@ def fetch(ch, job_id: str, auth: dict, store: Store, attempt: int) -> Saved | No
     seq, at = msg["seq"], msg["at"]
     need = store.missing(new)
     ch.send("ckpt_want", chunks=need)
-    sizes = {}
+    sizes: dict[str, int] = {}
     for f in new:
         for i, sha in enumerate(f.chunks):
             sizes.setdefault(sha, min(CHUNK, f.size - i * CHUNK))

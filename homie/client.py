@@ -24,11 +24,16 @@ import os
 import signal as _signal
 import socket
 import time
-from dataclasses import dataclass, field, fields as _fields
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from dataclasses import fields as _fields
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING
 
 from homie.errors import EXIT_NO_DAEMON, HomieError, NoDaemon, error_for
+
+if TYPE_CHECKING:
+    from homie.home import Home
 
 __all__ = [
     "Client", "Job", "JobInfo", "JobState", "Peer", "OutputEvent", "JobEvent", "Ended", "Connection", "deliver",
@@ -84,7 +89,7 @@ class Connection:
                     ev = self.ch.recv()
                 except ConnectionClosed:
                     raise HomieError("the homie daemon stopped", EXIT_NO_DAEMON) from None
-                except socket.timeout:
+                except TimeoutError:
                     raise TimeoutError(f"no answer from the homie daemon within {timeout:g} s") from None
                 if isinstance(ev, protocol.Message):
                     if ev.t == "fail":
@@ -127,7 +132,7 @@ class JobState(str, enum.Enum):
         return self in (JobState.DONE, JobState.FAILED, JobState.LOST, JobState.KILLED)
 
     @classmethod
-    def of(cls, value) -> "JobState | str":
+    def of(cls, value) -> JobState | str:
         """The member for a state name; an unknown name (a newer daemon's) stays a str."""
         try:
             return cls(value)
@@ -162,7 +167,7 @@ class Peer:
     local: bool = False               # this machine
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Peer":
+    def from_dict(cls, d: dict) -> Peer:
         known = {f.name for f in _fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in known and v is not None or k == "name"})
 
@@ -198,7 +203,7 @@ class JobInfo:
         return self.state == JobState.DONE and self.exit_code == 0
 
     @classmethod
-    def from_dict(cls, d: dict) -> "JobInfo":
+    def from_dict(cls, d: dict) -> JobInfo:
         """From a follow's end, a `job` answer or a `homie ps --json` entry."""
         state = JobState.of(d.get("state") or d.get("status"))
         results = d.get("results")
@@ -252,7 +257,7 @@ class JobEvent:
     total: int | None = None
 
     @classmethod
-    def from_dict(cls, d: dict) -> "JobEvent":
+    def from_dict(cls, d: dict) -> JobEvent:
         known = {f.name for f in _fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in known})
 
@@ -335,7 +340,7 @@ class Job:
     """A job sent from this machine (Client.run, Client.job). Cheap: it holds the id and asks
     the daemon on each call."""
 
-    def __init__(self, client: "Client", job_id: str):
+    def __init__(self, client: Client, job_id: str):
         self.client = client
         self.id = job_id
 
@@ -408,7 +413,7 @@ class Client:
     is cheap and may be shared between threads. NoDaemon (exit 69) when no daemon runs.
     """
 
-    def __init__(self, home: str | os.PathLike | None = None, timeout: float | None = 10.0, check: bool = True):
+    def __init__(self, home: str | os.PathLike | Home | None = None, timeout: float | None = 10.0, check: bool = True):
         from homie.home import Home
 
         self.home = home if isinstance(home, Home) else Home(home)
@@ -493,14 +498,16 @@ class Client:
                                checkpoint=checkpoint, retries=retries, timeout=timeout, name=name,
                                executor=executor, scheduler=scheduler, tag=tag, cwd=cwd, stdin_file=stdin_file,
                                detach=True)
+        job_id = None
         try:
-            job_id = None
             for ev in self.stream("run", **req):
                 if getattr(ev, "t", None) == "reply":
                     job_id = ev["job_id"]
         finally:
             if stdin_file and os.path.exists(stdin_file):
                 os.unlink(stdin_file)  # the daemon did not take it: the job was refused
+        if not job_id:
+            raise error_for("the daemon queued no job (no job id in its answer)", 73)
         return Job(self, job_id)
 
     def _stdin_file(self, data: bytes) -> str:
@@ -524,7 +531,9 @@ class Client:
         "now": the daemon's clock}, each job a dict (schema in docs/cli.md)."""
         from homie import protocol
 
-        sent, here, now = [], [], time.time()
+        sent: list[dict] = []
+        here: list[dict] = []
+        now = time.time()
         for ev in self.stream("ps", all=all):
             if isinstance(ev, protocol.Message) and ev.t == "event" and ev.get("kind") == "ps":
                 sent += ev.get("jobs") or []

@@ -22,9 +22,10 @@ import os
 import re
 import socket
 import sys
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 from homie.errors import ConfigError
 
@@ -161,7 +162,7 @@ def _sandbox_mode(v: Any) -> str:
 
 
 def _uid_range(v: Any) -> str:
-    from homie.identity import parse_range
+    from homie.worker.identity import parse_range
 
     try:
         a, b = parse_range(v)
@@ -562,7 +563,8 @@ def _read_yaml(path: Path) -> tuple[dict, str]:
     if doc is None:
         return {}, text
     if not isinstance(doc, dict):
-        kind = {list: "a list", str: "a string"}.get(type(doc), type(doc).__name__)
+        kinds: dict[type, str] = {list: "a list", str: "a string"}
+        kind = kinds.get(type(doc), type(doc).__name__)
         raise _error(where, None, f"the top level must be a mapping of 'setting: value' lines (got {kind})")
     return doc, text
 
@@ -700,13 +702,14 @@ def _edit_text(text: str, key: str, new_raw: dict) -> str | None:
         node = yaml.compose(text) if text.strip() else None
     except yaml.YAMLError:
         return None
-    start = end = None
+    start: int | None = None
+    end = 0
     if isinstance(node, yaml.MappingNode) and not node.flow_style:
         for k, v in node.value:
             if isinstance(k, yaml.ScalarNode) and k.value == key and k.start_mark.column == 0:
-                start = k.start_mark.line
+                first: int = k.start_mark.line
                 end = v.end_mark.line - 1 if v.end_mark.column == 0 else v.end_mark.line
-                end = max(end, start)
+                start, end = first, max(end, first)
     if start is not None:
         lines[start:end + 1] = [line]
     elif key in new_raw:

@@ -21,7 +21,6 @@ from homie.client import Connection as ControlClient  # noqa: F401
 from homie.client import signal_number  # noqa: F401
 from homie.errors import HomieError, NoDaemon, ProtocolError  # noqa: F401
 
-
 # -- server (daemon side) --------------------------------------------------------
 
 
@@ -53,8 +52,9 @@ class ControlServer:
     def serve(self, stop: threading.Event) -> None:
         while not stop.is_set():
             try:
+                assert self.sock is not None  # bound by start()
                 conn, _ = self.sock.accept()
-            except socket.timeout:
+            except TimeoutError:
                 continue
             except OSError:
                 if stop.is_set():
@@ -92,7 +92,7 @@ class ControlServer:
                 ch.send("fail", message=printable(str(e)), exit_code=e.exit_code)
             except ConnectionClosed:
                 pass
-        except (ConnectionClosed, ProtocolError, socket.timeout):
+        except (TimeoutError, ConnectionClosed, ProtocolError):
             pass
         except Exception as e:
             self.log.exception("control.request_failed")

@@ -18,7 +18,8 @@ ARGS_SHOWN = 2000  # characters of a job's arguments that ps and top show
 
 def _short_args(args: list) -> tuple[list, bool]:
     """The arguments, cut to what a listing needs (a job may have 100 000 of them)."""
-    shown, size = [], 0
+    shown: list = []
+    size = 0
     for a in args:
         if size + len(a) > ARGS_SHOWN:
             return shown + [f"… ({len(args) - len(shown)} more)"], True
@@ -72,7 +73,7 @@ class Handlers:
             running=True, name=n.name, pid=os.getpid(), version=__version__, uptime=time.time() - n.started,
             address=address, port=n.config.port, discovery_port=n.config.discovery_port,
             peers=len(n.peers.snapshot()), status=n.worker.status(), jobs_here=n.worker.running(),
-            jobs_out=sum(1 for j in n.submitter.jobs.values() if not j.terminal),
+            jobs_out=sum(1 for j in n.submitter.all() if not j.terminal),
             discovery=[b.name for b in n.discovery.backends], broadcast=n.discovery.broadcast_addresses(),
             home=str(n.home.root), key_fingerprint=fingerprint(n.key), instance=n.instance_hex,
             retries=n.config.retries, sandbox=n.worker.sandbox.label, sandbox_reason=n.worker.sandbox.reason,
@@ -94,7 +95,7 @@ class Handlers:
         self.node.request_shutdown()
 
     def do_pause(self, msg) -> None:
-        evicting = [j.id for j in self.node.worker.jobs.values() if not j.done.is_set()] if msg.get("evict") else []
+        evicting = [j.id for j in self.node.worker.all_jobs() if not j.done.is_set()] if msg.get("evict") else []
         self.node.worker.pause(bool(msg.get("suspend")), evict=bool(msg.get("evict")))
         self.node.announce_soon()
         self.reply(status="paused", suspended=self.node.worker.suspended, evicted=len(evicting),
@@ -109,19 +110,7 @@ class Handlers:
         self.reply(plugins=plugins.describe())
 
     def do_karma(self, msg) -> None:
-        rows: dict[str, dict] = {}
-        for r in self.node.store.ledger():
-            row = rows.setdefault(r["peer"], {"peer": r["peer"], "given_cpu_s": 0.0, "taken_cpu_s": 0.0,
-                                              "given_gpu_s": 0.0, "taken_gpu_s": 0.0, "given_wall_s": 0.0,
-                                              "taken_wall_s": 0.0, "jobs_given": 0, "jobs_taken": 0})
-            d = r["direction"]
-            row[f"{d}_cpu_s"] += r["cpu_s"]
-            row[f"{d}_gpu_s"] += r["gpu_s"]
-            row[f"{d}_wall_s"] += r["wall_s"]
-            row[f"jobs_{d}"] += r["jobs"]
-        for row in rows.values():
-            row["balance_cpu_s"] = row["given_cpu_s"] - row["taken_cpu_s"]
-        self.reply(ledger=sorted(rows.values(), key=lambda r: r["peer"]), totals=self.node.karma_totals(),
+        self.reply(ledger=self.node.karma.per_peer(), totals=self.node.karma.totals(),
                    entries=self.node.store.ledger_entries())
 
     def do_doctor(self, msg) -> None:
@@ -135,7 +124,7 @@ class Handlers:
         their arguments, no message comes near the frame cap."""
         show_all = bool(msg.get("all"))
         out = []
-        for job in sorted(self.node.submitter.jobs.values(), key=lambda j: j.created):
+        for job in self.node.submitter.all():
             if job.terminal and not show_all:
                 continue
             s = job.summary()
@@ -144,7 +133,7 @@ class Handlers:
             out.append(s)
         here = []
         live = set()
-        for wj in sorted(self.node.worker.jobs.values(), key=lambda j: j.created):
+        for wj in sorted(self.node.worker.all_jobs(), key=lambda j: j.created):
             live.add(wj.id)
             if wj.state not in ("preparing", "running") and not show_all:
                 continue
@@ -240,12 +229,12 @@ class Handlers:
                                     gpu=bool(body.get("gpu")), peer=body.get("peer"),
                                     scheduler=body.get("scheduler") or self.node.config.scheduler,
                                     executor=body.get("executor") or self.node.config.executor)
-        cands = sub._candidates()
+        cands = sub.candidates()
         chosen, verdicts = scheduling.choose(req, cands, self.node.config)
         why = None
         if chosen:
             verdict = "run"
-        elif (why := sub._permanent(req, verdicts)) is not None:
+        elif (why := sub.dispatcher.permanent(req, verdicts)) is not None:
             verdict = "never"
         else:
             verdict, why = "wait", scheduling.why_waiting(verdicts, req)
@@ -289,9 +278,9 @@ class Handlers:
             done = wj.done.is_set()
             if done or not live:
                 s = wj.summary()
-                self.reply(job_id=wj.id, state="done" if done else s["status"], exit_code=s["code"], code=s["code"], signal=None,
-                           reason=s["reason"], message=None, peer=self.node.name, results=[], results_dir="",
-                           offset=offset, terminal=done)
+                self.reply(job_id=wj.id, state="done" if done else s["status"], exit_code=s["code"], code=s["code"],
+                           signal=None, reason=s["reason"], message=None, peer=self.node.name, results=[],
+                           results_dir="", offset=offset, terminal=done)
                 return
             wj.done.wait(FOLLOW_POLL)
 
@@ -308,7 +297,7 @@ class Handlers:
             if job.state == "queued" and job.why and job.why != last_why:
                 last_why = job.why
                 ch.send("event", kind="queued", job_id=job.id, why=job.why)
-            attempt = (job.peer_name, job.attempts)
+            attempt = (job.peer_name, job.dispatches)
             if job.peer_name and attempt != last_sent:
                 last_sent = attempt
                 started_sent = False

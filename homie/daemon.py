@@ -115,20 +115,30 @@ class Node:
         plugins.load_plugins(config.plugins, config.disable_plugins)
         from homie.control import ControlServer
         from homie.discovery import Discovery
-        from homie.submitter import Submitter
-        from homie.worker import Worker
+        from homie.karma import Karma
+        from homie.submit.dial import Dialer
+        from homie.submit.schedd import Submitter
+        from homie.submit.shadow import Me
+        from homie.worker.startd import Worker
 
+        self.karma = Karma(self.store, self.name)
+        self.dial = Dialer(self.trust)
         self.discovery = Discovery(self)
-        self.worker = Worker(self)
-        self.submitter = Submitter(self)
+        me = Me(self.name, self.instance_hex, self.started)
+        self.worker = Worker(config, home, self.log, self.store, self.karma, me, self.trust, self.peers,
+                             resources=self.resources, announce=self.announce_soon, warn=self.rate_warn,
+                             peer_name=self.trust_peer_name, bind_address=self.bind_address)
+        self.submitter = Submitter(config, self.log, self.store, home, me, self.dial, self.peers, self.local_peer,
+                                   self.karma)
         self.control = ControlServer(self)
 
     def _bind_address(self) -> str | None:
         if self.config.bind:
             return self.config.bind
         if self.config.interface:
-            import psutil
             import socket
+
+            import psutil
 
             for a in psutil.net_if_addrs().get(self.config.interface, []):
                 if a.family == socket.AF_INET:
@@ -214,24 +224,8 @@ class Node:
             return "?"
 
     # -- karma -------------------------------------------------------------------------
-    def karma_record(self, peer: str, given: bool, cpu_s: float, wall_s: float, gpu_s: float, job_id: str) -> None:
-        if peer == self.name:
-            return  # running one's own job locally is neither giving nor taking
-        self.store.record(job_id, peer, "given" if given else "taken", cpu_s, gpu_s, wall_s)
-        self._karma_cache = None
-
     def karma_totals(self) -> dict:
-        cached = getattr(self, "_karma_cache", None)
-        if cached is not None:
-            return cached
-        given = taken = 0.0
-        for row in self.store.ledger():
-            if row["direction"] == "given":
-                given += row["cpu_s"]
-            else:
-                taken += row["cpu_s"]
-        self._karma_cache = {"given": round(given, 1), "taken": round(taken, 1)}
-        return self._karma_cache
+        return self.karma.totals()
 
     # -- lifecycle -----------------------------------------------------------------------
     def _expire_loop(self, stop: threading.Event) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import socket
 import threading
 import time
+from typing import Any, cast
 
 from homie import __version__, plugins
 from homie.heartbeat import Signer, Verifier
@@ -90,7 +91,7 @@ class Discovery:
             self.sock = self._socket("")
             self.rx = [self.sock]
         enabled = list(self.config.discovery)
-        found = {}
+        found: dict[str, Any] = {}
         for group in plugins.call("homie_discovery_backends"):
             for cls in group or []:
                 found.setdefault(cls.name, cls)
@@ -106,6 +107,7 @@ class Discovery:
         try:
             with self._send_lock:
                 # non-blocking socket: a full send buffer drops a heartbeat, never stalls the loop
+                assert self.sock is not None  # started
                 self.sock.sendto(packet, addr)
         except OSError as e:
             self.node.rate_warn("discovery.send_failed", "cannot send heartbeat", target=f"{addr[0]}:{addr[1]}",
@@ -230,7 +232,7 @@ class Discovery:
                 # or a flood), and one select() per packet would double the cost.
                 for _ in range(256):
                     try:
-                        data, addr = key.fileobj.recvfrom(2048)
+                        data, addr = cast(socket.socket, key.fileobj).recvfrom(2048)
                     except (BlockingIOError, InterruptedError):
                         break
                     except OSError:

@@ -120,7 +120,7 @@ def diagnose(node) -> list[dict]:
     for name, ip, port in targets:
         t0 = time.monotonic()
         try:
-            ch = node.submitter.connect(ip, port)
+            ch = node.dial.connect(ip, port)
             ch.send("bye")
             ch.close()
             out.append(_f(True, "job port", f"{name} {ip}:{port}: TLS with the group key works"

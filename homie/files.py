@@ -11,7 +11,7 @@ Design (docs: design-notes section 4 "Moving files"):
   which walks the tree with ``dir_fd`` + ``O_NOFOLLOW`` + ``O_EXCL`` so that a
   symlink planted by a previous job (or anyone else) cannot redirect a write.
 * :func:`collect` decides what ``homie run`` ships; which files of a finished
-  job come back is homie.jobdir's (walked by descriptor, never through a link).
+  job come back is homie.worker.jobdir's (walked by descriptor, never through a link).
 
 Only the standard library is imported at module load; pathspec is imported when
 a directory is actually walked so that ``homie peers`` stays fast.
@@ -30,9 +30,10 @@ import tempfile
 import threading
 import time
 import unicodedata
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Iterable, Iterator, NamedTuple, Sequence
+from typing import IO, Any, NamedTuple
 
 from homie.errors import HomieError, ManifestError
 
@@ -91,7 +92,7 @@ class FileEntry:
         return {"path": self.path, "mode": self.mode, "size": self.size, "sha256": self.sha256}
 
     @classmethod
-    def from_dict(cls, d: Any) -> "FileEntry":
+    def from_dict(cls, d: Any) -> FileEntry:
         """Build one entry from untrusted data, with the same checks as a manifest."""
         return validate_manifest([d])[0]
 
@@ -513,7 +514,7 @@ class BlobCache:
         except FileNotFoundError:
             pass
 
-    def writer(self, sha: str, size: int) -> "BlobWriter":
+    def writer(self, sha: str, size: int) -> BlobWriter:
         _check_sha(sha)
         if isinstance(size, bool) or not isinstance(size, int) or size < 0:
             raise ManifestError(f"invalid size {size!r} for blob {sha[:12]}")
@@ -561,6 +562,7 @@ class BlobWriter:
             raise ManifestError(
                 f"blob {self.sha[:12]}: more bytes than the declared size {self.size}; content does not match its hash"
             )
+        assert self._file is not None  # open until commit or abort
         self._file.write(chunk)
         if not self._hashed_apart:
             self._hash.update(chunk)
@@ -584,6 +586,7 @@ class BlobWriter:
                     f"blob {self.sha[:12]}: content does not match its hash or size "
                     f"({self.written} bytes received, {self.size} declared)"
                 )
+            assert self._file is not None  # open until commit or abort
             self._file.flush()
             os.fchmod(self._file.fileno(), 0o444)
             if self._cache.fsync:
@@ -608,7 +611,7 @@ class BlobWriter:
         except FileNotFoundError:
             pass
 
-    def __enter__(self) -> "BlobWriter":
+    def __enter__(self) -> BlobWriter:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
@@ -674,7 +677,7 @@ class HashCache:
         with self._lock:
             self._db.close()
 
-    def __enter__(self) -> "HashCache":
+    def __enter__(self) -> HashCache:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -892,8 +895,8 @@ def collect(
     if dir_str is not None:
         if not os.path.isdir(dir_str):
             raise HomieError(f"directory not found: {directory}")
-        for rel, path in _walk_dir(dir_str, extra_ignore, warnings):
-            add(rel, path, "")
+        for walked, path in _walk_dir(dir_str, extra_ignore, warnings):
+            add(walked, path, "")
 
     for src in sources:
         src = os.fspath(src)

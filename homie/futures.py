@@ -31,6 +31,7 @@ import time
 import zipfile
 from collections import deque
 from pathlib import Path
+from typing import Any
 
 from homie.errors import EXIT_FAILURE, HomieError, error_for
 
@@ -106,7 +107,7 @@ class _Future(cf.Future):
     """A Future whose cancel() also stops a task already running on a peer (its job is killed;
     the other tasks of that job are run again)."""
 
-    def __init__(self, executor: "Executor", task: "_Task"):
+    def __init__(self, executor: Executor, task: _Task):
         super().__init__()
         self._homie = (executor, task)
 
@@ -124,7 +125,7 @@ class _Future(cf.Future):
             else:
                 cancelled_pending = False
         if cancelled_pending:
-            self._invoke_callbacks()
+            self._invoke_callbacks()  # type: ignore[attr-defined]
             executor._wake()
             return True
         return executor._cancel_running(task)
@@ -138,7 +139,7 @@ class _Future(cf.Future):
             for waiter in self._waiters:
                 waiter.add_cancelled(self)
             self._condition.notify_all()
-        self._invoke_callbacks()
+        self._invoke_callbacks()  # type: ignore[attr-defined]
 
 
 class _Task:
@@ -159,7 +160,7 @@ class _Batch:
     def __init__(self, seq: int, tasks: list[_Task]):
         self.seq = seq
         self.tasks = tasks
-        self.job = None
+        self.job: Any = None  # the homie.client.Job, once queued
         self.killed = False  # killed here for a cancel(): the others run again
         self.peer: str | None = None
 
@@ -293,7 +294,7 @@ class Executor(cf.Executor):
         """Like map(fn, *iterables), run on the peers; results in order. chunksize: tasks per job
         (default: spread evenly over the free slots, at most max_batch per job). A task's exception
         is raised when its result is reached."""
-        items = [(fn, args, {}) for args in zip(*iterables)]
+        items: list[tuple] = [(fn, args, {}) for args in zip(*iterables, strict=False)]
         futures = self._submit_many(items, chunk=chunksize if chunksize and chunksize > 0 else None)
         deadline = None if timeout is None else time.monotonic() + timeout
 
@@ -323,8 +324,8 @@ class Executor(cf.Executor):
             self._lock.notify_all()
         if wait:
             self._dispatcher.join()
-            for t in list(self._threads):
-                t.join()
+            for th in list(self._threads):
+                th.join()
             shutil.rmtree(self._dir, ignore_errors=True)
             for m in self._by_value:  # what this executor registered, it unregisters
                 _cloudpickle().unregister_pickle_by_value(m)
@@ -395,7 +396,7 @@ class Executor(cf.Executor):
                     else:
                         self._lock.wait()
                 size = self._batch_size(slots - len(self._running))
-                tasks = []
+                tasks: list[_Task] = []
                 chunk = self._pending[0].chunk
                 while self._pending and len(tasks) < size and self._pending[0].chunk == chunk:
                     t = self._pending.popleft()
@@ -416,7 +417,7 @@ class Executor(cf.Executor):
 
     def _drop_cancelled(self) -> None:
         if any(t.future.cancelled() for t in self._pending):
-            keep = deque()
+            keep: deque[_Task] = deque()
             for t in self._pending:
                 if t.future.cancelled():
                     _notify_cancelled(t.future)
@@ -571,7 +572,7 @@ class Executor(cf.Executor):
         why = info.reason or (f"killed by signal {info.signal}" if info.signal else f"exit code {info.code}")
         tail = ""
         try:
-            tail = batch.job.logs()[-1500:].strip()
+            tail = batch.job.logs()[-1500:].strip() if batch.job is not None else ""
         except HomieError:
             pass
         return RemoteError(f"job {job_id} on {peer} ended without results ({why})" + (f"; its output ends:\n{tail}"

@@ -20,8 +20,9 @@ import os
 import struct
 import time
 from collections import Counter, OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from homie.keys import derive, group_tag
 
@@ -41,7 +42,7 @@ class Heartbeat:
     instance: bytes
     seq: int
     ts_ms: int
-    body: dict
+    body: dict[str, Any]
 
 
 class Signer:
@@ -57,7 +58,7 @@ class Signer:
         self._mac_key = derive(key, "heartbeat-hmac")
         self._seq = 0
 
-    def encode(self, body: dict, now: float | None = None) -> bytes:
+    def encode(self, body: dict[str, Any], now: float | None = None) -> bytes:
         if not isinstance(body, dict):
             raise TypeError("a heartbeat body is a dict")
         if now is None:
@@ -96,7 +97,7 @@ class Verifier:
         self._last_seq: OrderedDict[bytes, int] = OrderedDict()
         self.dropped: Counter[str] = Counter()
         # Who sent a valid packet with a bad clock, so `homie doctor` can say so.
-        self.skewed: OrderedDict[Any, dict] = OrderedDict()
+        self.skewed: OrderedDict[Any, dict[str, Any]] = OrderedDict()
 
     def verify(self, data: bytes, source: Any = None) -> Heartbeat | None:
         if type(data) is not bytes:
@@ -145,7 +146,7 @@ class Verifier:
             self._last_seq.popitem(last=False)
         return Heartbeat(instance, seq, ts_ms, body)
 
-    def _note_skew(self, who: Any, body: dict, skew: float, now: float) -> None:
+    def _note_skew(self, who: Any, body: dict[str, Any], skew: float, now: float) -> None:
         self.skewed[who] = {"name": body.get("name"), "skew_s": skew, "at": now}
         self.skewed.move_to_end(who)
         if len(self.skewed) > _MAX_SKEWED:

@@ -102,7 +102,7 @@ def fingerprint(key: bytes) -> str:
     return hashlib.sha256(group_tag(key)).hexdigest()[:8]
 
 
-def save_key(path: str | os.PathLike, key: bytes, force: bool = False) -> None:
+def save_key(path: str | os.PathLike[str], key: bytes, force: bool = False) -> None:
     """Write the key atomically with mode 0600; refuse to replace one unless force.
 
     Every failure is a KeyFileError naming the path: a key path that is a
@@ -140,7 +140,7 @@ def _write_key(path: Path, key: bytes, force: bool) -> None:
     _fsync_dir(path.parent)
 
 
-def load_key(path: str | os.PathLike) -> bytes:
+def load_key(path: str | os.PathLike[str]) -> bytes:
     path = Path(path)
     try:
         # O_NONBLOCK: a FIFO planted at the key path must not hang the CLI.

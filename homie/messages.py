@@ -8,10 +8,12 @@ ProtocolError. Validation never raises anything else, whatever the input.
 
 from __future__ import annotations
 
+from typing import Any
+
 from homie.errors import ProtocolError
 
 S = (str,)
-I = (int,)
+I = (int,)  # noqa: E741 - one letter per type, like S, N, B, L, D
 N = (int, float)
 B = (bool,)
 L = (list,)
@@ -19,9 +21,10 @@ D = (dict,)
 OPT_S = (str, type(None))
 OPT_I = (int, type(None))
 OPT_N = (int, float, type(None))
+Schema = dict[str, tuple[tuple[type, ...], bool]]  # field -> (types, required)
 
 # -- job channel (daemon <-> daemon, over mutual TLS) --------------------------
-PEER = {
+PEER: dict[str, Schema] = {
     # server speaks first, so a client with a bad certificate learns of it at once
     "hello": {"name": (S, True), "proto": (I, True), "homie": (S, True), "python": (S, True),
               "instance": (S, False)},
@@ -65,7 +68,7 @@ PEER = {
 }
 
 # -- control channel (CLI <-> local daemon, over the unix socket) ------------
-CONTROL = {
+CONTROL: dict[str, Schema] = {
     "status": {},
     "peers": {},
     "down": {},
@@ -95,14 +98,14 @@ CONTROL = {
 
 # One namespace for both channels, so a name always means one thing.
 assert not PEER.keys() & CONTROL.keys(), PEER.keys() & CONTROL.keys()
-ALL: dict[str, dict] = {**PEER, **CONTROL}
+ALL: dict[str, Schema] = {**PEER, **CONTROL}
 
 
 ENV_NAME_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_")
 MAX_ENV = 256
 
 
-def _check_env(t: str, env) -> None:
+def _check_env(t: str, env: dict[Any, Any]) -> None:
     """env: at most MAX_ENV names of letters, digits and _ (not starting with a digit), str values without NUL."""
     if len(env) > MAX_ENV:
         raise ProtocolError(f"{t}: more than {MAX_ENV} environment variables")
@@ -113,7 +116,7 @@ def _check_env(t: str, env) -> None:
             raise ProtocolError(f"{t}: environment variable {k} must be a string without NUL")
 
 
-def _check_submit(t: str, body: dict) -> None:
+def _check_submit(t: str, body: dict[str, Any]) -> None:
     """The optional job settings of `submit` (and the CLI's `run`), beyond their types."""
     if body.get("env") is not None:
         _check_env(t, body["env"])
@@ -129,11 +132,11 @@ def _check_submit(t: str, body: dict) -> None:
 _EXTRA_CHECKS = {"submit": _check_submit, "run": _check_submit}
 
 
-def _type_name(types: tuple) -> str:
+def _type_name(types: tuple[type, ...]) -> str:
     return " or ".join(t.__name__ for t in types)
 
 
-def validate(t: str, body: dict) -> None:
+def validate(t: str, body: dict[str, Any]) -> None:
     if not isinstance(t, str):
         raise ProtocolError("message type is not a string")
     schema = ALL.get(t)

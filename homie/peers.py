@@ -110,13 +110,13 @@ class PeerTable:
                     self._gone.add(old.instance)  # a late packet of it must not swap them back
             prev = self._peers.get(instance)
             self._peers[instance] = peer
-            if is_new or prev.name != peer.name:
+            if prev is None or prev.name != peer.name:  # prev is None: is_new
                 self._mark_conflicts()
             else:
                 peer.conflict = prev.conflict
             # A refresh that changes nothing a scheduler looks at wakes nobody:
             # with hundreds of peers heartbeating, that is most packets.
-            if is_new or _material(prev) != _material(peer):
+            if prev is None or _material(prev) != _material(peer):
                 self._bump()
         return peer, is_new
 

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import importlib
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import pluggy
 
 from homie import __version__, hookspecs
+from homie.errors import EXIT_USAGE, HomieError
 
 DEFAULT_PLUGINS = (
     "homie.builtin.udp",
@@ -37,7 +39,7 @@ _loaded = False
 _lock = threading.Lock()
 # plugin name -> why it was disabled (an exception text), shown by `homie plugins`
 disabled: dict[str, str] = {}
-_on_error = []  # callables(plugin_name, hook_name, exc) -> None, e.g. the daemon's logger
+_on_error: list[Callable[[str, str, BaseException], None]] = []  # e.g. the daemon's logger
 
 
 def load_plugins(extra: tuple[str, ...] | list[str] = (), disable: tuple[str, ...] | list[str] = ()) -> None:
@@ -62,8 +64,22 @@ def load_plugins(extra: tuple[str, ...] | list[str] = (), disable: tuple[str, ..
             if plugin is not None:
                 pm.unregister(plugin)
                 disabled[name] = "disabled by config"
-        # Catches a hookimpl whose name is not a spec (a typo would otherwise be silently ignored).
+        check_pending()
+
+
+def check_pending() -> None:
+    """A hook implementation whose name is no spec (a typo would otherwise do nothing
+    at all, silently) is an error: `homie up` and `homie doctor` refuse with one line."""
+    try:
         pm.check_pending()
+    except pluggy.PluginValidationError:
+        unknown = [(pm.get_name(impl.plugin) or repr(impl.plugin), name)
+                   for name, caller in vars(pm.hook).items()
+                   if hasattr(caller, "has_spec") and not caller.has_spec()
+                   for impl in caller.get_hookimpls() if not impl.optionalhook]
+        known = ", ".join(sorted(n for n in vars(hookspecs) if n.startswith("homie_")))
+        what = "; ".join(f"plugin {plugin} implements {hook!r}" for plugin, hook in unknown)
+        raise HomieError(f"{what}, which is no homie hook (a typo? the hooks are: {known})", EXIT_USAGE) from None
 
 
 def on_error(callback) -> None:
@@ -125,7 +141,8 @@ def describe() -> list[dict]:
             "hooks": hooks,
             "version": getattr(dist, "version", None) if dist else (
                 __version__ if str(name).startswith("homie.builtin") else getattr(plugin, "__version__", None)),
-            "package": dist.project_name if dist else ("homie (built-in)" if str(name).startswith("homie.builtin") else None),
+            "package": dist.project_name if dist else (
+                "homie (built-in)" if str(name).startswith("homie.builtin") else None),
         })
     for name, why in disabled.items():
         out.append({"name": name, "hooks": [], "version": None, "package": None, "disabled": why})

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import struct
+from typing import Any
 
 from homie import messages
 from homie.errors import ProtocolError
@@ -45,13 +46,13 @@ class _Event:
     """Plain slotted classes: dataclasses cost milliseconds of import time,
     and the CLI imports this module on every run."""
 
-    __slots__ = ()
+    __slots__: tuple[str, ...] = ()
 
-    def _key(self) -> tuple:
+    def _key(self) -> tuple[object, ...]:
         return tuple(getattr(self, f) for f in self.__slots__)
 
-    def __eq__(self, other) -> bool:
-        return type(other) is type(self) and self._key() == other._key()
+    def __eq__(self, other: object) -> bool:
+        return type(other) is type(self) and isinstance(other, _Event) and self._key() == other._key()
 
     def __hash__(self) -> int:
         return hash((type(self).__name__, *(repr(v) for v in self._key())))
@@ -64,14 +65,14 @@ class _Event:
 class Message(_Event):
     __slots__ = ("t", "body")
 
-    def __init__(self, t: str, body: dict):
+    def __init__(self, t: str, body: dict[str, Any]):
         self.t = t
         self.body = body
 
-    def __getitem__(self, key):
+    def __getitem__(self, key: str) -> Any:
         return self.body[key]
 
-    def get(self, key, default=None):
+    def get(self, key: str, default: Any = None) -> Any:
         return self.body.get(key, default)
 
 
@@ -97,7 +98,7 @@ Event = Message | Data | Output
 # -- encoding ---------------------------------------------------------------
 
 
-def encode_msg(t: str, **fields) -> bytes:
+def encode_msg(t: str, **fields: Any) -> bytes:
     fields["t"] = t
     payload = json.dumps(fields, separators=(",", ":"), ensure_ascii=False).encode()
     if len(payload) > MAX_MSG:
@@ -219,6 +220,7 @@ WANT = "WANT"  # manifest received, client says which files it wants
 DOWNLOAD = "DOWNLOAD"  # server sending result blobs
 CHECKPOINT = "CHECKPOINT"  # ckpt_fetch sent, waiting for the checkpoint's manifest
 CKPT_WANT = "CKPT_WANT"  # manifest received, client says which chunks it lacks
+DRAIN = "DRAIN"  # the server refused an upload: what the client still had in flight is read and dropped
 REPLY = "REPLY"  # a one-shot request (ack, signal) waiting for ok/error
 CLOSED = "CLOSED"
 
@@ -240,7 +242,10 @@ TRANSITIONS: dict[tuple[str, str, str], str] = {
     (UPLOAD, _C, "blob"): UPLOAD,
     (UPLOAD, _C, "data"): UPLOAD,
     (UPLOAD, _C, "upload_done"): STARTING,
-    (UPLOAD, _S, "error"): IDLE,
+    (UPLOAD, _S, "error"): DRAIN,
+    (DRAIN, _C, "blob"): DRAIN,
+    (DRAIN, _C, "data"): DRAIN,
+    (DRAIN, _C, "upload_done"): DRAIN,
     (STARTING, _S, "output"): STARTING,
     (STARTING, _S, "started"): STREAM,
     (STARTING, _S, "exit"): IDLE,
@@ -298,6 +303,10 @@ class Conversation:
 
     def send(self, event: Event) -> None:
         self._step(self.role, event)
+
+    def abort(self) -> None:
+        """A fatal error: the one last `error` frame goes out (Channel.send_error), then nothing."""
+        self.state = CLOSED
 
     def receive(self, event: Event) -> None:
         self._step(SERVER if self.role == CLIENT else CLIENT, event)

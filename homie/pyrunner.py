@@ -28,6 +28,7 @@ import platform
 import sys
 import time
 import traceback
+from typing import Any
 
 FORMAT = 1
 CLOUDPICKLE_ZIP = "_homie_cloudpickle.zip"
@@ -62,7 +63,7 @@ def run(tasks_path: str, results_path: str = RESULTS) -> int:
     tasks failed: their exceptions are results; 3 when the batch could not be run at all)."""
     peer = os.environ.get("HOMIE_PEER") or platform.node()
     mine = list(sys.version_info[:3])
-    out = {"format": FORMAT, "peer": peer, "python": mine, "implementation": sys.implementation.name,
+    out: dict[str, Any] = {"format": FORMAT, "peer": peer, "python": mine, "implementation": sys.implementation.name,
            "fatal": None}
     with open(tasks_path, "rb") as f:
         head = _header(f.readline())
@@ -99,7 +100,7 @@ def run(tasks_path: str, results_path: str = RESULTS) -> int:
             fns[key] = pickle.loads(blob)
         except BaseException as e:  # noqa: BLE001 - reported per task
             fn_errors[key] = e
-    records = []
+    records: list[tuple] = []
     for task_id, key, blob in batch["tasks"]:
         started = time.perf_counter()
         err = fn_errors.get(key)

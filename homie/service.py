@@ -3,10 +3,11 @@
 `homie service install|uninstall|status` (see homie/cli/service.py) are thin
 wrappers around :func:`install`, :func:`uninstall` and :func:`status`.
 
-The unit files are package data (homie/data/); the checked-in copies
-(homie.service, packaging/homie-user.service, packaging/io.homie.agent.plist)
-are identical and stay valid for `systemd-analyze verify`, so rendering only
-swaps placeholders:
+The unit files live once, at the top of the source tree (homie.service,
+packaging/homie-user.service, packaging/io.homie.agent.plist); homie/data/
+holds symlinks to them, which the sdist and the wheel carry as plain files, so
+they are package data. The files stay valid for `systemd-analyze verify`, so
+rendering only swaps placeholders:
 
 * ``/usr/local/bin/homie`` -> the absolute path of the running homie executable
   (or ``python -m homie`` when there is no console script);
@@ -27,10 +28,10 @@ import shlex
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Callable, Sequence
 from xml.sax.saxutils import escape as _xml_escape
 
 from homie.errors import EXIT_USAGE, HomieError
@@ -157,7 +158,7 @@ def default_home(user_home: str | os.PathLike | None = None) -> Path:
 
 def template(mode: str) -> str:
     """The packaged template for a mode (homie/data/...)."""
-    return resources.files("homie").joinpath("data", TEMPLATES[mode]).read_text(encoding="utf-8")
+    return resources.files("homie").joinpath("data").joinpath(TEMPLATES[mode]).read_text(encoding="utf-8")
 
 
 _NEEDS_QUOTES = re.compile(r"[\s\"'\\;]")
@@ -439,7 +440,7 @@ def plan_uninstall(
 # --- executing --------------------------------------------------------------------
 
 
-def default_runner(argv: Sequence[str]) -> "subprocess.CompletedProcess[str]":
+def default_runner(argv: Sequence[str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(list(argv), capture_output=True, text=True, check=False)
 
 
@@ -470,7 +471,7 @@ def _exec(cmds: Sequence[Command], run: Runner | None, root: Path | None, out: O
             res = (run or default_runner)(cmd.argv)
         except FileNotFoundError:
             if cmd.check:
-                raise HomieError(f"command not found: {cmd.argv[0]} (needed for: {cmd})")
+                raise HomieError(f"command not found: {cmd.argv[0]} (needed for: {cmd})") from None
             out(f"skipped ({cmd.argv[0]} not found): {cmd}")
             continue
         rc = getattr(res, "returncode", 0)
@@ -630,7 +631,8 @@ def status(
                 st = re.search(r"^\s*state = (.+)$", text, re.M)
                 state = st.group(1).strip() if st else ("loaded" if rc == 0 else "not loaded")
             else:
-                state = text.splitlines()[0] if text else f"unknown (exit {rc}{': ' + err.splitlines()[-1] if err else ''})"
+                why = ": " + err.splitlines()[-1] if err else ""
+                state = text.splitlines()[0] if text else f"unknown (exit {rc}{why})"
         except FileNotFoundError:
             state = f"unknown ({argv[0]} not found)"
         except OSError as e:

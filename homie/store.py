@@ -13,6 +13,7 @@ import os
 import sqlite3
 import threading
 import time
+from collections.abc import Callable
 
 from homie.errors import HomieError
 from homie.home import open_private
@@ -50,7 +51,7 @@ def _private_db(path: str) -> None:
 
 
 class Store:
-    on_error = None
+    on_error: Callable[[str, Exception], None] | None = None
 
     def __init__(self, path):
         self.path = str(path)
@@ -87,7 +88,7 @@ class Store:
     def jobs(self, states: tuple[str, ...] | None = None) -> list[dict]:
         with self._lock:
             if states:
-                q = "SELECT doc FROM jobs WHERE state IN (%s) ORDER BY created" % ",".join("?" * len(states))
+                q = f"SELECT doc FROM jobs WHERE state IN ({','.join('?' * len(states))}) ORDER BY created"
                 rows = self._db.execute(q, states).fetchall()
             else:
                 rows = self._db.execute("SELECT doc FROM jobs ORDER BY created").fetchall()
@@ -153,4 +154,5 @@ class Store:
     def ledger_entries(self) -> list[dict]:
         with self._lock:
             rows = self._db.execute("SELECT job_id, peer, direction, cpu_s, gpu_s, wall_s, at FROM ledger").fetchall()
-        return [dict(zip(("job_id", "peer", "direction", "cpu_s", "gpu_s", "wall_s", "at"), r)) for r in rows]
+        cols = ("job_id", "peer", "direction", "cpu_s", "gpu_s", "wall_s", "at")
+        return [dict(zip(cols, r, strict=True)) for r in rows]

@@ -187,7 +187,7 @@ class Run:
 
 def work_dir(h: Host) -> Path:
     """Where h's (root) daemon keeps job directories."""
-    from homie.jobdir import work_root
+    from homie.worker.jobdir import work_root
 
     return work_root(h.home, per_job_uids=True)
 
@@ -211,7 +211,7 @@ def owner_account(name: str = OWNER) -> tuple[int, int]:
         cp = subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", name],
                             capture_output=True, text=True)
         if cp.returncode not in (0, 9):  # 9: created meanwhile by a parallel run
-            raise AssertionError(f"useradd {name} failed: {cp.stderr}")
+            raise AssertionError(f"useradd {name} failed: {cp.stderr}") from None
         pw = pwd.getpwnam(name)
     return pw.pw_uid, pw.pw_gid
 
@@ -234,7 +234,7 @@ def hand_home_to(h: Host, uid: int, gid: int) -> Path:
 
 def as_owner(h: Host, *args) -> list[str]:
     """argv running `args` as h's owner (see hand_home_to), with its HOME and HOMIE_HOME."""
-    uid, gid = getattr(h, "owner")
+    uid, gid = h.owner
     return ["setpriv", f"--reuid={uid}", f"--regid={gid}", "--init-groups", "--",
             "env", f"HOME={h.env['HOME']}", f"HOMIE_HOME={h.home}", *map(str, args)]
 
@@ -309,9 +309,9 @@ def _owner_homie_bin(uid: int, gid: int, hb: str) -> str:
 
 def start_daemon_as(h: Host, cwd: str | os.PathLike | None = None) -> int:
     """`homie up` on h as its ordinary owner (hand_home_to first); returns the daemon's pid."""
-    r = h.run(*as_owner(h, owner_homie_bin(*getattr(h, "owner")), "up", "--name", h.name), timeout=60, cwd=cwd)
-    assert r.returncode == 0, f"homie up as {getattr(h, 'owner')} on {h.name} failed: {r.stdout}{r.stderr}"
+    r = h.run(*as_owner(h, owner_homie_bin(*h.owner), "up", "--name", h.name), timeout=60, cwd=cwd)
+    assert r.returncode == 0, f"homie up as {h.owner} on {h.name} failed: {r.stdout}{r.stderr}"
     pid = daemon_pid(h)
     uid = os.stat(f"/proc/{pid}").st_uid
-    assert uid == getattr(h, "owner")[0], f"the daemon on {h.name} runs as uid {uid}, not the owner"
+    assert uid == h.owner[0], f"the daemon on {h.name} runs as uid {uid}, not the owner"
     return pid

@@ -34,8 +34,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 SUBNET = "10.203.0"
@@ -46,7 +47,7 @@ NS_RE = re.compile(r"^homie-(?:probe-)?(\d+)-")
 
 _PID = os.getpid()
 _counter = itertools.count(1)
-_live: "set[Cluster]" = set()
+_live: set[Cluster] = set()
 
 
 # --------------------------------------------------------------------------- helpers
@@ -209,7 +210,7 @@ def cleanup_stale() -> list[str]:
 class Host:
     """One machine of the cluster: a namespace with eth0 on the cluster bridge."""
 
-    def __init__(self, cluster: "Cluster", name: str, index: int, ns: str, veth: str,
+    def __init__(self, cluster: Cluster, name: str, index: int, ns: str, veth: str,
                  home: str | os.PathLike | None):
         self.cluster, self.name, self.index, self.ns, self.veth = cluster, name, index, ns, veth
         self.ip = f"{SUBNET}.{10 + index}"
@@ -378,7 +379,7 @@ class Cluster:
         self._started = self._closed = False
         self.logdir = Path()                      # set by start(): spawned processes' logs
 
-    def __enter__(self) -> "Cluster":
+    def __enter__(self) -> Cluster:
         try:
             self.start()
         except BaseException:

@@ -266,3 +266,61 @@ for epoch in range(1, 5):
     print(f"daemons' peak RSS after 200 MB checkpoints: {hwm}")
     assert all(mb < 150 for mb in hwm.values()), hwm
     run.proc.kill()
+
+
+def test_retries_restart_a_plain_job_from_scratch(cluster, tmp_path):
+    """--retries N without a checkpoint: the job runs again from the beginning elsewhere."""
+    hosts = trio(cluster)
+    raj, mike, you = hosts
+    proj = project(you, {"plain.py": "import sys, time\nfor i in range(12):\n"
+                                     "    print('tick', i, flush=True)\n    time.sleep(0.4)\n"})
+    run = Run(you, proj, "--retries", "1", "plain.py")
+    run.wait_out("tick 3", 40)
+    first = next(h for h in (raj, mike) if f"[{h.name}] tick 3" in run.out())
+    other = mike if first is raj else raj
+    os.kill(daemon_pid(first), signal.SIGKILL)
+    code = run.wait(60)
+    assert code == 0, (run.out()[-2000:], run.err()[-2000:])
+    assert f"→ resumed on {other.name} from the beginning (attempt 2)" in run.err(), run.err()
+    assert f"[{other.name}] tick 0" in run.out() and f"[{other.name}] tick 11" in run.out()
+
+
+MAPPED_STEPS = r'''
+import os, sys, time
+path = os.path.join(os.environ["HOMIE_CHECKPOINT_DIR"], "step")
+step = int(open(path).read()) if os.path.exists(path) else 0
+if step:
+    print("resumed at step", step, flush=True)
+while step < 12:
+    time.sleep(0.5)
+    step += 1
+    with open(path + ".tmp", "w") as f:
+        f.write(str(step))
+    os.replace(path + ".tmp", path)
+    print("step", step, flush=True)
+with open("done-" + os.path.basename(sys.argv[1]), "w") as f:
+    f.write(open(sys.argv[1]).read())
+'''
+
+
+def test_map_resumes_a_lost_input_from_its_checkpoint(cluster):
+    from netns import homie_bin
+
+    hosts = trio(cluster)
+    raj, mike, you = hosts
+    proj = project(you, {"steps.py": MAPPED_STEPS, "data/a.txt": "A\n", "data/b.txt": "B\n"})
+    log, err = proj / "map.out", proj / "map.err"
+    with open(log, "w") as out, open(err, "w") as e:
+        proc = you.spawn(homie_bin(), "map", "-j", "2", "--over", "data/*.txt", "steps.py", cwd=proj,
+                         stdout=out, stderr=e)
+    wait_until(lambda: "step 4" in log.read_text(), 40, msg="the inputs to get going")
+    first = next(h for h in (raj, mike) if f"[{h.name} " in log.read_text())
+    os.kill(daemon_pid(first), signal.SIGKILL)
+    code = proc.wait(timeout=120)
+    out = log.read_text()
+    assert code == 0, out[-2000:] + err.read_text()[-2000:]
+    resumed = [int(m) for m in re.findall(r"resumed at step (\d+)", out)]
+    assert resumed and min(resumed) >= 1, out
+    done = {p.name: p.read_text() for p in (proj / "results").rglob("done-*")}
+    assert done == {"done-a.txt": "A\n", "done-b.txt": "B\n"}, done
+    print(f"map: a lost input resumed at step(s) {resumed} instead of 0")

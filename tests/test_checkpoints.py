@@ -12,12 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from homie import checkpoints, migration, protocol
+from homie import checkpoints, protocol
 from homie.channel import Channel
 from homie.checkpoints import CHUNK, Store, Watcher
 from homie.errors import HomieError, ManifestError
-from homie.owner import OwnerWatch
 from homie.protocol import Conversation
+from homie.submit import migration
+from homie.worker.owner import OwnerWatch
 
 
 class Clock:
@@ -264,7 +265,7 @@ def test_retry_budget_defaults():
 def test_each_attempt_has_its_own_wire_id():
     ids = {migration.wire_id("ab12cd34", n) for n in (None, 1, 2, 3)}
     assert ids == {"ab12cd34", "ab12cd34r2", "ab12cd34r3"}
-    from homie.worker import JOB_ID_RE
+    from homie.worker.session import JOB_ID_RE
 
     assert all(JOB_ID_RE.match(i) for i in ids)
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from homie.errors import EXIT_NO_DAEMON, EXIT_USAGE
+
 from test_core_cli import free_port, homie, one_line_error
 
 

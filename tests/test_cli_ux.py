@@ -300,7 +300,7 @@ def test_up_and_doctor_judge_config_this_machine_cannot_honour(bare, extra, need
     assert needle in err and str(bare.home / "config.yaml") in err, err
     assert not (bare.home / "homie.sock").exists()
     r = bare.homie("doctor")
-    assert r.returncode == 1 and f"[FAIL] config: " in r.stdout and needle in r.stdout, r.stdout
+    assert r.returncode == 1 and "[FAIL] config: " in r.stdout and needle in r.stdout, r.stdout
 
 
 def test_up_bad_interface_and_bind_are_usage_errors(bare):

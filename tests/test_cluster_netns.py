@@ -399,5 +399,5 @@ def test_map_survives_a_worker_killed(farm):
     summary = next(ln for ln in err.splitlines() if ln.startswith(f"{ARROW} 12 inputs"))
     assert "12 ok, 0 failed" in summary, summary
     check_results(proj, 12)
-    assert "retrying elsewhere" in err, err[-2000:]
+    assert "running it again from the beginning" in err, err[-2000:]
     print(f"map with sam killed: finished {took:.2f}s after the kill: {summary}")

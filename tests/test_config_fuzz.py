@@ -31,7 +31,10 @@ scalars = (
     | st.text(max_size=30)
     | st.sampled_from(["udp", "eth0", "10.0.0.1", "a:1", "host:99999", "idle", "debug", "x.y", ""])
 )
-values = st.recursive(scalars, lambda kids: st.lists(kids, max_size=4) | st.dictionaries(st.text(max_size=8), kids, max_size=3), max_leaves=10)
+values = st.recursive(
+    scalars, lambda kids: st.lists(kids, max_size=4) | st.dictionaries(st.text(max_size=8), kids, max_size=3),
+    max_leaves=10,
+)
 keys = st.sampled_from(KEYS) | st.text(max_size=20) | st.integers()
 documents = st.dictionaries(keys, values, max_size=8) | values
 
@@ -93,7 +96,8 @@ near_valid = st.sampled_from([
 
 
 @SETTINGS
-@given(st.dictionaries(st.sampled_from(KEYS), near_valid, max_size=10), st.dictionaries(st.sampled_from(KEYS), near_valid, max_size=3))
+@given(st.dictionaries(st.sampled_from(KEYS), near_valid, max_size=10),
+       st.dictionaries(st.sampled_from(KEYS), near_valid, max_size=3))
 def test_near_valid_files_and_overrides(doc, overrides):
     PATH.write_text(yaml.safe_dump(doc), encoding="utf-8")
     check(lambda: load_config(PATH, overrides))

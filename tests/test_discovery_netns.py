@@ -97,7 +97,7 @@ def view(host) -> set[tuple[str, str]]:
 def views(hosts) -> dict[str, set[tuple[str, str]]]:
     """Everyone's view at (nearly) one moment: the CLIs run in parallel."""
     with ThreadPoolExecutor(len(hosts)) as ex:
-        return dict(zip([h.name for h in hosts], ex.map(view, hosts)))
+        return dict(zip([h.name for h in hosts], ex.map(view, hosts), strict=True))
 
 
 def fast_view(host) -> set[tuple[str, str]]:
@@ -259,7 +259,7 @@ def test_group_sees_itself_within_1s_and_other_group_sees_nothing(cluster):
     wait_until(lambda: everyone_sees_everyone(hosts), 5, interval=0.01, msg="three hosts to see each other")
     latency = time.monotonic() - last_up
     # the same through the CLI: names and addresses as `homie peers --json` prints them
-    assert all(v == expected(hosts, h) for h, v in zip(hosts, views(hosts).values()))
+    assert all(v == expected(hosts, h) for h, v in zip(hosts, views(hosts).values(), strict=True))
     cli = time.monotonic() - last_up
     print(f"\ndiscovery latency after the last `homie up`: {latency:.3f} s (confirmed by the CLIs at {cli:.3f} s)")
     assert latency < 1.0, f"peers appeared {latency:.3f} s after the last `homie up` (must be < 1 s)"
@@ -295,7 +295,7 @@ def test_down_removes_peer_within_1s(cluster):
     for h in hosts:
         up(h)
     wait_until(lambda: everyone_sees_everyone(hosts), 5, msg="all three to see each other")
-    assert all(v == expected(hosts, h) for h, v in zip(hosts, views(hosts).values()))
+    assert all(v == expected(hosts, h) for h, v in zip(hosts, views(hosts).values(), strict=True))
     rest = [raj, mia]
 
     # Watch the others' lists while `homie down` runs (it returns only once the
@@ -380,7 +380,7 @@ def test_static_backend_without_broadcast(cluster):
     last_up = up(hosts[-1])
     wait_until(lambda: everyone_sees_everyone(hosts), 5, interval=0.01, msg="static peers to see each other")
     latency = time.monotonic() - last_up
-    assert all(v == expected(hosts, h) for h, v in zip(hosts, views(hosts).values()))
+    assert all(v == expected(hosts, h) for h, v in zip(hosts, views(hosts).values(), strict=True))
     print(f"\nstatic discovery latency after the last `homie up`: {latency:.3f} s")
     assert latency < 1.0, f"static peers appeared {latency:.3f} s after the last `homie up`"
     st = json.loads(hosts[0].homie("status", "--json").stdout)

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 
-from homie import jobdir
 from homie.errors import HomieError, ManifestError
 from homie.files import (
     BlobCache,
@@ -21,6 +20,7 @@ from homie.files import (
     summarize,
     validate_manifest,
 )
+from homie.worker import jobdir
 
 SHA_EMPTY = hashlib.sha256(b"").hexdigest()
 

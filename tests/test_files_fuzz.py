@@ -9,13 +9,13 @@ import tempfile
 from pathlib import Path
 
 import pytest
-
-from reliability import fuzz_budget
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from homie.errors import ManifestError
 from homie.files import SafeWriter, validate_manifest
+
+from reliability import fuzz_budget
 
 FUZZ = settings(max_examples=fuzz_budget(1500), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

@@ -209,7 +209,8 @@ elif which == "slowloris":
             if closed_by_server(s, 0.01): cut_at[k] = time.time() - t0
         i += 1
         time.sleep(0.3)
-    out = {"connections": len(socks), "cut": len(cut_at), "max_seconds_until_cut": round(max(cut_at.values() or [99]), 2)}
+    out = {"connections": len(socks), "cut": len(cut_at),
+           "max_seconds_until_cut": round(max(cut_at.values() or [99]), 2)}
 
 elif which == "random":
     cut = 0; slowest = 0.0
@@ -373,7 +374,8 @@ def test_abuse_while_a_job_runs(cluster, recorder):
     job_note = f"legitimate job: {n}/{n} lines in order, exit 0"
     recorder.record(area, "500 idle TCP connections", "opened 500 connections at once, sent nothing, held 5 s", 1,
                     f"{r['idle500']['connected']} connected (client's view), {r['idle500']['closed_by_server']}"
-                    f" closed by the victim within 5 s, the rest left waiting past the listen backlog; it never held more than {max(held)} connections at once (cap 64, 16 per"
+                    f" closed by the victim within 5 s, the rest left waiting past the listen backlog;"
+                    f" it never held more than {max(held)} connections at once (cap 64, 16 per"
                     f" address); {job_note}")
     recorder.record(area, "slow-loris", "20 connections trickling a TLS ClientHello, 1 byte every 0.3 s", 20,
                     f"all cut by the handshake deadline, the last after {r['slowloris']['max_seconds_until_cut']} s")

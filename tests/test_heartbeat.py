@@ -2,13 +2,13 @@ import hmac
 import json
 
 import pytest
-
-from reliability import fuzz_budget
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from homie.heartbeat import HEADER, MAC_BYTES, MAGIC, MAX_PACKET, VERSION, Heartbeat, Signer, Verifier
 from homie.keys import derive, generate_key, group_tag
+
+from reliability import fuzz_budget
 
 KEY = generate_key()
 NOW = 1_700_000_000.0

@@ -58,8 +58,21 @@ from pathlib import Path
 
 import pytest
 
-from jobhelp import (Run, as_owner, daemon_pid, hand_home_to, make_group, marker, owner_account, owner_homie_bin,
-                     peer_names, processes, project, start_daemon, start_daemon_as)
+from jobhelp import (
+    Run,
+    as_owner,
+    daemon_pid,
+    hand_home_to,
+    make_group,
+    marker,
+    owner_account,
+    owner_homie_bin,
+    peer_names,
+    processes,
+    project,
+    start_daemon,
+    start_daemon_as,
+)
 from netns import Cluster, homie_bin, wait_until
 
 pytestmark = pytest.mark.netns
@@ -172,7 +185,7 @@ class Lan:
         content.update(files or {})
         return project(h, content)
 
-    def legit(self, h, worker, tag: str, n: int = LINES, pause: float = 0.01) -> "Legit":
+    def legit(self, h, worker, tag: str, n: int = LINES, pause: float = 0.01) -> Legit:
         return Legit(self, h, worker, tag, n, pause)
 
     def hostile(self, h, worker, script: str, *args, files: dict | None = None, out: Path | None = None) -> Run:
@@ -485,7 +498,7 @@ def attack_home_secrets(lan: Lan) -> dict[str, Obs]:
 
 def attack_ssh_key(lan: Lan) -> dict[str, Obs]:
     """6. A job reads $HOME/.ssh/id_ed25519 of the daemon's user by absolute path."""
-    w, mk = lan.w, marker()
+    w = lan.w
     obs = Obs(tried=f"a job reads {lan.ssh_key} (0600, owned by the daemon's user) and lists ~/.ssh")
     legit = lan.legit(lan.o, w, marker())
     h = lan.hostile(lan.m, w, "snoop.py", "OPENSSH", lan.ssh_key, lan.ssh_key.parent)
@@ -507,7 +520,7 @@ def attack_ssh_key(lan: Lan) -> dict[str, Obs]:
 def attack_other_member(lan: Lan) -> dict[str, Obs]:
     """7. Member m's job finds member o's running job, reads and overwrites its
     files, signals its processes."""
-    w, mk = lan.w, marker()
+    w = lan.w
     obs = Obs(tried="member m's job scans /proc and the work directory for member o's running job, reads and"
                     " overwrites its result file, writes pwned.txt, SIGKILLs its processes")
     tag = marker()
@@ -611,7 +624,6 @@ def attack_fill_tmp(lan: Lan) -> dict[str, Obs]:
 
 def attack_network(lan: Lan) -> dict[str, Obs]:
     """10. With job_network: false a job reaches nothing; with the default it can."""
-    mk = marker()
     obs = Obs(tried="a job on a job_network: false worker TCP-connects to other hosts' job ports, its own host's"
                     " (by IP and 127.0.0.1) and resolves names; the same connect from a default worker", times=2)
     targets = [f"{lan.m.ip}:{PORT}", f"{lan.o.ip}:{PORT}", f"{lan.wn.ip}:{PORT}", f"127.0.0.1:{PORT}"]
@@ -680,7 +692,7 @@ def attack_venv_poison(lan: Lan) -> dict[str, Obs]:
 def attack_dev_zero(lan: Lan) -> dict[str, Obs]:
     """12. A job points whatever output log it can reach at /dev/zero and prints;
     the worker daemon's memory is watched."""
-    w, mk = lan.wz, marker()
+    w = lan.wz
     obs = Obs(tried="a job replaces its own and a sibling's output log with a symlink to /dev/zero and prints;"
                     f" the worker daemon's VmRSS is sampled (limit {RSS_LIMIT >> 20} MB)")
     pid = daemon_pid(w)
@@ -888,7 +900,7 @@ def attack_loopback(lan: Lan) -> dict[str, Obs]:
     for w in (lan.wn, lan.w):
         svc = w.spawn(PY_SYSTEM, HOSTILE / "owner_service.py", mk, port)
         try:
-            wait_until(lambda: "listening" in svc.log(), 20, msg="the owner's service to listen")
+            wait_until(lambda svc=svc: "listening" in svc.log(), 20, msg="the owner's service to listen")
             h = lan.hostile(lan.m, w, "loopback.py", mk, port)
             finish(h, 60)
         finally:

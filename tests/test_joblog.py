@@ -42,7 +42,7 @@ def test_round_trip_with_offsets(log):
     assert log.end == pos == os.path.getsize(log.path)
 
     recs = read_records(log.path)
-    assert recs == [(s, e, d) for (s, d), e in zip(chunks, ends) if d]
+    assert recs == [(s, e, d) for (s, d), e in zip(chunks, ends, strict=True) if d]
     # resuming at any record's end offset yields exactly the rest, each byte once
     for i, (_, end, _) in enumerate(recs):
         assert read_records(log.path, end) == recs[i + 1 :]

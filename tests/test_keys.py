@@ -93,7 +93,8 @@ def test_hkdf_matches_rfc5869_test_case_1():
     )
 
 
-@pytest.mark.parametrize("label,length", [("group-tag", 8), ("heartbeat-hmac", 32), ("ca-key", 32), ("ca-serial", 20), ("x", 100)])
+@pytest.mark.parametrize("label,length",
+                         [("group-tag", 8), ("heartbeat-hmac", 32), ("ca-key", 32), ("ca-serial", 20), ("x", 100)])
 def test_derive_matches_cryptography_hkdf(label, length):
     from cryptography.hazmat.primitives import hashes
     from cryptography.hazmat.primitives.kdf.hkdf import HKDF

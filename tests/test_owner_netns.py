@@ -19,8 +19,18 @@ from pathlib import Path
 
 import pytest
 
-from jobhelp import (Run, daemon_pid, gate_path, marker, peer_names, processes, project, start_daemon, work_dir,
-                     write_config)
+from jobhelp import (
+    Run,
+    daemon_pid,
+    gate_path,
+    marker,
+    peer_names,
+    processes,
+    project,
+    start_daemon,
+    work_dir,
+    write_config,
+)
 from netns import REPO, Cluster, Host, wait_until
 
 pytestmark = pytest.mark.netns
@@ -342,9 +352,16 @@ def roundrobin_installed():
     assert check.returncode != 0
 
 
+SHOUT = ("import os; print('SHOUT=' + os.environ['SHOUT'],"
+         " os.path.isfile(os.path.join(os.environ['SHOUT_DIR'], 'shout.py')))")
+
+
 def test_installed_roundrobin_plugin(cluster, roundrobin_installed):
+    # you and a also load tests/plugins/shout_executor.py: an executor written only against homie.api
     you, a, b = group(cluster, ["you", "a", "b"],
-                      per_host={"you": {"max_jobs": 0, "scheduler": "round-robin"}})
+                      per_host={"you": {"max_jobs": 0, "scheduler": "round-robin", "plugins": "[shout_executor]"},
+                                "a": {"plugins": "[shout_executor]"}},
+                      env={"you": {"PYTHONPATH": TEST_PLUGINS}, "a": {"PYTHONPATH": TEST_PLUGINS}})
     r = you.homie("plugins", "--json")
     assert r.returncode == 0, r.stderr
     rr = {p["name"]: p for p in json.loads(r.stdout)}.get("roundrobin")
@@ -370,6 +387,15 @@ def test_installed_roundrobin_plugin(cluster, roundrobin_installed):
     assert "[a] niceness 19" in r.stdout, r.stdout
     r = you.homie("run", "-n", "a", "nice.py", cwd=proj)
     assert "[a] niceness 0" in r.stdout, r.stdout
+
+    shout = project(you, {"shout.py": SHOUT})
+    r = you.homie("run", "-n", "a", "--executor", "shout", "shout.py", cwd=shout)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert f"shout: shout.py is {len(SHOUT)} bytes, 1 file(s), frozen yes" in r.stderr, r.stderr
+    assert "[a] SHOUT=YOU True" in r.stdout, r.stdout
+    r = you.homie("run", "-n", "a", "--executor", "shout", "shout.py", "fail", cwd=shout)
+    assert r.returncode not in (0, None) and "shout refuses to run this job" in r.stderr, r.stdout + r.stderr
+    assert "SHOUT=" not in r.stdout
 
 
 # -- a plugin that raises --------------------------------------------------------------------------------

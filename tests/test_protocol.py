@@ -516,10 +516,10 @@ def _prefixes_reaching_each_open_state():
 
 
 def test_prefixes_reach_every_open_state():
-    states = set(_prefixes_reaching_each_open_state()) | {protocol.REPLY}
+    states = set(_prefixes_reaching_each_open_state()) | {protocol.REPLY, protocol.DRAIN}
     assert states == {IDLE, protocol.NEGOTIATE, protocol.UPLOAD, protocol.STARTING, protocol.STREAM,
                       protocol.RESULTS, protocol.WANT, protocol.DOWNLOAD, protocol.REPLY,
-                      protocol.CHECKPOINT, protocol.CKPT_WANT}
+                      protocol.CHECKPOINT, protocol.CKPT_WANT, protocol.DRAIN}
 
 
 @pytest.mark.parametrize("role", [CLIENT, SERVER])
@@ -553,3 +553,26 @@ def test_decoder_holds_at_most_one_partial_frame():
     [ev] = dec.feed(wire[-1:] + wire[:3])
     assert ev == Output(STDOUT, 5, b"z" * (MAX_OUT - OUT_HEADER.size))
     assert dec.pending == 3
+
+
+def test_a_refused_upload_drains_what_was_in_flight_then_nothing_else():
+    """The worker refuses mid-upload (disk full): the submitter's frames already on
+    the wire are read and dropped, legally; nothing else is, and the worker says no more."""
+    conv = Conversation(SERVER)
+    play(conv, FULL[:4])  # hello, submit, need, blob
+    conv.send(msg("error"))
+    assert conv.state == protocol.DRAIN
+    for ev in (Data(b"late"), msg("blob"), Data(b"x"), msg("upload_done")):
+        conv.receive(ev)
+    with pytest.raises(ProtocolError):
+        conv.receive(msg("attach"))
+    with pytest.raises(ProtocolError):
+        Conversation(SERVER).send(msg("need"))  # and a server never speaks out of turn
+
+
+def test_abort_closes_the_conversation():
+    conv = Conversation(CLIENT)
+    play(conv, FULL[:1])
+    conv.abort()
+    with pytest.raises(ProtocolError):
+        conv.send(msg("bye"))

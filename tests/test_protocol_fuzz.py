@@ -53,8 +53,9 @@ FUZZ = settings(
 BOUND = max(protocol._CAPS.values()) + HEADER.size
 assert BOUND >= MAX_MSG + HEADER.size
 
-STATES = {protocol.CHECKPOINT, protocol.CKPT_WANT, protocol.START, protocol.IDLE, protocol.NEGOTIATE, protocol.UPLOAD, protocol.STARTING,
-          protocol.STREAM, protocol.RESULTS, protocol.WANT, protocol.DOWNLOAD, protocol.REPLY,
+STATES = {protocol.CHECKPOINT, protocol.CKPT_WANT, protocol.DRAIN, protocol.START, protocol.IDLE, protocol.NEGOTIATE,
+          protocol.UPLOAD,
+          protocol.STARTING, protocol.STREAM, protocol.RESULTS, protocol.WANT, protocol.DOWNLOAD, protocol.REPLY,
           protocol.CLOSED}
 
 
@@ -197,7 +198,7 @@ def feed_sliced(data: bytes, cuts: list[int]) -> None:
     dec = FrameDecoder()
     points = sorted({c % (len(data) + 1) for c in cuts} | {0, len(data)})
     try:
-        for a, b in zip(points, points[1:]):
+        for a, b in zip(points, points[1:], strict=False):
             events = dec.feed(data[a:b])
             assert all(isinstance(e, (Message, Data, Output)) for e in events)
             assert dec.pending <= BOUND
@@ -234,7 +235,7 @@ def test_decoder_valid_streams_any_slicing(cases, stream, cuts):
     dec = FrameDecoder()
     got = []
     points = sorted({c % (len(stream) + 1) for c in cuts} | {0, len(stream)})
-    for a, b in zip(points, points[1:]):
+    for a, b in zip(points, points[1:], strict=False):
         got += dec.feed(stream[a:b])
     assert dec.pending == 0
     assert got == whole

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from homie import futures, pyrunner
+from homie import futures
 from homie.client import Ended, JobEvent, JobInfo, JobState, OutputEvent, Peer, typed
 from homie.errors import EXIT_NO_PEER, EXIT_PEER_LOST, NoPeer, PeerLost, error_for
 

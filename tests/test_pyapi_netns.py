@@ -25,6 +25,7 @@ import pytest
 
 import homie
 from homie.client import Ended, JobEvent, JobState, OutputEvent
+
 from jobhelp import GATES, gate_path, make_group, marker, processes, project
 from netns import Cluster, wait_until
 
@@ -35,7 +36,7 @@ THIS = sys.modules[__name__]
 
 def _job_python() -> tuple[str | None, str]:
     """(interpreter, why not): a venv of the system python3 seeing this venv's site-packages."""
-    from homie.jobdir import passable_by_others
+    from homie.worker.jobdir import passable_by_others
 
     system = shutil.which("python3", path="/usr/bin:/bin:/usr/local/bin")
     if not system:
@@ -51,10 +52,11 @@ def _job_python() -> tuple[str | None, str]:
     if not (venv / "bin" / "python").exists():
         shutil.rmtree(venv, ignore_errors=True)
         subprocess.run([system, "-m", "venv", "--without-pip", str(venv)], check=True, capture_output=True)
-        own_site = subprocess.run([str(venv / "bin" / "python"), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        own_site = subprocess.run([str(venv / "bin" / "python"), "-c",
+                                   "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                                   capture_output=True, text=True, check=True).stdout.strip()
         Path(own_site, "homie-tests.pth").write_text(site + "\n")
-        for root, dirs, _ in os.walk(venv):
+        for root, _dirs, _files in os.walk(venv):
             os.chmod(root, 0o755)
     return str(venv / "bin" / "python"), str(site)
 

@@ -56,7 +56,8 @@ def test_every_option_in_the_command_table_exists(synopsis):
     cp = subprocess.run([homie_bin(), *verb, "--help"], capture_output=True, text=True, timeout=30)
     assert cp.returncode == 0, (verb, cp.stderr)
     for opt in re.findall(r"(?<![\w-])(--?[a-z][a-z-]*)", synopsis):
-        assert re.search(rf"(?<![\w-]){re.escape(opt)}\b", cp.stdout), f"{synopsis}: {opt} not in `homie {' '.join(verb)} --help`"
+        assert re.search(rf"(?<![\w-]){re.escape(opt)}\b", cp.stdout), (
+            f"{synopsis}: {opt} not in `homie {' '.join(verb)} --help`")
 
 
 @pytest.mark.netns

@@ -8,20 +8,18 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
 import sys
 import textwrap
-import threading
 import time
 from pathlib import Path
 
 import pytest
 
-from homie import jobdir, sandbox
 from homie.errors import HomieError, ManifestError
-from homie.identity import Identities, Identity, parse_range
 from homie.joblog import JobLog, read_records
-from homie.runner import JobProcess, Launch, Limits
+from homie.worker import jobdir, sandbox
+from homie.worker.identity import Identities, Identity, parse_range
+from homie.worker.runner import JobProcess, Launch, Limits
 
 ROOT = os.geteuid() == 0
 BWRAP = sandbox.bwrap_path()
@@ -211,7 +209,7 @@ def test_sandboxed_job_sees_only_its_directory(passable):
                 out[path] = type(e).__name__
         print(json.dumps(out))
         open("made.txt", "w").write("hi")
-    """ % str(tmp_path), uid=62020)
+    """ % str(tmp_path), uid=62020)  # noqa: UP031 - the script's braces would need doubling in an f-string
     o = p.wait(30)
     assert o.code == 0, _text(log)
     seen = json.loads(_text(log).strip().splitlines()[-1])
@@ -331,7 +329,7 @@ def test_tmp_is_private_and_capped(tmp_path):
 
 @needs_bwrap
 def test_cpu_time_of_a_sandboxed_job_is_counted(tmp_path):
-    from homie.runner import enable_subreaper
+    from homie.worker.runner import enable_subreaper
 
     assert enable_subreaper()  # as the daemon does: bubblewrap's orphaned init is ours to reap
     p, log = _start(tmp_path, """

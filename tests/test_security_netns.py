@@ -204,18 +204,17 @@ while True:
         c.close()
 """
 
-# The daemon's own client code (Submitter.connect with the daemon's Trust) against
+# The daemon's own client code (Dialer.connect with the daemon's Trust) against
 # the fake server. argv: ip port keyfile.
 DAEMON_CLIENT = r"""
 import json, sys, types
 from homie.errors import HomieError
 from homie.keys import load_key
-from homie.submitter import Submitter
+from homie.submit.dial import Dialer
 from homie.trust import Trust
-node = types.SimpleNamespace(trust=Trust(load_key(sys.argv[3]), "you"))
 res = {}
 try:
-    Submitter.connect(types.SimpleNamespace(node=node), sys.argv[1], int(sys.argv[2]))
+    Dialer(Trust(load_key(sys.argv[3]), "you")).connect(sys.argv[1], int(sys.argv[2]))
     res["connected"] = True
 except HomieError as e:
     res = {"connected": False, "message": str(e), "exit_code": e.exit_code}

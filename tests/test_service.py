@@ -7,6 +7,10 @@ import plistlib
 import re
 import shutil
 import subprocess
+import sys
+import tarfile
+import zipfile
+from importlib import resources
 from pathlib import Path
 
 import pytest
@@ -64,18 +68,57 @@ def _rendered_unit(tmp_path: Path, mode: str) -> Path:
 # --- the files ------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    "checked_in,packaged",
-    [
-        ("homie.service", "homie.service"),
-        ("packaging/homie-user.service", "homie-user.service"),
-        ("packaging/io.homie.agent.plist", "io.homie.agent.plist"),
-    ],
-)
-def test_checked_in_files_identical_to_package_data(checked_in, packaged):
-    assert (REPO / checked_in).read_bytes() == (DATA / packaged).read_bytes(), (
-        f"{checked_in} and homie/data/{packaged} differ: edit both"
+# One source each, at the top level; homie/data/ (the package data) holds
+# relative symlinks to them, which the sdist and the wheel carry as plain files.
+SOURCES = {
+    "homie.service": "homie.service",
+    "homie-user.service": "packaging/homie-user.service",
+    "io.homie.agent.plist": "packaging/io.homie.agent.plist",
+}
+
+
+@pytest.mark.parametrize("packaged,source", SOURCES.items())
+def test_package_data_links_to_the_single_source(packaged, source):
+    link = DATA / packaged
+    assert link.is_symlink() and link.resolve() == (REPO / source).resolve(), (
+        f"homie/data/{packaged} must be a symlink to {source} (edit {source}; there is no second copy)"
     )
+    assert sorted(p.name for p in DATA.iterdir()) == sorted(SOURCES)
+
+
+@pytest.mark.parametrize("packaged,source", SOURCES.items())
+def test_the_installed_package_serves_the_source(packaged, source):
+    res = resources.files("homie").joinpath("data").joinpath(packaged)
+    assert res.read_bytes() == (REPO / source).read_bytes()
+
+
+def test_sdist_and_wheel_carry_the_sources_as_plain_files(tmp_path):
+    """What `pip install .` and PyPI users get: build both from a copy of the
+    tree (offline: setuptools and wheel are in the test extra)."""
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("pyproject.toml", "README.md", "homie.service"):
+        shutil.copy2(REPO / name, src / name)
+    ignore = shutil.ignore_patterns("__pycache__", "*.egg-info")
+    for name in ("homie", "packaging"):
+        shutil.copytree(REPO / name, src / name, symlinks=True, ignore=ignore)
+    out = tmp_path / "dist"
+    env = {**os.environ, "PIP_NO_INDEX": "1", "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
+    r = subprocess.run([sys.executable, "-c", f"from setuptools import build_meta as b; b.build_sdist({str(out)!r})"],
+                       cwd=src, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    r = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w",
+                        str(out), str(src)], capture_output=True, text=True, timeout=120, env=env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    (sdist,), (wheel,) = out.glob("*.tar.gz"), out.glob("*.whl")
+    with tarfile.open(sdist) as tar, zipfile.ZipFile(wheel) as whl:
+        top = tar.getnames()[0].split("/")[0]
+        for packaged, source in SOURCES.items():
+            want = (REPO / source).read_bytes()
+            member = tar.getmember(f"{top}/homie/data/{packaged}")
+            assert member.isfile(), f"the sdist holds homie/data/{packaged} as a link"
+            assert tar.extractfile(member).read() == want, packaged
+            assert whl.read(f"homie/data/{packaged}") == want, packaged
 
 
 def test_templates_load_as_package_data():
@@ -91,16 +134,16 @@ def test_systemd_analyze_verify(tmp_path, mode):
     res = _analyze(*args, cwd=unit.parent, tmp=tmp_path)
     assert res.returncode == 0, res.stdout + res.stderr
     # verify also reports unknown/misspelled keys only as warnings: none allowed.
-    noise = [l for l in res.stderr.splitlines() if "homie.service" in l]
+    noise = [line for line in res.stderr.splitlines() if "homie.service" in line]
     assert not noise, res.stderr
 
 
 @needs_analyze
 def test_checked_in_system_unit_verifies_apart_from_the_placeholder_binary(tmp_path):
     res = _analyze("verify", str(REPO / "homie.service"), cwd=tmp_path, tmp=tmp_path)
-    complaints = [l for l in (res.stdout + res.stderr).splitlines() if l.strip()]
+    complaints = [line for line in (res.stdout + res.stderr).splitlines() if line.strip()]
     # The only acceptable complaint is the placeholder /usr/local/bin/homie not existing here.
-    assert all(svc.TEMPLATE_EXE in l for l in complaints), complaints
+    assert all(svc.TEMPLATE_EXE in line for line in complaints), complaints
 
 
 @needs_analyze
@@ -115,7 +158,7 @@ def test_system_unit_security_exposure(tmp_path):
 def test_system_unit_essentials():
     text = svc.template(svc.SYSTEM)
     keys = dict(
-        l.split("=", 1) for l in text.splitlines() if l and not l.startswith(("#", "[")) and "=" in l
+        line.split("=", 1) for line in text.splitlines() if line and not line.startswith(("#", "[")) and "=" in line
     )
     assert keys["User"] == "homie"
     assert keys["StateDirectory"] == "homie"
@@ -229,7 +272,7 @@ def test_dry_run_prints_file_and_commands_and_writes_nothing(
 def test_dry_run_system_shows_useradd_when_user_missing(tmp_path):
     lines: list[str] = []
     svc.install("system", dry_run=True, root=tmp_path, out=lines.append, platform="linux", exe=EXE, euid=0)
-    useradd = [l for l in lines if "useradd" in l]
+    useradd = [line for line in lines if "useradd" in line]
     assert useradd and "--system" in useradd[0] and useradd[0].rstrip().endswith(" homie")
 
 
@@ -309,7 +352,7 @@ def test_install_uninstall_launchd(tmp_path, monkeypatch):
 def test_root_prefix_without_runner_skips_commands(tmp_path):
     lines: list[str] = []
     svc.install("system", root=tmp_path, out=lines.append, platform="linux", exe=EXE, euid=0)
-    assert any(l.startswith("skipped (HOMIE_SERVICE_ROOT is set): systemctl") for l in lines)
+    assert any(line.startswith("skipped (HOMIE_SERVICE_ROOT is set): systemctl") for line in lines)
 
 
 def test_failed_command_is_an_error(tmp_path):

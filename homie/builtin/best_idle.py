@@ -2,12 +2,7 @@
 
 from __future__ import annotations
 
-from homie.hookspecs import hookimpl
-
-
-def idleness(peer):
-    # Idle CPU first, then free memory, then fewer running jobs.
-    return (peer.cpu_percent_idle or 0.0, peer.ram_free_gb or 0.0, -(peer.running or 0))
+from homie.api import hookimpl
 
 
 @hookimpl(trylast=True)
@@ -18,4 +13,4 @@ def homie_choose_peer(job, peers, config):
     the laptop someone is working on, so the local node is the last resort.
     """
     friends = [p for p in peers if not p.local]
-    return max(friends or peers, key=idleness)
+    return max(friends or peers, key=lambda p: p.idleness)  # idle CPU, then free RAM, then fewer jobs

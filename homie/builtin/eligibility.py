@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from homie.hookspecs import hookimpl
+from homie.api import hookimpl
 
 
 @hookimpl

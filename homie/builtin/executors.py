@@ -1,35 +1,15 @@
 """Built-in executors: subprocess (the default) and venv (when the job carries
-requirements.txt). Executors only decide what runs; homie.runner runs it."""
+requirements.txt). Executors only decide what runs; the worker runs it. Written
+against the public plugin API (homie.api) only, like any third-party executor."""
 
 from __future__ import annotations
 
 import hashlib
 import os
-import shlex
 import threading
 from pathlib import Path
 
-from homie import files, jobdir, sandbox
-from homie.errors import HomieError
-from homie.hookspecs import hookimpl
-from homie.protocol import STDERR
-
-
-def script_command(job, python: str) -> list[str]:
-    """`.py` runs with the worker's Python; anything else by its shebang line."""
-    if job.script.endswith(".py"):
-        return [python, job.script, *job.args]
-    try:
-        fd = jobdir.open_beneath(Path(job.dir), job.script)  # never through a link
-        with os.fdopen(fd, "rb") as f:
-            first = f.readline(512)
-    except (OSError, HomieError) as e:
-        raise HomieError(f"cannot read {job.script}: {getattr(e, 'strerror', None) or e}") from None
-    if first.startswith(b"#!"):
-        interp = shlex.split(first[2:].decode(errors="replace").strip())
-        if interp:
-            return [*interp, job.script, *job.args]
-    raise HomieError(f"don't know how to run {job.script}: not a .py file and no #! line")
+from homie.api import HOME_DIR, JOB_DIR, STDERR, VENV_DIR, HomieError, hookimpl, script_argv
 
 
 class SubprocessExecutor:
@@ -48,7 +28,7 @@ class SubprocessExecutor:
         pass
 
     def command(self, job) -> tuple[list[str], dict]:
-        return script_command(job, self.ctx.python), {}
+        return script_argv(job, self.ctx.python), {}
 
 
 class VenvExecutor:
@@ -71,18 +51,18 @@ class VenvExecutor:
 
     def __init__(self, ctx):
         self.ctx = ctx
-        self._keys: dict[str, tuple[str, list[dict]]] = {}  # job id -> (key, inputs): computed once
+        self._keys: dict[str, tuple[str, list]] = {}  # job id -> (key, inputs): computed once
 
     def wants(self, job) -> bool:
-        return any(f["path"] == "requirements.txt" for f in job.files)
+        return job.has_file("requirements.txt")
 
-    def _inputs(self, job) -> list[dict]:
+    def _inputs(self, job) -> list:
         """The job's files pip can read: requirements.txt and what it names by
         relative path (-r/-c files, local wheels and projects, --find-links
         directories), by manifest entry. The build sees only these, so the
         environment depends on nothing that is not in its key."""
-        by_path = {f["path"]: f for f in job.files}
-        chosen: dict[str, dict] = {}
+        by_path = {f.path: f for f in job.files}
+        chosen: dict = {}
         todo = ["requirements.txt"]
         while todo:
             rel = todo.pop()
@@ -92,7 +72,7 @@ class VenvExecutor:
             if len(chosen) > 1 and not rel.endswith(".txt"):
                 continue
             try:
-                with os.fdopen(jobdir.open_beneath(Path(job.dir), rel), "rb") as f:
+                with job.open(rel) as f:
                     text = f.read(1 << 20).decode(errors="replace")
             except (OSError, HomieError):
                 continue
@@ -103,7 +83,7 @@ class VenvExecutor:
                 for path in by_path:
                     if ref == "." or path == ref or path.startswith(ref.rstrip("/") + "/"):
                         todo.append(path)
-        return sorted(chosen.values(), key=lambda f: f["path"])
+        return sorted(chosen.values(), key=lambda f: f.path)
 
     def _key(self, job) -> str:
         cached = self._keys.get(job.id)
@@ -111,7 +91,7 @@ class VenvExecutor:
             return cached[0]
         inputs = self._inputs(job)
         h = hashlib.sha256()
-        parts = [job.submitter, self.ctx.python_version, *(f"{f['path']}\0{f['sha256']}" for f in inputs)]
+        parts = [job.submitter, self.ctx.python_version, *(f"{f.path}\0{f.sha256}" for f in inputs)]
         for part in parts:
             b = part.encode()
             h.update(len(b).to_bytes(8, "big"))
@@ -122,14 +102,14 @@ class VenvExecutor:
 
     def venv_dir(self, job) -> str:
         """The environment's host path (the worker binds it into the sandbox)."""
-        return str(Path(self.ctx.work.venvs) / self._key(job))
+        return str(Path(self.ctx.venvs) / self._key(job))
 
     def _seen_as(self, host_path: str) -> str:
-        return sandbox.VENV_DIR if self.ctx.sandboxed else host_path
+        return VENV_DIR if self.ctx.sandboxed else host_path
 
     def prepare(self, job, emit) -> None:
         key = self._key(job)
-        root = Path(self.ctx.work.venvs)
+        root = Path(self.ctx.venvs)
         target = root / key
         with self._locks_guard:
             lock = self._locks.setdefault(key, threading.Lock())
@@ -142,50 +122,35 @@ class VenvExecutor:
             tmp = root / f".{key}.{os.getpid()}.tmp"
             src = root / f".{key}.{os.getpid()}.src"
             for old in (tmp, src):
-                jobdir.remove(old)
-            ident = job.ident
+                self.ctx.remove_tree(old)
             try:
-                self._stage_inputs(job, src)
+                # Only what the build may read, given to the job's identity.
+                self.ctx.stage_files(job, [f.path for f in self._keys[job.id][1]], src)
                 for d in (tmp, tmp / ".homie-tmp"):
-                    os.mkdir(d, 0o700)
-                    os.chmod(d, 0o755)  # readable by later jobs' uids; the daemon's umask is 077
-                    if ident.differs:
-                        os.chown(d, ident.uid, ident.gid)
+                    self.ctx.make_setup_dir(job, d)  # readable by later jobs' uids
                 venv = self._seen_as(str(tmp))
                 self._run(job, [self.ctx.python, "-I", "-m", "venv", venv], str(tmp), src)
-                req = f"{sandbox.JOB_DIR if self.ctx.sandboxed else src}/requirements.txt"
+                req = f"{JOB_DIR if self.ctx.sandboxed else src}/requirements.txt"
                 self._run(job, [f"{venv}/bin/python", "-I", "-m", "pip", "install", "--disable-pip-version-check",
                                 "--no-input", "-r", req], str(tmp), src)
-                jobdir.remove(tmp / ".homie-tmp")
+                self.ctx.remove_tree(tmp / ".homie-tmp")
                 # Taken back whole, whatever the build left: every file the
                 # daemon's, no setuid bit, nothing writable by others.
-                jobdir.give(tmp, os.geteuid(), os.getegid(), shared_blobs=False, strip_modes=True)
-                _mark_ready(tmp)
+                self.ctx.take_back(tmp)
+                _mark_ready(tmp, self.ctx)
             except BaseException:
-                jobdir.remove(tmp)
+                self.ctx.remove_tree(tmp)
                 raise
             finally:
-                jobdir.remove(src)
+                self.ctx.remove_tree(src)
             try:
                 os.rename(tmp, target)
             except OSError:
-                jobdir.remove(tmp)  # another job won the race
+                self.ctx.remove_tree(tmp)  # another job won the race
             self.ctx.evict_venvs(keep={key})
 
-    def _stage_inputs(self, job, src: Path) -> None:
-        """A directory holding only what the build may read, given to the job's uid."""
-        os.mkdir(src, 0o700)
-        writer = files.SafeWriter(src)
-        for f in self._keys[job.id][1]:
-            with os.fdopen(jobdir.open_beneath(Path(job.dir), f["path"]), "rb") as inp, \
-                    writer.open_new(f["path"], f.get("mode", files.MODE_FILE)) as out:
-                while chunk := inp.read(1 << 20):
-                    out.write(chunk)
-        if job.ident.differs:
-            jobdir.give(src, job.ident.uid, job.ident.gid)
-
     def _run(self, job, argv, venv_host: str, src: Path) -> None:
-        home = sandbox.HOME_DIR if self.ctx.sandboxed else str(Path(venv_host, ".homie-tmp"))
+        home = HOME_DIR if self.ctx.sandboxed else str(Path(venv_host, ".homie-tmp"))
         # Downloads and builds go to disk beside the environment, not to the
         # sandbox's small /tmp (a wheel of a GB or two is common).
         tmp = f"{self._seen_as(venv_host)}/.homie-tmp"
@@ -199,7 +164,7 @@ class VenvExecutor:
         env_dir = self._seen_as(self.venv_dir(job))
         python = f"{env_dir}/bin/python"
         env = {"VIRTUAL_ENV": env_dir, "PATH": f"{env_dir}/bin{os.pathsep}{self.ctx.base_env.get('PATH', '')}"}
-        return script_command(job, python), env
+        return script_argv(job, python), env
 
 
 READY = ".homie-ready"
@@ -232,7 +197,7 @@ def _relative_refs(text: str) -> list[str]:
     return out
 
 
-def _mark_ready(venv: Path) -> None:
+def _mark_ready(venv: Path, ctx) -> None:
     """The marker a reuse looks for, made by the daemon in its own tree: no
     link a build left at that name is followed."""
     fd = os.open(venv, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
@@ -242,7 +207,7 @@ def _mark_ready(venv: Path) -> None:
         except FileNotFoundError:
             pass
         except IsADirectoryError:
-            jobdir.remove(venv / READY)
+            ctx.remove_tree(venv / READY)
         os.close(os.open(READY, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644, dir_fd=fd))
     finally:
         os.close(fd)

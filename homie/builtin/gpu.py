@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import threading
 
-from homie.hookspecs import hookimpl
+from homie.api import hookimpl
 
 _lock = threading.Lock()
-_state = {"init": None}  # None: not tried; False: unavailable; True: initialised
+_state: dict[str, bool | None] = {"init": None}  # None: not tried; False: unavailable; True: initialised
 
 
 def _nvml():

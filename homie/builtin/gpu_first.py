@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from homie.builtin.best_idle import idleness
-from homie.hookspecs import hookimpl
+from homie.api import hookimpl
 
 
 @hookimpl
@@ -13,4 +12,4 @@ def homie_choose_peer(job, peers, config):
     with_gpu = [p for p in peers if p.has_gpu]
     if not with_gpu:
         return None
-    return max(with_gpu, key=lambda p: (p.gpu_mem_free_gb or 0.0, not p.local, idleness(p)))
+    return max(with_gpu, key=lambda p: (p.gpu_mem_free_gb or 0.0, not p.local, p.idleness))

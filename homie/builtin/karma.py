@@ -7,16 +7,14 @@ it orders jobs waiting for a slot by their submitter's balance.
 
 from __future__ import annotations
 
-from homie.builtin.best_idle import idleness
-from homie.hookspecs import hookimpl
-from homie.peers import balance
+from homie.api import hookimpl
 
 
 @hookimpl
 def homie_choose_peer(job, peers, config):
     if job.scheduler != "karma":
         return None
-    return min(peers, key=lambda p: (balance(p.karma), p.local, tuple(-x for x in idleness(p))))
+    return min(peers, key=lambda p: (p.balance, p.local, tuple(-x for x in p.idleness)))
 
 
 @hookimpl

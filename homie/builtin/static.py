@@ -7,7 +7,7 @@ broadcast ones, and the peers' answers come back the same way.
 
 from __future__ import annotations
 
-from homie.hookspecs import hookimpl
+from homie.api import hookimpl
 
 
 class StaticPeers:

@@ -66,7 +66,7 @@ def table(headers: list[str], rows: list[list[str]]) -> str:
     headers = [headers[i] for i in keep]
     rows = [[str(r[i]) for i in keep] for r in rows]
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
-    line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
+    line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=False)).rstrip()  # noqa: E731
     out = [line(headers), "─" * (sum(widths) + 2 * (len(widths) - 1))]
     out += [line(r) for r in rows]
     return "\n".join(out)

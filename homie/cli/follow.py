@@ -76,6 +76,7 @@ class _Progress:
             self.bar.start()
             self.task = self.bar.add_task(ev.phase, total=ev.total)
             self.phase = ev.phase
+        assert self.bar is not None  # opened above for this phase
         self.bar.update(self.task, completed=ev.done)
 
     def close(self) -> None:
@@ -117,7 +118,8 @@ def follow_stream(events, out_dir: str | None, quiet: bool = False, tag: str | N
             tell(f"queued: {ev.why}")
         elif kind == "sending":
             nbytes = ev.bytes or 0
-            extra = f" ({ev.files} files, {size(nbytes)})" if nbytes >= 10 << 20 or (ev.files or 0) > 20 else ""
+            big = nbytes >= 10 << 20 or (ev.files or 0) > 20
+            extra = f" ({ev.files} files, {size(nbytes)})" if big else ""
             if attached:
                 tell(f"job {attached} was sent to {ev.peer} ({ev.via}){extra}")
             else:

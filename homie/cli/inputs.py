@@ -12,7 +12,6 @@ from homie.cli.common import printable, say, size
 from homie.errors import EXIT_USAGE, HomieError
 from homie.home import Home
 
-
 # Arguments and names travel in one message to the daemon and on to the peer:
 # far below the 1 MiB frame cap, so a long argument list is a clear error here.
 MAX_ARGS_BYTES = 960 * 1024
@@ -126,8 +125,8 @@ def check_inputs(script: str, files: tuple[str, ...], directory: str | None) -> 
         raise HomieError(f"script not found: {script}{hint}", EXIT_USAGE)
     if not script.endswith(".py"):
         try:
-            with open(script, "rb") as f:
-                first = f.read(2)
+            with open(script, "rb") as fh:
+                first = fh.read(2)
         except OSError as e:
             raise HomieError(f"cannot read {script}: {e.strerror}", EXIT_USAGE) from None
         if first != b"#!":

@@ -58,7 +58,8 @@ def ps(as_json, show_all, statuses, peer, ids_only):
     now = res["now"]
     if not sent and not here:
         filtered = " matching" if statuses or peer else ""
-        click.echo(f"no jobs{filtered}" + ("" if show_all or statuses else " running (homie ps --all shows finished ones)"))
+        click.echo(f"no jobs{filtered}"
+                   + ("" if show_all or statuses else " running (homie ps --all shows finished ones)"))
         return
     if sent:
         rows = []
@@ -140,7 +141,8 @@ def wait_cmd(job_ids):
 
 @click.command(epilog=example("homie restart 3f9a61c2", "homie restart 3f9a61c2 --detach"))
 @click.argument("job_id", metavar="JOB")
-@click.option("-o", "--output", "out_dir", default="results", show_default=True, metavar="DIR", help="Where result files go.")
+@click.option("-o", "--output", "out_dir", default="results", show_default=True, metavar="DIR",
+              help="Where result files go.")
 @click.option("--detach", is_flag=True, help="Return at once with the new job id.")
 @click.option("-q", "--quiet", is_flag=True, help="Only the job's output, unprefixed.")
 def restart(job_id, out_dir, detach, quiet):
@@ -163,7 +165,8 @@ def restart(job_id, out_dir, detach, quiet):
 def clean(job_ids):
     """Forget finished jobs (all, or the JOBs named) and delete their kept results and logs."""
     if not job_ids:
-        job_ids = tuple(j["job_id"] for j in ps_jobs(True)["jobs"] if j["status"] in ("done", "failed", "lost", "killed"))
+        finished = ("done", "failed", "lost", "killed")
+        job_ids = tuple(j["job_id"] for j in ps_jobs(True)["jobs"] if j["status"] in finished)
     n = 0
     for job_id in job_ids:
         request("forget", job_id=job_id)
@@ -173,7 +176,8 @@ def clean(job_ids):
 
 @click.command(epilog=example("homie attach 3f9a61c2"))
 @click.argument("job_id", metavar="JOB")
-@click.option("-o", "--output", "out_dir", default="results", show_default=True, metavar="DIR", help="Where result files go.")
+@click.option("-o", "--output", "out_dir", default="results", show_default=True, metavar="DIR",
+              help="Where result files go.")
 @click.option("-q", "--quiet", is_flag=True, help="Only the job's output, unprefixed.")
 def attach(job_id, out_dir, quiet):
     """Follow a job live, with its earlier output first; Ctrl-C detaches (the job goes on)."""
@@ -217,7 +221,7 @@ def logs(job_id, follow, tail):
     if tail is not None:
         _print_tail(chunks, tail)
         if follow and end and not end.terminal:
-            for ev in job.stream(live=True, offset=end.offset):
+            for ev in job.stream(live=True, offset=end.offset or 0):
                 if isinstance(ev, OutputEvent):
                     out = sys.stdout if ev.stream == 1 else sys.stderr
                     out.buffer.write(ev.data)
@@ -245,7 +249,8 @@ def _print_tail(chunks: list[tuple[int, bytes]], n: int) -> None:
 
 @click.command(epilog=example("homie results 3f9a61c2", "homie results 3f9a61c2 -o later"))
 @click.argument("job_id", metavar="JOB")
-@click.option("-o", "--output", "out_dir", default="results", show_default=True, metavar="DIR", help="Where result files go.")
+@click.option("-o", "--output", "out_dir", default="results", show_default=True, metavar="DIR",
+              help="Where result files go.")
 def results(job_id, out_dir):
     """Fetch a finished job's result files."""
     res = client().request("get_results", job_id=job_id)

@@ -89,15 +89,21 @@ kills them. Exit status: 0 when every input succeeded, 4 when any failed,
               epilog=example("homie map count.py --over 'data/*.csv'",
                               "homie map resize.py --over 'img/*.png' --out-size 64 {} -j 4",
                               "homie map train.py --over 'cfg/*.yaml' --halt now,fail=1 --joblog jobs.tsv"))
-@click.option("--over", "pattern", required=True, metavar="GLOB", help="Glob of inputs, one job each (quote it: 'data/*.csv').")
-@click.option("-j", "--jobs", "max_jobs", type=click.IntRange(min=0), default=0, metavar="N", help="At most N jobs in flight (default: all; the queue spreads them).")
+@click.option("--over", "pattern", required=True, metavar="GLOB",
+              help="Glob of inputs, one job each (quote it: 'data/*.csv').")
+@click.option("-j", "--jobs", "max_jobs", type=click.IntRange(min=0), default=0, metavar="N",
+              help="At most N jobs in flight (default: all; the queue spreads them).")
 @click.option("-f", "--file", "files", multiple=True, metavar="FILE", help="Also send FILE with every job.")
-@click.option("-o", "--output", "out_dir", default="results", show_default=True, metavar="DIR", help="Results go to DIR/<input-name>/.")
+@click.option("-o", "--output", "out_dir", default="results", show_default=True, metavar="DIR",
+              help="Results go to DIR/<input-name>/.")
 @click.option("--gpu", is_flag=True, help="Run each job on a peer with a free GPU.")
-@click.option("--retries", type=click.IntRange(min=0), metavar="N", help="Run a job again elsewhere up to N times if its peer is lost (default: config retries).")
+@click.option("--retries", type=click.IntRange(min=0), metavar="N",
+              help="Run a job again elsewhere up to N times if its peer is lost (default: config retries).")
 @click.option("--checkpoint", "checkpoints", multiple=True, metavar="PATH",
-              help="Each input's checkpoint (besides $HOMIE_CHECKPOINT_DIR): a lost input resumes from it (repeatable).")
-@click.option("--halt", callback=_halt_rule, metavar="WHEN,fail=N", help="now,fail=N: after N failures kill the rest; soon,fail=N: start no more.")
+              help="Each input's checkpoint (besides $HOMIE_CHECKPOINT_DIR): a lost input resumes from it"
+                   " (repeatable).")
+@click.option("--halt", callback=_halt_rule, metavar="WHEN,fail=N",
+              help="now,fail=N: after N failures kill the rest; soon,fail=N: start no more.")
 @click.option("--bar/--no-bar", default=None, help="Progress bar with ETA on stderr (default: on a terminal).")
 @click.option("--joblog", metavar="FILE", help="Write a GNU parallel style job log (tab-separated) to FILE.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout (job output goes to stderr).")
@@ -188,7 +194,7 @@ def _map_one(seq, path, name, script, args, files, gpu, retries, out_dir, m, wri
     req = conn.run_request(script, job_args, files=[path, *files], gpu=gpu, tag=name, retries=retries,
                            checkpoint=list(checkpoints) or None)
     peer, sent, started = "?", 0, time.time()
-    out = {"state": "failed", "peer": None, "exit_code": None, "why": "no answer", "job_id": None}
+    out: dict = {"state": "failed", "peer": None, "exit_code": None, "why": "no answer", "job_id": None}
     partial = {1: b"", 2: b""}
     try:
         for ev in typed(conn.stream("run", **req)):
@@ -205,13 +211,14 @@ def _map_one(seq, path, name, script, args, files, gpu, retries, out_dir, m, wri
                     if m.stopping:  # Ctrl-C came while this one was being queued
                         m.kill_all(int(signal.SIGTERM))
                 elif ev.kind == "sending":
-                    peer, sent = ev.peer, ev.bytes or 0
+                    peer, sent = ev.peer or peer, ev.bytes or 0
             elif isinstance(ev, Ended):
                 end = ev.info
                 ok = end.state == "done" and end.code == 0
                 received = 0
                 if end.state == "done" and end.results:
-                    for p in deliver(end.results, end.results_dir, os.path.join(out_dir, name), end.job_id):
+                    for p in deliver(end.results, end.results_dir or "", os.path.join(out_dir, name),
+                                     end.job_id):
                         received += os.path.getsize(p)
                 why = "ok" if ok else (end.message or end.reason or f"exit {end.exit_code}")
                 out = {"state": "ok" if ok else str(end.state) if end.state != "done" else "failed",

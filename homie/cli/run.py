@@ -10,10 +10,9 @@ import click
 
 from homie.cli.common import ARROW, checked_home, client, example
 from homie.cli.follow import check_out_dir, follow_stream
-from homie.client import Ended, typed
 from homie.cli.inputs import check_args, check_inputs, parse_duration, parse_env, read_stdin, utf8
+from homie.client import Ended, typed
 from homie.errors import EXIT_NO_PEER, EXIT_OK, EXIT_USAGE, EXIT_WOULD_WAIT, HomieError
-
 
 RUN_HELP = """Run SCRIPT [ARGS]... on the best idle peer; output streams back live.
 
@@ -40,16 +39,22 @@ says nothing but errors. Piped or redirected stdin is forwarded to the job.
                               "homie run --quiet count.py < words.txt > counts.txt",
                               "homie run --checkpoint ckpt/ --retries 5 train.py --epochs 100"))
 @click.option("-n", "--peer", metavar="PEER", help="Run on this peer (by name; your own name runs it here).")
-@click.option("-f", "--file", "files", multiple=True, metavar="FILE", help="Also send FILE (repeatable; globs allowed).")
-@click.option("-d", "--dir", "directory", metavar="DIR", help="Send this whole project directory (honours .gitignore/.homieignore).")
-@click.option("-o", "--output", "out_dir", default="results", show_default=True, metavar="DIR", help="Where result files go.")
+@click.option("-f", "--file", "files", multiple=True, metavar="FILE",
+              help="Also send FILE (repeatable; globs allowed).")
+@click.option("-d", "--dir", "directory", metavar="DIR",
+              help="Send this whole project directory (honours .gitignore/.homieignore).")
+@click.option("-o", "--output", "out_dir", default="results", show_default=True, metavar="DIR",
+              help="Where result files go.")
 @click.option("--gpu", is_flag=True, help="Run on a peer with a free GPU.")
-@click.option("-e", "--env", "env_pairs", multiple=True, metavar="KEY=VAL", help="Set an environment variable in the job (repeatable).")
+@click.option("-e", "--env", "env_pairs", multiple=True, metavar="KEY=VAL",
+              help="Set an environment variable in the job (repeatable).")
 @click.option("--env-file", metavar="FILE", help="Read KEY=VAL lines (# comments) into the job's environment.")
 @click.option("--timeout", type=parse_duration, metavar="DURATION", help="Stop the job after DURATION (30s, 10m, 2h).")
 @click.option("--name", "label", metavar="LABEL", help="A label for the job, shown by homie ps.")
-@click.option("-q", "--quiet", is_flag=True, help="Only the job's output, unprefixed; homie's own lines only on errors.")
-@click.option("--no-stdin", is_flag=True, help="Send the job no stdin even if one is piped (like ssh -n; for loops reading a list).")
+@click.option("-q", "--quiet", is_flag=True,
+              help="Only the job's output, unprefixed; homie's own lines only on errors.")
+@click.option("--no-stdin", is_flag=True,
+              help="Send the job no stdin even if one is piped (like ssh -n; for loops reading a list).")
 @click.option("--executor", metavar="NAME", help="Executor on the worker (subprocess, venv, ...; default auto).")
 @click.option("--scheduler", metavar="NAME", help="Scheduler choosing the peer (default from config).")
 @click.option("--checkpoint", "checkpoints", multiple=True, metavar="PATH",
@@ -59,7 +64,9 @@ says nothing but errors. Piped or redirected stdin is forwarded to the job.
               help="Run the job again (from its checkpoint, if any) up to N times if its peer is lost"
                    " (default: 3 with a checkpoint, else 0).")
 @click.option("--detach", is_flag=True, help="Return at once with the job id; follow it with homie attach.")
-@click.option("--explain", is_flag=True, help="Only say which peers could take the job, and why not (exit 0: would run now, 75: would wait, 70: cannot run).")
+@click.option("--explain", is_flag=True,
+              help="Only say which peers could take the job, and why not (exit 0: would run now, 75: would wait,"
+                   " 70: cannot run).")
 @click.option("--json", "as_json", is_flag=True, help="With --detach or --explain: machine-readable output.")
 @click.argument("script")
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)

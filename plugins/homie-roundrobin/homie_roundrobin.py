@@ -7,14 +7,14 @@
 - executor `nice` (`homie run --executor nice`): runs the job at the lowest
   CPU priority, so the lending machine's owner never feels it.
 
-homie finds it through the `homie` entry-point group in pyproject.toml.
+homie finds it through the `homie` entry-point group in pyproject.toml. It
+imports only homie.api, the public plugin API (docs/plugins.md).
 """
 
 import itertools
 import threading
 
-from homie.builtin.executors import SubprocessExecutor
-from homie.hookspecs import hookimpl
+from homie.api import ExecutorContext, Job, JobRequest, Peer, hookimpl, script_argv
 
 __version__ = "0.1.0"
 
@@ -27,7 +27,7 @@ _lock = threading.Lock()
 
 
 @hookimpl
-def homie_choose_peer(job, peers, config):
+def homie_choose_peer(job: JobRequest, peers: "list[Peer]", config) -> "Peer | None":
     if job.scheduler != "round-robin":
         return None  # not chosen: let the next scheduler decide
     ordered = sorted(peers, key=lambda p: (p.name, p.ip))
@@ -35,16 +35,23 @@ def homie_choose_peer(job, peers, config):
         return ordered[next(_turn) % len(ordered)]
 
 
-class NiceExecutor(SubprocessExecutor):
+class NiceExecutor:
+    """Runs the script like the built-in subprocess executor, under `nice -n 19`."""
+
     name = "nice"
     priority = -200  # never picked by "auto"
 
-    def wants(self, job):
+    def __init__(self, ctx: ExecutorContext):
+        self.ctx = ctx
+
+    def wants(self, job: Job) -> bool:
         return False
 
-    def command(self, job):
-        argv, env = super().command(job)
-        return ["nice", "-n", "19", *argv], env
+    def prepare(self, job: Job, emit) -> None:
+        pass
+
+    def command(self, job: Job):
+        return ["nice", "-n", "19", *script_argv(job, self.ctx.python)], {}
 
 
 @hookimpl

@@ -38,7 +38,7 @@ for p in paths:
             rep["listed"][p] = sorted(os.listdir(p))[:30]
         except OSError as e:
             rep["refused"][p] = type(e).__name__
-        for d, dirs, fnames in os.walk(p):
+        for d, _dirs, fnames in os.walk(p):
             for f in fnames[:200]:
                 read(os.path.join(d, f))
     else:

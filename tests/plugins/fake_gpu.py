@@ -1,6 +1,6 @@
 """Test plugin: this node reports one GPU (for --gpu tests on machines without one)."""
 
-from homie.hookspecs import hookimpl
+from homie import hookimpl
 
 
 @hookimpl

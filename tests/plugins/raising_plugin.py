@@ -1,6 +1,6 @@
 """Test plugin whose hook raises: homie must disable it and go on."""
 
-from homie.hookspecs import hookimpl
+from homie import hookimpl
 
 
 @hookimpl

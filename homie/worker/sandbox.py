@@ -23,6 +23,7 @@ import shutil
 import subprocess
 import sys
 from dataclasses import dataclass, field
+from typing import Any
 
 JOB_DIR = "/job"  # where the job directory appears inside the sandbox
 VENV_DIR = "/venv"  # where a cached virtual environment appears
@@ -246,7 +247,7 @@ def probe(mode: Mode, as_uid: int | None, python: str, private: tuple[str, ...] 
                            disable_userns=disable_userns, private=private)
         except SandboxError as e:
             return Status(False, str(e))
-        kw = {}
+        kw: dict[str, Any] = {}
         if as_uid is not None:
             kw = {"user": as_uid, "group": as_uid, "extra_groups": []}
         try:
@@ -257,7 +258,7 @@ def probe(mode: Mode, as_uid: int | None, python: str, private: tuple[str, ...] 
         if cp.returncode == 0:
             return Status(True, "bwrap" + ("" if disable_userns else " (nested user namespaces allowed)"),
                           disable_userns)
-        err = (cp.stderr.strip().splitlines() or ["exit %d" % cp.returncode])[-1]
+        err = (cp.stderr.strip().splitlines() or [f"exit {cp.returncode}"])[-1]
     hint = ""
     if "ermission" in err or "not permitted" in err:
         hint = (" (unprivileged user namespaces are off: sysctl kernel.unprivileged_userns_clone=1,"

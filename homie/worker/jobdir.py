@@ -24,7 +24,7 @@ from pathlib import Path
 
 from homie import files
 from homie.errors import HomieError, ManifestError
-from homie.identity import Identity
+from homie.worker.identity import Identity
 
 CHUNK = 1 << 20
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -154,7 +154,8 @@ def walk(root: Path, on_deep: str = "raise"):
             except OSError:
                 continue  # replaced meanwhile (a job's own tree, while it runs): not ours to follow
             try:
-                subdirs, others = [], []
+                subdirs: list[str] = []
+                others: list[str] = []
                 with os.scandir(fd) as it:
                     for e in it:
                         (subdirs if e.is_dir(follow_symlinks=False) else others).append(e.name)

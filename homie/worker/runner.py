@@ -16,11 +16,12 @@ import subprocess
 import threading
 import time
 from dataclasses import dataclass
+from typing import Any
 
-from homie.cgroup import JobCgroup
-from homie.identity import Identity
 from homie.joblog import JobLog
 from homie.protocol import STDERR, STDOUT
+from homie.worker.cgroup import JobCgroup
+from homie.worker.identity import Identity
 
 WATCH_INTERVAL = 0.25
 
@@ -138,7 +139,7 @@ class JobProcess:
 
     def start(self, stdin=None) -> None:
         la = self.launch
-        kw = {}
+        kw: dict[str, Any] = {}
         if la.user is not None and la.user.differs:
             kw = {"user": la.user.uid, "group": la.user.gid, "extra_groups": []}
         self._started = time.monotonic()
@@ -185,6 +186,7 @@ class JobProcess:
         # wait4 rather than Popen.wait: its rusage counts the CPU time of the
         # main process and every descendant it reaped, even a job too short for
         # the tree sampler to ever see.
+        assert self.proc is not None  # started
         while True:
             try:
                 _, status, ru = os.wait4(self.proc.pid, 0)
@@ -213,14 +215,15 @@ class JobProcess:
         self._exited.set()
 
     def _read_info(self, timeout: float = 10.0) -> None:
-        import select
+        from homie import waitfd
 
         data = b""
         fd = self.launch.info_fd
+        assert fd is not None  # sandboxed
         deadline = time.monotonic() + timeout
         try:
             while time.monotonic() < deadline:
-                if not select.select([fd], [], [], max(0.0, deadline - time.monotonic()))[0]:
+                if not waitfd.ready(fd, deadline - time.monotonic()):
                     break
                 chunk = os.read(fd, 4096)
                 if not chunk:
@@ -246,6 +249,7 @@ class JobProcess:
 
     # -- output ------------------------------------------------------------
     def _pump(self) -> None:
+        assert self.proc is not None and self.proc.stdout is not None and self.proc.stderr is not None  # started
         sel = selectors.DefaultSelector()
         streams = {self.proc.stdout.fileno(): STDOUT, self.proc.stderr.fileno(): STDERR}
         for fd in streams:
@@ -286,6 +290,7 @@ class JobProcess:
 
         rss = 0
         cpu = 0.0
+        assert self.proc is not None  # started
         for p in _tree(self.proc.pid):
             try:
                 self._seen.add(p.pid)
@@ -302,7 +307,7 @@ class JobProcess:
         while not self._exited.is_set():
             rss, cpu = self._sample()
             max_cpu = max(max_cpu, cpu)
-            self.cpu_seen = max_cpu  # read by the owner-activity check (homie.owner)
+            self.cpu_seen = max_cpu  # read by the owner-activity check (homie.worker.owner)
             self.outcome.peak_rss = max(self.outcome.peak_rss, rss)
             lim = self.limits
             if lim.max_memory_bytes and rss > lim.max_memory_bytes:
@@ -317,6 +322,7 @@ class JobProcess:
 
     def _finish(self) -> None:
         self._exited.wait()
+        assert self.proc is not None  # started
         code = self.proc.returncode
         wall = time.monotonic() - self._started
         # Whatever the main process left behind dies with the job.
@@ -394,9 +400,10 @@ class JobProcess:
         if self.launch.info_fd is not None:
             # Signalling bubblewrap itself would end the sandbox outright: Ctrl-C
             # goes to the job's own process group inside, as a terminal's would.
-            pgid = self._sandbox_init()
-            if pgid is None:
+            init = self._sandbox_init()
+            if init is None:
                 return
+            pgid = init
         try:
             os.killpg(pgid, sig)
         except (ProcessLookupError, PermissionError):
