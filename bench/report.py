@@ -390,6 +390,10 @@ def compute(bench) -> tuple[list, list]:
             ["`homie down` command itself", _stats(d["down_cmd"])],
         ]))
         details.append("")
+    if R.get("pyapi"):
+        from bench.pyapi import details as pyapi_details
+
+        details += pyapi_details(R["pyapi"]) + [""]
     return goals, details
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
 
+from bench import pyapi  # noqa: E402
 from bench import sshd as sshmod  # noqa: E402
 from bench.util import (BenchError, NETNS, cpu_seconds, machine_facts, timed, vm_hwm_kb,
                         vm_rss_kb)  # noqa: E402
@@ -27,7 +28,7 @@ MB = 1_000_000
 MiB = 1 << 20
 RAW_PORT = 7000
 DOC = REPO / "docs" / "benchmarks.md"
-PARTS = ["discovery", "hello", "peers", "map", "upload"]
+PARTS = ["discovery", "hello", "peers", "map", "upload", "pyapi"]
 
 
 def _venv_python() -> Path:
@@ -691,7 +692,8 @@ class Bench:
                          ("peers", lambda: self.peers_vs_click(a)),
                          ("upload", lambda: self.upload(a, b, proj)),
                          # last: 1,000 queued jobs raise a's peak RSS, which the upload part reports
-                         ("map", lambda: self.map_bench(cluster, a, b))]
+                         ("map", lambda: self.map_bench(cluster, a, b)),
+                         ("pyapi", lambda: self.results.__setitem__("pyapi", pyapi.measure(self.log)))]
                 for name, fn in steps:
                     if not self.wants(name):
                         continue

@@ -1,81 +1,25 @@
-"""The local control socket: how the CLI talks to its daemon.
+"""The local control socket: how the CLI (and homie.client) talk to the daemon.
 
 A unix socket in the home, mode 0600: only the owner of the home (and root)
 can drive the daemon. Frames and message names are the job channel's
 (homie.protocol, homie.messages); each connection carries one request, whose
 answer is a `reply`, a `fail`, or a stream of `event`s and output frames.
 
-The client half is imported by the CLI, so it must stay light: no
-cryptography, psutil or yaml at import time.
+This module is the server half; the client half is homie.client.
 """
 
 from __future__ import annotations
 
 import os
-import signal
 import socket
 import threading
 import time
 
-from homie import protocol
-from homie.errors import EXIT_NO_DAEMON, HomieError, ProtocolError
-
-
-class NoDaemon(HomieError):
-    exit_code = EXIT_NO_DAEMON
-
-
-# -- client (CLI side) ----------------------------------------------------------
-
-
-class ControlClient:
-    def __init__(self, home, timeout: float | None = 10.0):
-        from homie.channel import Channel
-
-        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        s.settimeout(timeout)
-        try:
-            s.connect(str(home.socket))
-        except (FileNotFoundError, ConnectionRefusedError):
-            s.close()
-            raise NoDaemon("homie is not running; start it with: homie up") from None
-        except PermissionError:
-            s.close()
-            raise NoDaemon(f"no permission to use {home.socket} (is the daemon another user's?)") from None
-        self.ch = Channel(s)
-
-    def request(self, t: str, **fields) -> dict:
-        self.ch.send(t, **fields)
-        msg = self.ch.recv_msg("reply", "fail")
-        self.ch.close()
-        if msg.t == "fail":
-            raise HomieError(msg["message"], msg.get("exit_code", 1))
-        return msg.body
-
-    def stream(self, t: str, **fields):
-        """Yield events and output frames until the daemon ends the stream."""
-        from homie.channel import ConnectionClosed
-
-        self.ch.send(t, **fields)
-        self.ch.sock.settimeout(None)
-        while True:
-            try:
-                ev = self.ch.recv()
-            except ConnectionClosed:
-                raise HomieError("the homie daemon stopped", EXIT_NO_DAEMON) from None
-            if isinstance(ev, protocol.Message):
-                if ev.t == "fail":
-                    self.ch.close()
-                    raise HomieError(ev["message"], ev.get("exit_code", 1))
-                if ev.t == "reply":
-                    self.ch.close()
-                    yield ev
-                    return
-            yield ev
-
-    def close(self) -> None:
-        self.ch.close()
-
+# The client half lives in homie.client (the Python API, which the CLI uses too);
+# the old names stay importable from here.
+from homie.client import Connection as ControlClient  # noqa: F401
+from homie.client import signal_number  # noqa: F401
+from homie.errors import HomieError, NoDaemon, ProtocolError  # noqa: F401
 
 # -- server (daemon side) --------------------------------------------------------
 
@@ -164,14 +108,3 @@ def printable(text: str) -> str:
     """A message that may quote an undecodable file name (surrogate escapes) as
     sendable text: the bad bytes shown as \\xNN, so the user still gets the message."""
     return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-
-
-def signal_number(name_or_number) -> int:
-    if isinstance(name_or_number, int):
-        return name_or_number
-    s = str(name_or_number).upper()
-    if s.isdigit():
-        return int(s)
-    if not s.startswith("SIG"):
-        s = "SIG" + s
-    return int(getattr(signal, s))

@@ -334,6 +334,14 @@ class Handlers:
                    reason=d["reason"], message=d["message"], peer=d["peer_name"], results=d["results"] or [],
                    results_dir=str(job.results_dir), offset=job.log.end, terminal=job.terminal)
 
+    def do_job(self, msg) -> None:
+        """One job sent from here, where it stands (homie.client's Job.info)."""
+        job = self._one_job(msg["job_id"])
+        d = job.doc
+        self.reply(**{**job.summary(), "state": d["state"], "code": d["code"], "signal": d["signal"],
+                      "message": d["message"], "results": d["results"] or [], "results_dir": str(job.results_dir),
+                      "offset": job.log.end, "terminal": job.terminal})
+
     def do_get_results(self, msg) -> None:
         job = self._one_job(msg["job_id"])
         if not job.terminal:

@@ -53,3 +53,52 @@ class ManifestError(HomieError):
     """A file manifest that is unsafe or inconsistent (hostile names, lying sizes)."""
 
     exit_code = EXIT_TRANSFER
+
+
+class UsageError(HomieError):
+    """A request homie refuses as mistyped: a bad value, a missing file, no inputs (exit 2)."""
+
+    exit_code = EXIT_USAGE
+
+
+class NoDaemon(HomieError):
+    """The local daemon is not running, or its control socket is not ours to use (exit 69)."""
+
+    exit_code = EXIT_NO_DAEMON
+
+
+class NoPeer(HomieError):
+    """No peer could take the job, or the peer named does not exist (exit 70)."""
+
+    exit_code = EXIT_NO_PEER
+
+
+class PeerLost(HomieError):
+    """The peer running a job was lost (and its retries, if any, were spent) (exit 71)."""
+
+    exit_code = EXIT_PEER_LOST
+
+
+class TransferError(HomieError):
+    """Inputs could not be uploaded, or results not downloaded or saved (exit 72)."""
+
+    exit_code = EXIT_TRANSFER
+
+
+class InternalError(HomieError):
+    """A homie bug, or a job the worker could not start (exit 73)."""
+
+    exit_code = EXIT_INTERNAL
+
+
+_BY_CODE: dict[int, type[HomieError]] = {
+    EXIT_USAGE: UsageError, EXIT_NO_DAEMON: NoDaemon, EXIT_NO_PEER: NoPeer, EXIT_PEER_LOST: PeerLost,
+    EXIT_TRANSFER: TransferError, EXIT_INTERNAL: InternalError,
+}
+
+
+def error_for(message: str, exit_code: int | None = None) -> HomieError:
+    """The HomieError subclass that carries `exit_code` (NoPeer for 70...), or a plain
+    HomieError with that code: how a `fail` from the daemon becomes an exception."""
+    cls = _BY_CODE.get(exit_code if exit_code is not None else EXIT_FAILURE, HomieError)
+    return cls(message, exit_code)

@@ -83,6 +83,7 @@ CONTROL: dict[str, Schema] = {
     "kill": {"job_id": (S, True), "sig": (I, False)},
     "follow": {"job_id": (S, True), "live": (B, False), "offset": (I, False), "quiet": (B, False)},
     "get_results": {"job_id": (S, True)},
+    "job": {"job_id": (S, True)},
     "forget": {"job_id": (S, True)},
     "pause": {"suspend": (B, False), "evict": (B, False)},
     "resume": {},

@@ -36,10 +36,16 @@ def say(text: str) -> None:
 
 
 def client(timeout: float | None = 10.0, home: Home | None = None):
-    """A client of the local daemon's control socket (NoDaemon, exit 69, if it is not running)."""
-    from homie.control import ControlClient
+    """The local daemon through the Python API (homie.client.Client): the CLI and Python
+    programs share one path. NoDaemon (exit 69) comes when a request finds no daemon."""
+    from homie.client import Client
 
-    return ControlClient(home or checked_home(), timeout=timeout)
+    return Client(home or checked_home(), timeout=timeout, check=False)
+
+
+def connect(timeout: float | None = None):
+    """One connection to the daemon, opened now (NoDaemon, exit 69, if it is not running)."""
+    return client(timeout=timeout).connect()
 
 
 def request(t: str, **fields) -> dict:

@@ -1,6 +1,7 @@
 """Following a job: its events and output as they arrive, Ctrl-C, and the results it brings home.
 
-`homie run`, `restart` and `attach` follow a job here; `results` and `map` deliver results with deliver().
+`homie run`, `restart` and `attach` follow a job here (homie.client's typed events);
+`results` and `map` deliver results with homie.client.deliver().
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import sys
 import click
 
 from homie.cli.common import ARROW, client, say, size
+from homie.client import Ended, JobEvent, OutputEvent, deliver  # noqa: F401  (deliver: for jobs, map)
 from homie.errors import EXIT_FAILURE, EXIT_INTERNAL, EXIT_NO_DAEMON, EXIT_TRANSFER, EXIT_USAGE, HomieError
 
 
@@ -41,37 +43,6 @@ class _Printer:
                 self.feed(stream, b"\n")
 
 
-def deliver(results: list[str], src_dir: str, out_dir: str, job_id: str | None = None) -> list[str]:
-    """Put fetched results into out_dir, each appearing whole under its final name.
-
-    A result that would replace a different file already there (the last run's)
-    sends this job's results to out_dir/<job id>/ instead: nothing is overwritten."""
-    import filecmp
-    import shutil
-
-    if job_id and any(os.path.exists(os.path.join(out_dir, rel))
-                      and not filecmp.cmp(os.path.join(src_dir, rel), os.path.join(out_dir, rel), shallow=False)
-                      for rel in results):
-        out_dir = os.path.join(out_dir, job_id)
-    saved = []
-    for rel in results:
-        src = os.path.join(src_dir, rel)
-        dst = os.path.join(out_dir, rel)
-        os.makedirs(os.path.dirname(dst), exist_ok=True)
-        tmp = os.path.join(os.path.dirname(dst), f".{os.path.basename(dst)}.homie-tmp")
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        try:
-            os.link(src, tmp)
-        except OSError:
-            shutil.copy2(src, tmp)
-        os.replace(tmp, dst)
-        saved.append(dst)
-    return saved
-
-
 def check_out_dir(out_dir: str) -> None:
     try:
         os.makedirs(out_dir, exist_ok=True)
@@ -92,9 +63,9 @@ class _Progress:
         self.phase = None
 
     def update(self, ev) -> None:
-        if not sys.stderr.isatty() or ev["total"] < self.THRESHOLD:
+        if not sys.stderr.isatty() or ev.total < self.THRESHOLD:
             return
-        if self.phase != ev["phase"]:
+        if self.phase != ev.phase:
             self.close()
             from rich.console import Console
             from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
@@ -103,10 +74,10 @@ class _Progress:
             self.bar = Progress("[progress.description]{task.description}", BarColumn(), DownloadColumn(),
                                 TransferSpeedColumn(), transient=True, console=Console(stderr=True))
             self.bar.start()
-            self.task = self.bar.add_task(ev["phase"], total=ev["total"])
-            self.phase = ev["phase"]
+            self.task = self.bar.add_task(ev.phase, total=ev.total)
+            self.phase = ev.phase
         assert self.bar is not None  # opened above for this phase
-        self.bar.update(self.task, completed=ev["done"])
+        self.bar.update(self.task, completed=ev.done)
 
     def close(self) -> None:
         if self.bar is not None:
@@ -117,79 +88,78 @@ class _Progress:
 
 def follow_stream(events, out_dir: str | None, quiet: bool = False, tag: str | None = None,
                    attached: str | None = None) -> int:
-    """Print a job's events and output; return the exit code for the shell.
+    """Print a job's events and output (homie.client's typed events); return the exit code for the shell.
 
     attached: the job id when following an existing job (attach): its past
     events are told as what happened, not as if they happened again, and
     Ctrl-C detaches instead of interrupting the job."""
-    from homie import protocol
-
     printer = None
     progress = _Progress()
     state = {"interrupts": 0, "job_id": attached, "detach": attached is not None}
     _install_interrupt(state)
     tell = (lambda text: None) if quiet else say
     for ev in events:
-        if isinstance(ev, protocol.Output):
+        if isinstance(ev, OutputEvent):
             if printer is None:
                 printer = _Printer(None if quiet else (tag or "?"))
             printer.feed(ev.stream, ev.data)
             continue
-        if not isinstance(ev, protocol.Message):
-            continue
-        if ev.t == "reply":
+        if isinstance(ev, Ended):
             progress.close()
             if printer:
                 printer.flush()
-            return _finish_run(ev.body, out_dir, quiet)
-        kind = ev.get("kind")
+            return _finish_run(ev.info, out_dir, quiet)
+        if not isinstance(ev, JobEvent):
+            continue
+        kind = ev.kind
         if kind == "job":
-            state["job_id"] = ev["job_id"]
+            state["job_id"] = ev.job_id
         elif kind == "queued":
-            tell(f"queued: {ev['why']}")
+            tell(f"queued: {ev.why}")
         elif kind == "sending":
-            nbytes = ev.get("bytes") or 0
-            big = nbytes >= 10 << 20 or (ev.get("files") or 0) > 20
-            extra = f" ({ev['files']} files, {size(nbytes)})" if big else ""
+            nbytes = ev.bytes or 0
+            big = nbytes >= 10 << 20 or (ev.files or 0) > 20
+            extra = f" ({ev.files} files, {size(nbytes)})" if big else ""
             if attached:
-                tell(f"job {attached} was sent to {ev['peer']} ({ev['via']}){extra}")
+                tell(f"job {attached} was sent to {ev.peer} ({ev.via}){extra}")
             else:
-                tell(f"sending to {ev['peer']} ({ev['via']}){extra}")
-            printer = _Printer(None if quiet else (tag or ev["peer"]))
+                tell(f"sending to {ev.peer} ({ev.via}){extra}")
+            printer = _Printer(None if quiet else (tag or ev.peer))
         elif kind == "resumed":
             import time
 
-            at = ev.get("checkpoint_at")
+            at = ev.checkpoint_at
             where = (f"from the checkpoint of {time.strftime('%H:%M:%S', time.localtime(at))}" if at
                      else "from the beginning")
-            tell(f"resumed on {ev['peer']} {where} (attempt {ev['attempt']})")
+            tell(f"resumed on {ev.peer} {where} (attempt {ev.attempt})")
         elif kind == "started":
             progress.close()  # the upload is over: no bar frozen at its last value while the job runs
-            if printer is None or (not quiet and printer.tag != (tag or ev["peer"])):
-                printer = _Printer(None if quiet else (tag or ev["peer"]))
+            if printer is None or (not quiet and printer.tag != (tag or ev.peer)):
+                printer = _Printer(None if quiet else (tag or ev.peer))
             if not attached:
-                tell(f"job started: {ev['job_id']}")
+                tell(f"job started: {ev.job_id}")
         elif kind == "progress":
             progress.update(ev)
     return EXIT_NO_DAEMON
 
 
-def _finish_run(end: dict, out_dir: str | None, quiet: bool) -> int:
-    state = end["state"]
-    code = end.get("exit_code")
+def _finish_run(end, out_dir: str | None, quiet: bool) -> int:
+    """end: the JobInfo the stream ended with."""
+    state = end.state
+    code = end.exit_code
     if state == "done":
-        sig = end.get("signal")
-        if end.get("reason"):
-            say(f"job {end['reason']}")
+        sig = end.signal
+        if end.reason:
+            say(f"job {end.reason}")
         elif sig:
             say(f"job killed by signal {sig}")
-        elif end.get("code"):
-            say(f"job failed with exit code {end['code']}")
+        elif end.code:
+            say(f"job failed with exit code {end.code}")
         elif not quiet:
             say("job complete")
-        if end.get("results") and out_dir is not None:
+        if end.results and out_dir is not None:
             try:
-                saved = deliver(end["results"], end["results_dir"], out_dir, end.get("job_id"))
+                saved = deliver(end.results, end.results_dir, out_dir, end.job_id)
             except OSError as e:
                 click.echo(f"error: cannot save results into {out_dir}: {e.strerror or e}", err=True)
                 return EXIT_TRANSFER
@@ -197,9 +167,9 @@ def _finish_run(end: dict, out_dir: str | None, quiet: bool) -> int:
                 for p in saved:
                     say(f"saved: {os.path.relpath(p)}")
         return code if code is not None else EXIT_INTERNAL
-    if not end.get("terminal", True):
+    if not end.terminal:
         return 0
-    say(f"job {state}: {end.get('message') or end.get('reason') or ''}".rstrip(": "))
+    say(f"job {getattr(state, 'value', state)}: {end.message or end.reason or ''}".rstrip(": "))
     return code if code is not None else EXIT_FAILURE
 
 
@@ -211,7 +181,7 @@ def _install_interrupt(state: dict) -> None:
 
     def send(sig):
         try:
-            client().request("kill", job_id=state["job_id"], sig=int(sig))
+            client().kill(state["job_id"], int(sig))
         except HomieError as e:
             say(str(e))
 

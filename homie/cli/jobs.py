@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-import time
 
 import click
 
@@ -17,18 +16,7 @@ from homie.fmt import age
 
 def ps_jobs(show_all: bool) -> dict:
     """Jobs from the daemon, which sends them in batches: no list is ever too big for one message."""
-    from homie import protocol
-
-    sent: list[dict] = []
-    here: list[dict] = []
-    now = time.time()
-    for ev in client(timeout=None).stream("ps", all=show_all):
-        if isinstance(ev, protocol.Message) and ev.t == "event" and ev.get("kind") == "ps":
-            sent += ev.get("jobs") or []
-            here += ev.get("here") or []
-        elif isinstance(ev, protocol.Message) and ev.t == "reply":
-            now = ev.get("now", now)
-    return {"jobs": sent, "here": here, "now": now}
+    return client(timeout=None).ps(show_all)
 
 
 JOB_STATES = ("queued", "uploading", "running", "fetching", "done", "failed", "lost", "killed",
@@ -99,7 +87,7 @@ def ps(as_json, show_all, statuses, peer, ids_only):
 
 
 def _signal_arg(sig: str) -> int:
-    from homie.control import signal_number
+    from homie.client import signal_number
 
     try:
         return signal_number(sig)
@@ -137,20 +125,15 @@ def kill(job_ids, kill_all, sig):
 @click.argument("job_ids", nargs=-1, required=True, metavar="JOB...")
 def wait_cmd(job_ids):
     """Wait until the JOBs end; exit 0 if all succeeded, else the last failure's code."""
-    from homie import protocol
+    from homie.client import Job
 
     code = EXIT_OK
     for job_id in job_ids:
-        end = None
-        for ev in client(timeout=None).stream("follow", job_id=job_id, live=True, quiet=True):
-            if isinstance(ev, protocol.Message) and ev.t == "reply":
-                end = ev.body
-        if end is None:
-            continue
-        c = end.get("exit_code")
-        ok = end["state"] == "done" and c == 0
-        say(f"job {end['job_id']} {'done' if ok else end['state']}"
-             + ("" if ok else f" (exit {c}{': ' + end['message'] if end.get('message') else ''})"))
+        end = Job(client(timeout=None), job_id).wait()
+        c = end.exit_code
+        ok = end.ok
+        say(f"job {end.job_id} {'done' if ok else end.state}"
+             + ("" if ok else f" (exit {c}{': ' + end.message if end.message else ''})"))
         if not ok:
             code = c if c else EXIT_FAILURE
     sys.exit(code)
@@ -164,15 +147,15 @@ def wait_cmd(job_ids):
 @click.option("-q", "--quiet", is_flag=True, help="Only the job's output, unprefixed.")
 def restart(job_id, out_dir, detach, quiet):
     """Run a job again: same script, arguments, files, options (a new job id)."""
-    from homie import protocol
+    from homie.client import Ended, typed
 
     if not detach:
         check_out_dir(out_dir)
-    events = client(timeout=None).stream("restart", job_id=job_id, detach=detach)
+    events = typed(client(timeout=None).stream("restart", job_id=job_id, detach=detach))
     if detach:
         for ev in events:
-            if isinstance(ev, protocol.Message) and ev.t == "reply":
-                click.echo(ev["job_id"])
+            if isinstance(ev, Ended):
+                click.echo(ev.info.job_id)
         return
     sys.exit(follow_stream(events, out_dir, quiet=quiet))
 
@@ -198,13 +181,13 @@ def clean(job_ids):
 @click.option("-q", "--quiet", is_flag=True, help="Only the job's output, unprefixed.")
 def attach(job_id, out_dir, quiet):
     """Follow a job live, with its earlier output first; Ctrl-C detaches (the job goes on)."""
-    from homie import protocol
+    from homie.client import JobEvent, typed
 
     full = job_id
-    events = client(timeout=None).stream("follow", job_id=job_id, live=True)
+    events = typed(client(timeout=None).stream("follow", job_id=job_id, live=True))
     first = next(events, None)
-    if isinstance(first, protocol.Message) and first.t == "event" and first.get("kind") == "job":
-        full = first["job_id"]
+    if isinstance(first, JobEvent) and first.kind == "job":
+        full = first.job_id
 
     def chain():
         if first is not None:
@@ -220,32 +203,33 @@ def attach(job_id, out_dir, quiet):
 @click.option("-n", "--tail", type=click.IntRange(min=0), metavar="N", help="Only the last N lines so far.")
 def logs(job_id, follow, tail):
     """Print a job's output so far (jobs sent from here, or run here for a friend)."""
-    from homie import protocol
+    from homie.client import Ended, Job, OutputEvent
 
+    job = Job(client(timeout=None), job_id)
     end = None
     chunks: list[tuple[int, bytes]] = []
-    for ev in client(timeout=None).stream("follow", job_id=job_id, live=follow and tail is None):
-        if isinstance(ev, protocol.Output):
+    for ev in job.stream(live=follow and tail is None):
+        if isinstance(ev, OutputEvent):
             if tail is None:
                 out = sys.stdout if ev.stream == 1 else sys.stderr
                 out.buffer.write(ev.data)
                 out.flush()
             else:
                 chunks.append((ev.stream, ev.data))
-        elif getattr(ev, "t", None) == "reply":
-            end = ev.body
+        elif isinstance(ev, Ended):
+            end = ev.info
     if tail is not None:
         _print_tail(chunks, tail)
-        if follow and end and not end.get("terminal"):
-            for ev in client(timeout=None).stream("follow", job_id=job_id, live=True, offset=end["offset"]):
-                if isinstance(ev, protocol.Output):
+        if follow and end and not end.terminal:
+            for ev in job.stream(live=True, offset=end.offset or 0):
+                if isinstance(ev, OutputEvent):
                     out = sys.stdout if ev.stream == 1 else sys.stderr
                     out.buffer.write(ev.data)
                     out.flush()
-                elif getattr(ev, "t", None) == "reply":
-                    end = ev.body
-    if end and end.get("terminal") and end.get("state") not in ("done", None):
-        say(f"job {end['state']}: {end.get('message') or ''}".rstrip(": "))
+                elif isinstance(ev, Ended):
+                    end = ev.info
+    if end and end.terminal and end.state not in ("done", None):
+        say(f"job {end.state}: {end.message or ''}".rstrip(": "))
 
 
 def _print_tail(chunks: list[tuple[int, bytes]], n: int) -> None:

@@ -47,7 +47,7 @@ class _MapRun:
 
         def one(job_id):
             try:
-                client().request("kill", job_id=job_id, sig=sig)
+                client().kill(job_id, sig)
             except HomieError:
                 pass  # already over
 
@@ -180,7 +180,7 @@ def _map_one(seq, path, name, script, args, files, gpu, retries, out_dir, m, wri
              checkpoints=()) -> None:
     import signal
 
-    from homie import protocol
+    from homie.client import Ended, JobEvent, OutputEvent, typed
 
     # Where the input lands in the job directory (same rule as the upload):
     # its path relative to the script's folder when inside it, else its name.
@@ -190,39 +190,40 @@ def _map_one(seq, path, name, script, args, files, gpu, retries, out_dir, m, wri
     job_args = [rel if a == "{}" else a.replace("{}", rel) for a in args]
     if not any("{}" in a for a in args):
         job_args.append(rel)
-    req = dict(script=os.path.abspath(script), args=job_args, cwd=os.getcwd(),
-               files=[os.path.abspath(path), *files], peer=None, gpu=gpu, tag=name, retries=retries,
-               **({"checkpoints": list(checkpoints)} if checkpoints else {}))
+    conn = client(timeout=None)
+    req = conn.run_request(script, job_args, files=[path, *files], gpu=gpu, tag=name, retries=retries,
+                           checkpoint=list(checkpoints) or None)
     peer, sent, started = "?", 0, time.time()
     out: dict = {"state": "failed", "peer": None, "exit_code": None, "why": "no answer", "job_id": None}
     partial = {1: b"", 2: b""}
     try:
-        for ev in client(timeout=None).stream("run", **req):
-            if isinstance(ev, protocol.Output):
+        for ev in typed(conn.stream("run", **req)):
+            if isinstance(ev, OutputEvent):
                 lines = (partial[ev.stream] + ev.data).split(b"\n")
                 partial[ev.stream] = lines.pop()
                 if lines:
                     write(ev.stream, b"".join(f"[{peer} {name}] ".encode() + ln + b"\n" for ln in lines))
-            elif isinstance(ev, protocol.Message) and ev.t == "event":
-                if ev.get("kind") == "job":
-                    out["job_id"] = ev["job_id"]
+            elif isinstance(ev, JobEvent):
+                if ev.kind == "job":
+                    out["job_id"] = ev.job_id
                     with m.lock:
-                        m.ids[path] = ev["job_id"]
+                        m.ids[path] = ev.job_id
                     if m.stopping:  # Ctrl-C came while this one was being queued
                         m.kill_all(int(signal.SIGTERM))
-                elif ev.get("kind") == "sending":
-                    peer, sent = ev["peer"], ev.get("bytes") or 0
-            elif isinstance(ev, protocol.Message) and ev.t == "reply":
-                end = ev.body
-                ok = end["state"] == "done" and end.get("code") == 0
+                elif ev.kind == "sending":
+                    peer, sent = ev.peer or peer, ev.bytes or 0
+            elif isinstance(ev, Ended):
+                end = ev.info
+                ok = end.state == "done" and end.code == 0
                 received = 0
-                if end["state"] == "done" and end.get("results"):
-                    for p in deliver(end["results"], end["results_dir"], os.path.join(out_dir, name), end["job_id"]):
+                if end.state == "done" and end.results:
+                    for p in deliver(end.results, end.results_dir or "", os.path.join(out_dir, name),
+                                     end.job_id):
                         received += os.path.getsize(p)
-                why = "ok" if ok else (end.get("message") or end.get("reason") or f"exit {end.get('exit_code')}")
-                out = {"state": "ok" if ok else end["state"] if end["state"] != "done" else "failed",
-                       "peer": end.get("peer") or peer, "exit_code": end.get("exit_code"), "why": why,
-                       "job_id": end["job_id"], "signal": end.get("signal"), "received": received}
+                why = "ok" if ok else (end.message or end.reason or f"exit {end.exit_code}")
+                out = {"state": "ok" if ok else str(end.state) if end.state != "done" else "failed",
+                       "peer": end.peer or peer, "exit_code": end.exit_code, "why": why,
+                       "job_id": end.job_id, "signal": end.signal, "received": received}
     except HomieError as e:
         out.update(exit_code=e.exit_code, why=str(e), peer=peer if peer != "?" else None)
     except OSError as e:

@@ -11,6 +11,7 @@ import click
 from homie.cli.common import ARROW, checked_home, client, example
 from homie.cli.follow import check_out_dir, follow_stream
 from homie.cli.inputs import check_args, check_inputs, parse_duration, parse_env, read_stdin, utf8
+from homie.client import Ended, typed
 from homie.errors import EXIT_NO_PEER, EXIT_OK, EXIT_USAGE, EXIT_WOULD_WAIT, HomieError
 
 RUN_HELP = """Run SCRIPT [ARGS]... on the best idle peer; output streams back live.
@@ -80,27 +81,25 @@ def run(peer, files, directory, out_dir, gpu, env_pairs, env_file, timeout, labe
         utf8("--name", label)
     if not explain and not detach:
         check_out_dir(out_dir)
-    req = dict(script=os.path.abspath(script), args=list(args), cwd=utf8("this directory", os.getcwd()),
-               files=list(files), directory=directory, peer=peer, gpu=gpu, executor=executor, scheduler=scheduler,
-               detach=detach, explain=explain, env=env, timeout=timeout, name=label)
-    if checkpoints:
-        req["checkpoints"] = [utf8("--checkpoint", c) for c in checkpoints]
-    if retries is not None:
-        req["retries"] = retries
+    req = client(timeout=None).run_request(
+        script, list(args), cwd=utf8("this directory", os.getcwd()), files=list(files), directory=directory,
+        peer=peer, gpu=gpu, executor=executor, scheduler=scheduler, detach=detach, explain=explain, env=env,
+        timeout=timeout, name=label, retries=retries,
+        checkpoint=[utf8("--checkpoint", c) for c in checkpoints] or None)
     if explain:
         _explain(req, as_json)
         return
-    conn = client(timeout=None)
+    conn = client(timeout=None).connect()  # NoDaemon (69) now, before stdin is read
     req["stdin_file"] = None if no_stdin else read_stdin(checked_home())
     try:
         if detach:
             job_id = None
-            for ev in conn.stream("run", **req):
-                if getattr(ev, "t", None) == "reply":
-                    job_id = ev["job_id"]
+            for ev in typed(conn.stream("run", **req)):
+                if isinstance(ev, Ended):
+                    job_id = ev.info.job_id
             click.echo(json.dumps({"job_id": job_id}) if as_json else job_id)
             return
-        code = follow_stream(conn.stream("run", **req), out_dir, quiet=quiet)
+        code = follow_stream(typed(conn.stream("run", **req)), out_dir, quiet=quiet)
     finally:
         if req["stdin_file"] and os.path.exists(req["stdin_file"]):
             os.unlink(req["stdin_file"])  # the daemon did not take it: the job was refused
