@@ -226,3 +226,30 @@ def test_joblib_backend_gives_scikit_learn_the_scores_of_a_local_run(lan):
     with homie.Executor(client, peer="mike", echo=False) as ex:
         exe = ex.submit(eval, "__import__('sys').executable").result(timeout=60)
     assert exe.startswith("/tmp/homie-jobpy-")
+
+
+def slow_square(i):
+    time.sleep(2.5)
+    return os.environ.get("HOMIE_PEER"), i * i
+
+
+def test_a_lost_worker_runs_its_tasks_again_elsewhere():
+    """The executor's jobs use the daemon's retry: kill -9 of a worker mid-task, and the
+    futures still complete, with the right results, from the other peer."""
+    import signal
+
+    from jobhelp import daemon_pid
+
+    with Cluster() as c:
+        raj, mike, you = make_group(c, ["raj", "mike", "you"], per_host={"you": {"max_jobs": 0}})
+        client = homie.Client(you.home)
+        with homie.Executor(client, pickle_by_value=[THIS], echo=False, name="t-lost", retries=2) as ex:
+            futs = [ex.submit(slow_square, i) for i in range(4)]
+            wait_until(lambda: any(j.state == JobState.RUNNING and j.peer in ("raj", "mike")
+                                   for j in client.jobs(all=False)), 30, msg="a task to run")
+            victim = next(j.peer for j in client.jobs(all=False) if j.state == JobState.RUNNING)
+            os.kill(daemon_pid(raj if victim == "raj" else mike), signal.SIGKILL)
+            got = [f.result(timeout=90) for f in futs]
+        survivor = "mike" if victim == "raj" else "raj"
+        assert [sq for _, sq in got] == [0, 1, 4, 9]
+        assert {p for p, _ in got} == {survivor}, got
