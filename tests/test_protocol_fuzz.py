@@ -340,3 +340,78 @@ def test_validate_any_json(cases, t, body):
     except ProtocolError:
         return
     assert isinstance(t, str) and isinstance(body, dict)
+
+
+# -- the reader production uses: Channel.recv over a socket ---------------------------------
+
+
+class _SlicedSocket:
+    """A socket whose reads end at the given cuts (and at the end of the data)."""
+
+    def __init__(self, data: bytes, cuts: list[int]):
+        self.data = data
+        self.pos = 0
+        self.stops = sorted({c % (len(data) + 1) for c in cuts} | {len(data)})
+
+    def settimeout(self, t) -> None:
+        pass
+
+    def recv_into(self, view, nbytes: int = 0) -> int:
+        if self.pos >= len(self.data):
+            return 0  # the peer closed
+        stop = next(s for s in self.stops if s > self.pos)
+        n = min(nbytes or len(view), stop - self.pos)
+        view[:n] = self.data[self.pos:self.pos + n]
+        self.pos += n
+        return n
+
+
+def read_all(data: bytes, cuts: list[int]):
+    """Every event Channel.recv reads from data: only ProtocolError or ConnectionClosed end it."""
+    from homie.channel import Channel, ConnectionClosed
+
+    ch = Channel(_SlicedSocket(data, cuts))  # type: ignore[arg-type]
+    out = []
+    try:
+        while True:
+            ev = ch.recv()
+            out.append(Data(bytes(ev.data)) if isinstance(ev, Data) else ev)
+            assert len(ch._buf) <= MAX_MSG + OUT_HEADER.size + HEADER.size
+    except (ProtocolError, ConnectionClosed):
+        pass
+    return out
+
+
+@FUZZ
+@given(data=st.binary(max_size=512), cuts=cuts)
+def test_channel_reader_arbitrary_bytes(cases, data, cuts):
+    cases()
+    read_all(data, cuts)
+
+
+@FUZZ
+@given(stream=valid_stream, mutations=st.lists(mutation, max_size=4), cuts=cuts)
+def test_channel_reader_mutated_streams(cases, stream, mutations, cuts):
+    """Whatever arrives, the production reader yields what the reference decoder yields up to
+    the first bad frame, and nothing but ProtocolError (or the end of the stream) stops it."""
+    cases()
+    data = mutate(stream, mutations)
+    got = read_all(data, cuts)
+    ref = []
+    try:
+        ref = FrameDecoder().feed(data)
+    except ProtocolError:
+        dec = FrameDecoder()
+        for i in range(len(data)):
+            try:
+                ref += dec.feed(data[i:i + 1])
+            except ProtocolError:
+                break
+    assert got == ref
+
+
+@FUZZ
+@given(stream=valid_stream, cuts=cuts)
+def test_channel_reader_valid_streams_any_slicing(cases, stream, cuts):
+    cases()
+    assert read_all(stream, cuts) == FrameDecoder().feed(stream)
