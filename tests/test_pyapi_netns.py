@@ -253,3 +253,24 @@ def test_a_lost_worker_runs_its_tasks_again_elsewhere():
         survivor = "mike" if victim == "raj" else "raj"
         assert [sq for _, sq in got] == [0, 1, 4, 9]
         assert {p for p, _ in got} == {survivor}, got
+
+
+def uses_testpkg(x):
+    import homie_testpkg  # installed on the peer by the venv executor, from the wheel shipped with the job
+
+    return homie_testpkg.VALUE, x
+
+
+def test_requirements_build_the_tasks_environment_with_the_venv_executor():
+    """requirements= goes through the venv executor: a wheel shipped with the tasks is installed
+    on the peer (offline: namespace hosts reach no index), and the task imports it."""
+    from test_owner_netns import WHEEL, build_wheel
+
+    with Cluster() as c:
+        raj, you = make_group(c, ["raj", "you"], per_host={"you": {"max_jobs": 0}})
+        wheel = build_wheel(Path(c.logdir))
+        client = homie.Client(you.home)
+        with homie.Executor(client, pickle_by_value=[THIS], echo=False, requirements=[f"./{WHEEL}"],
+                            files=[str(wheel)]) as ex:
+            assert ex.submit(uses_testpkg, 7).result(timeout=120) == ("testpkg says hi", 7)
+            assert list(ex.map(uses_testpkg, [1, 2])) == [("testpkg says hi", 1), ("testpkg says hi", 2)]

@@ -159,7 +159,11 @@ class Starter:
                     stdin.close()
             job.proc = proc
             job.state = WorkerJobState.RUNNING
-            if self.w.suspended:
+            if job.evicted_by:  # evicted while it was being started: it goes at once
+                proc.kill(f"evicted: {job.evicted_by}", grace=self.w.config.evict_grace_seconds)
+            elif job.killed_by:  # a kill that came while it was being started found no process yet
+                proc.kill(f"killed by {job.killed_by}")
+            elif self.w.suspended:
                 proc.signal(signal.SIGSTOP)
             self.w.store.worker_job(job.id, {"state": "running", "dir": str(job.dir), "pid": proc.pid,
                                                "uid": job.ident.uid if job.ident and self.w.identities.per_job
