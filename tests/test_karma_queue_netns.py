@@ -50,4 +50,6 @@ def test_freed_slot_goes_to_the_submitter_with_more_karma(cluster):
         jobs = json.loads(host.homie("ps", "--all", "--json").stdout)["sent"]
         return max(j["started_at"] for j in jobs if j["peer"] == "w")
 
+    if not started(giver) < started(taker):
+        print((w.home / "logs" / "homie.log").read_text()[-8000:])
     assert started(giver) < started(taker), "the freed slot went to the submitter with less karma"

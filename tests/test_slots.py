@@ -120,7 +120,24 @@ def test_one_submitters_own_jobs_need_no_contest():
     b.hold("run")
     b.admit("next", "you")  # refused: full
     b.release("run")
-    assert b.admit("next", "you").granted  # nobody else waits: no window to sit out
+    assert b.admit("next", "you").granted  # nobody else asks here: no window to sit out
+
+
+def test_a_contender_that_has_not_asked_yet_still_gets_the_window():
+    """The slot frees while two friends' submitters only watch the heartbeats: the
+    first to ask must wait for the window, or the faster packet wins, not karma."""
+    b, clock = book(1, order=by_karma)
+    karma = {"giver": 5.0}
+    b.admit("hold", "w")
+    b.hold("hold")
+    b.release("hold")
+    refused = b.admit("t", "taker", karma)
+    assert not refused.granted and refused.retry_after
+    clock.t += 0.05
+    assert not b.admit("g", "giver", karma).granted
+    clock.t += CONTENTION_WINDOW
+    assert not b.admit("t", "taker", karma).granted
+    assert b.admit("g", "giver", karma).granted
 
 
 def test_a_contest_says_when_to_ask_again():

@@ -88,6 +88,8 @@ class Session:
         # The slot is taken now, not when the upload is done: two submitters
         # asking at the same moment must not both get the last one.
         admission = self.w.book.admit(job_id, peer, self.w.karma_of_peers())
+        self.w.log.debug("slot.admission", job_id=job_id, submitter=peer, granted=admission.granted,
+                        reason=admission.reason)
         if not admission.granted:
             extra = {"retry_after": round(admission.retry_after, 3)} if admission.retry_after else {}
             ch.send("refuse", reason=admission.reason, code=admission.code, **extra)

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 WAIT_TTL = 3.0  # a refused submitter asks again about every second; after this it went elsewhere
 WAIT_MAX = 3600.0
 CONTENTION_WINDOW = 0.25
+RECENT = 60.0  # submitters seen this recently may be contending for a freed slot
 
 
 @dataclass
@@ -55,6 +56,7 @@ class SlotBook:
         self._reserved: set[str] = set()  # accepted, still uploading
         self._holding: set[str] = set()  # preparing or running
         self._waiting: dict[str, Waiting] = {}
+        self._recent: dict[str, float] = {}  # submitter -> when it last asked
         self._freed_at = 0.0
         self._contended_until = 0.0
 
@@ -79,6 +81,9 @@ class SlotBook:
         with self._lock:
             if self.paused:
                 return Admission(False, "paused", f"{self.name} is paused by its owner")
+            self._recent[submitter] = now
+            for who in [k for k, t in self._recent.items() if now - t > RECENT]:
+                del self._recent[who]
             w = self._waiting.get(job_id)
             self._waiting[job_id] = Waiting(job_id, submitter, w.queued_at if w else self._wall(), now)
             for jid in [j for j, e in self._waiting.items()
@@ -89,9 +94,9 @@ class SlotBook:
             if free <= 0:
                 return Admission(False, "busy", f"{self.name} is busy ({used}/{self.max_jobs} jobs)")
             waiting = list(self._waiting.values())
-            contest = {e.submitter for e in waiting} - {submitter}
-            if now < self._contended_until and contest:
-                # Only when friends compete: one submitter's own jobs need no contest.
+            if now < self._contended_until and len(self._recent) > 1:
+                # Gather contenders only when friends compete: one submitter's own
+                # jobs (a big `homie map`) need no contest and lose no time to one.
                 return Admission(False, "busy", f"{self.name} is busy (choosing who gets its free slot)",
                                  retry_after=self._contended_until - now)
         order = self._order(waiting, karma or {}) if self._order else None
