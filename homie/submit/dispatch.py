@@ -10,9 +10,13 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from homie import scheduling
 from homie.peers import Peer
+
+if TYPE_CHECKING:
+    from homie.config import Config
 
 # Reasons a peer gives that pass with time: a job waits for them instead of failing.
 TEMPORARY = ("busy", "paused", "in use")
@@ -43,7 +47,8 @@ class Decision:
 
 
 class Dispatcher:
-    def __init__(self, config, submitter: str, started: float, clock: Callable[[], float] = time.time):
+    def __init__(self, config: Config, submitter: str, started: float,
+                 clock: Callable[[], float] = time.time):
         self.config = config
         self.submitter = submitter
         self.started = started
@@ -71,8 +76,8 @@ class Dispatcher:
 
     def settling(self) -> bool:
         """Right after start the peer table is still filling: no job fails for want of peers yet."""
-        grace = min(self.config.peer_timeout, 2 * self.config.heartbeat_interval + 1.0)
-        return self.clock() - self.started < grace
+        grace = min(float(self.config.peer_timeout), 2 * float(self.config.heartbeat_interval) + 1.0)
+        return bool(self.clock() - self.started < grace)
 
     # -- deciding --------------------------------------------------------------------------
     def candidates(self, peers: list[Peer], ours: dict[str, int]) -> list[Peer]:
@@ -128,7 +133,7 @@ class Dispatcher:
         return out
 
     @staticmethod
-    def permanent(req: scheduling.JobRequest, verdicts) -> str | None:
+    def permanent(req: scheduling.JobRequest, verdicts: list[tuple[Peer, list[str]]]) -> str | None:
         """Why no peer can ever take this job, or None if it should wait."""
         if not verdicts:
             if req.peer:
