@@ -313,8 +313,15 @@ def test_map_resumes_a_lost_input_from_its_checkpoint(cluster):
     with open(log, "w") as out, open(err, "w") as e:
         proc = you.spawn(homie_bin(), "map", "-j", "2", "--over", "data/*.txt", "steps.py", cwd=proj,
                          stdout=out, stderr=e)
-    wait_until(lambda: "step 4" in log.read_text(), 40, msg="the inputs to get going")
+    wait_until(lambda: "step 2" in log.read_text(), 40, msg="the inputs to get going")
     first = next(h for h in (raj, mike) if f"[{h.name} " in log.read_text())
+
+    def checkpointed_there():
+        sent = json.loads(you.homie("ps", "--json").stdout)["sent"]
+        return [j for j in sent if j["peer"] == first.name and (j.get("checkpoint_seq") or 0) >= 1]
+
+    # Kill it once a checkpoint of an input running there has come home.
+    wait_until(checkpointed_there, 30, msg=f"a checkpoint from {first.name}")
     os.kill(daemon_pid(first), signal.SIGKILL)
     code = proc.wait(timeout=120)
     out = log.read_text()
