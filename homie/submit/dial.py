@@ -24,11 +24,12 @@ class Dialer:
     def __init__(self, trust):
         self.trust = trust
 
-    def connect(self, ip: str, port: int) -> Channel:
+    def connect(self, ip: str, port: int, timeout: float = CONNECT_TIMEOUT) -> Channel:
         """A channel in IDLE state, or ConnectionClosed (the link: try again) or
-        HomieError (the peer refused our key or runs another protocol: do not)."""
+        HomieError (the peer refused our key or runs another protocol: do not).
+        `timeout` bounds the connect and the greeting each."""
         try:
-            raw = socket.create_connection((ip, port), timeout=CONNECT_TIMEOUT)
+            raw = socket.create_connection((ip, port), timeout=timeout)
         except OSError as e:
             raise ConnectionClosed(f"cannot connect to {ip}:{port}: {e.strerror or e}") from None
         try:
@@ -47,7 +48,7 @@ class Dialer:
             raise ConnectionClosed(f"TLS handshake with {ip}:{port} failed: {e}") from None
         ch = Channel(tls, Conversation(protocol.CLIENT))
         try:
-            hello = ch.recv_msg("hello", "error", timeout=CONNECT_TIMEOUT)
+            hello = ch.recv_msg("hello", "error", timeout=timeout)
         except TimeoutError:
             ch.close()
             raise ConnectionClosed(f"{ip}:{port} did not greet us") from None

@@ -17,11 +17,13 @@ from homie.channel import Channel, ConnectionClosed
 from homie.errors import EXIT_INTERNAL, EXIT_TRANSFER, HomieError, ProtocolError
 from homie.protocol import Data, Message, Output
 from homie.submit import transfer
+from homie.submit.dial import CONNECT_TIMEOUT
 from homie.submit.attempts import Attempts, Lost
 from homie.submit.job import Job, JobState
 
 STREAM_TIMEOUT = 8.0  # the worker pings every 2 s; silence this long means the link is down
 STREAM_QUIET = 3.0  # silence after which a peer without heartbeats counts as gone
+PROBE_TIMEOUT = 1.5  # a peer without heartbeats that does not answer within this is lost
 CHUNK = 1 << 20
 
 
@@ -269,12 +271,16 @@ class Shadow(Attempts):
     def _follow(self, job: Job) -> None:
         """(Re)attach to a running job until it exits, surviving dropped links."""
         while job.state == JobState.RUNNING:
-            if not self._peer_alive(job):
-                self._lost(job, f"{job.peer_name} went away (no heartbeat for {self.config.peer_timeout:g} s)")
-                return
+            # Lost means silent *and* unreachable: a worker too busy to heartbeat on
+            # time (a laptop under load) still answers, and keeps its job. A silent
+            # one gets a short try, so a vanished machine is noticed soon after peer_timeout.
+            alive = self._peer_alive(job)
             try:
-                ch = self.dial.connect(job.peer_ip, job.peer_port)
+                ch = self.dial.connect(job.peer_ip, job.peer_port, timeout=CONNECT_TIMEOUT if alive else PROBE_TIMEOUT)
             except ConnectionClosed:
+                if not alive and not self._peer_alive(job):
+                    self._lost(job, f"{job.peer_name} went away (no heartbeat for {self.config.peer_timeout:g} s)")
+                    return
                 time.sleep(0.5)
                 continue
             try:
