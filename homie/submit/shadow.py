@@ -17,8 +17,8 @@ from homie.channel import Channel, ConnectionClosed
 from homie.errors import EXIT_INTERNAL, EXIT_TRANSFER, HomieError, ProtocolError
 from homie.protocol import Data, Message, Output
 from homie.submit import transfer
-from homie.submit.dial import CONNECT_TIMEOUT
 from homie.submit.attempts import Attempts, Lost
+from homie.submit.dial import CONNECT_TIMEOUT
 from homie.submit.job import Job, JobState
 
 STREAM_TIMEOUT = 8.0  # the worker pings every 2 s; silence this long means the link is down
