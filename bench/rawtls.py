@@ -1,6 +1,6 @@
 """A raw TLS 1.3 bulk sender/receiver: the ceiling homie's upload is measured against.
 
-Same TLS set-up as homie's job channel (homie.trust.Trust contexts from the group
+Same TLS set-up as homie's job channel (homie.wire.trust.Trust contexts from the group
 key in HOMIE_HOME, mutual TLS 1.3), blocking sockets, 1 MiB application buffers,
 no framing beyond an 8-byte length prefix. The receiver writes the bytes to a
 file (like homie's worker and scp do) and acknowledges once the file is closed.
@@ -25,7 +25,7 @@ BUF = 1 << 20
 def _trust(name: str):
     from homie.home import Home
     from homie.keys import load_key
-    from homie.trust import Trust
+    from homie.wire.trust import Trust
 
     return Trust(load_key(Home().key), name)
 
@@ -84,7 +84,7 @@ def recv(args) -> int:
 
 
 def send(args) -> int:
-    from homie.trust import SERVER_HOSTNAME
+    from homie.wire.trust import SERVER_HOSTNAME
 
     trust = _trust("bench-send")
     ctx = trust.client_context()

@@ -511,7 +511,7 @@ Ratios are homie / baseline (for throughput: homie's MB/s over the baseline's). 
     handshake and job negotiation but no hashing.
   - *scp*: `scp -F none` as `{user}` with the default cipher of this OpenSSH, a fresh connection
     each time (the handshake is included, as it is for homie); the file is written on b's side.
-  - *raw TLS*: `bench/rawtls.py`: mutual TLS 1.3 with the same `homie.trust.Trust` contexts as
+  - *raw TLS*: `bench/rawtls.py`: mutual TLS 1.3 with the same `homie.wire.trust.Trust` contexts as
     homie's channel, blocking sockets, 1 MiB buffers, an 8-byte length prefix and nothing else;
     the receiver writes the bytes to a file (as homie's worker and scp do), closes it and
     acknowledges; the time runs from connect to the acknowledgement.

@@ -32,7 +32,7 @@ from typing import Any, BinaryIO, ClassVar, Protocol, runtime_checkable
 
 from homie.errors import HomieError
 from homie.hookspecs import hookimpl
-from homie.protocol import STDERR, STDOUT
+from homie.wire.protocol import STDERR, STDOUT
 from homie.worker.sandbox import HOME_DIR, JOB_DIR, VENV_DIR
 
 __all__ = [

@@ -477,7 +477,7 @@ def fetch(ch, job_id: str, auth: dict, store: Store, attempt: int) -> Saved | No
 
 
 def _pieces(ch, size: int):
-    from homie.protocol import Data
+    from homie.wire.protocol import Data
 
     got = 0
     while got < size:

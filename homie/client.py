@@ -51,7 +51,7 @@ class Connection:
     """
 
     def __init__(self, home, timeout: float | None = 10.0):
-        from homie.channel import Channel
+        from homie.wire.channel import Channel
 
         s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         s.settimeout(timeout)
@@ -75,11 +75,11 @@ class Connection:
         return msg.body
 
     def stream(self, t: str, timeout: float | None = None, **fields):
-        """Yield the daemon's events and output frames (homie.protocol objects) until
+        """Yield the daemon's events and output frames (homie.wire.protocol objects) until
         it ends the stream with its reply (yielded last). timeout: seconds of silence
         before TimeoutError (None: wait as long as it takes)."""
-        from homie import protocol
-        from homie.channel import ConnectionClosed
+        from homie.wire import protocol
+        from homie.wire.channel import ConnectionClosed
 
         self.ch.send(t, **fields)
         self.ch.sock.settimeout(timeout)
@@ -274,8 +274,8 @@ Event = OutputEvent | JobEvent | Ended
 
 
 def typed(events) -> Iterator[Event]:
-    """The daemon's raw events (homie.protocol) as OutputEvent, JobEvent and, last, Ended."""
-    from homie import protocol
+    """The daemon's raw events (homie.wire.protocol) as OutputEvent, JobEvent and, last, Ended."""
+    from homie.wire import protocol
 
     for ev in events:
         if isinstance(ev, protocol.Output):
@@ -434,7 +434,7 @@ class Client:
         return self.connect().request(t, **fields)
 
     def stream(self, t: str, **fields):
-        """One request answered by a stream of raw events (homie.protocol), the reply last."""
+        """One request answered by a stream of raw events (homie.wire.protocol), the reply last."""
         return self.connect(timeout=None).stream(t, **fields)
 
     # -- the machine and its friends --
@@ -529,7 +529,7 @@ class Client:
     def ps(self, all: bool = False) -> dict:
         """`homie ps --json`'s data: {"jobs": [sent from here], "here": [run here for friends],
         "now": the daemon's clock}, each job a dict (schema in docs/cli.md)."""
-        from homie import protocol
+        from homie.wire import protocol
 
         sent: list[dict] = []
         here: list[dict] = []

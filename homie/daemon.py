@@ -18,9 +18,9 @@ import time
 from pathlib import Path
 
 from homie import __version__, plugins
+from homie.discovery.peers import Peer, PeerTable
 from homie.errors import HomieError
 from homie.home import Home, open_private
-from homie.peers import Peer, PeerTable
 
 SHUTDOWN_GRACE = 5.0
 
@@ -89,7 +89,7 @@ class Node:
 
         from homie.logs import setup_logging
         from homie.store import Store
-        from homie.trust import Trust
+        from homie.wire.trust import Trust
 
         self.home = home
         self.config = config
@@ -113,8 +113,8 @@ class Node:
         plugins.on_error(lambda name, hook, exc: self.log.error("plugin.disabled", plugin=name, hook=hook,
                                                                  error=f"{type(exc).__name__}: {exc}"))
         plugins.load_plugins(config.plugins, config.disable_plugins)
-        from homie.control import ControlServer
-        from homie.discovery import Discovery
+        from homie.control.server import ControlServer
+        from homie.discovery.service import Discovery
         from homie.karma import Karma
         from homie.submit.dial import Dialer
         from homie.submit.schedd import Submitter
@@ -216,7 +216,7 @@ class Node:
                            counts=dict(self.discovery.verifier.dropped))
 
     def trust_peer_name(self, tls) -> str:
-        from homie.trust import peer_name
+        from homie.wire.trust import peer_name
 
         try:
             return peer_name(tls)

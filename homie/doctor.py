@@ -113,8 +113,8 @@ def diagnose(node) -> list[dict]:
                           " static_peers"))
 
     # The job port of every peer, and our own.
-    from homie.channel import ConnectionClosed
     from homie.errors import HomieError
+    from homie.wire.channel import ConnectionClosed
 
     targets = [("this machine", node.bind_address or "127.0.0.1", cfg.port)] + [(p.name, p.ip, p.port) for p in peers]
     for name, ip, port in targets:

@@ -8,7 +8,7 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING
 
 from homie import api, plugins
-from homie.peers import Peer
+from homie.discovery.peers import Peer
 
 if TYPE_CHECKING:
     from homie.config import Config

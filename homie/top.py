@@ -6,8 +6,8 @@ import os
 import select
 import sys
 
+from homie.discovery.peers import balance
 from homie.fmt import age as _age
-from homie.peers import balance
 
 
 def shown_status(p: dict) -> str:

@@ -12,12 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from homie import checkpoints, protocol
-from homie.channel import Channel
+from homie import checkpoints
 from homie.checkpoints import CHUNK, Store, Watcher
 from homie.errors import HomieError, ManifestError
-from homie.protocol import Conversation
 from homie.submit import migration
+from homie.wire import protocol
+from homie.wire.channel import Channel
+from homie.wire.protocol import Conversation
 from homie.worker.owner import OwnerWatch
 
 

@@ -108,7 +108,7 @@ def fast_view(host) -> set[tuple[str, str]]:
 
 
 def fast_peers(host) -> list[dict]:
-    from homie.control import ControlClient
+    from homie.control.server import ControlClient
     from homie.home import Home
 
     return ControlClient(Home(host.home), timeout=5).request("peers")["peers"]
@@ -187,7 +187,7 @@ print("sent", len(packets), flush=True)
 # tag, MAC flipped), "valid" (a good, fresh heartbeat: the positive control).
 CRAFT = r"""
 import sys, time
-from homie.heartbeat import Signer
+from homie.discovery.heartbeat import Signer
 from homie.keys import load_key
 key = load_key(sys.argv[1])
 kind, name = sys.argv[2], sys.argv[3]
@@ -210,7 +210,7 @@ print(p.hex())
 # challenge (a probe with a nonce) with a heartbeat that echoes it.
 ANSWERING = r"""
 import json, socket, sys, time
-from homie.heartbeat import Signer, Verifier
+from homie.discovery.heartbeat import Signer, Verifier
 from homie.keys import load_key
 key = load_key(sys.argv[1]); dst = (sys.argv[2], int(sys.argv[3])); name = sys.argv[4]
 sig, ver = Signer(key), Verifier(key)

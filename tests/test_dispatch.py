@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import pytest
 
 from homie import plugins
-from homie.peers import Peer
+from homie.discovery.peers import Peer
 from homie.submit.dispatch import Ask, Dispatcher
 
 

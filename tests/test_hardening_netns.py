@@ -145,9 +145,9 @@ def check_lines(out: str, n: int, tag: str) -> None:
 ATTACKS = r'''
 import json, os, random, socket, ssl, struct, sys, time
 sys.path.insert(0, REPO)
-from homie.trust import Trust, SERVER_HOSTNAME
+from homie.wire.trust import Trust, SERVER_HOSTNAME
 from homie.keys import load_key, generate_key
-from homie.heartbeat import HEADER
+from homie.discovery.heartbeat import HEADER
 
 victim, port, dport, keyfile, which = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5]
 out = {}
@@ -561,7 +561,7 @@ def test_clock_five_minutes_off(cluster, recorder):
 import socket, sys, time
 sys.path.insert(0, {str(REPO)!r})
 from homie.keys import load_key
-from homie.heartbeat import Signer
+from homie.discovery.heartbeat import Signer
 sig = Signer(load_key({str(a.home / 'key')!r}))
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 s.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
@@ -634,7 +634,7 @@ SIM = r'''
 import socket, sys, time
 sys.path.insert(0, REPO)
 from homie.keys import load_key
-from homie.heartbeat import Signer, Verifier
+from homie.discovery.heartbeat import Signer, Verifier
 key = load_key(sys.argv[1]); victim = sys.argv[2]; n = int(sys.argv[3]); seconds = float(sys.argv[4])
 # each simulated daemon has its own port: one ip:port is one daemon (a new instance there replaces the old)
 signers = [Signer(key) for _ in range(n)]

@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from homie.heartbeat import HEADER, MAC_BYTES, MAGIC, MAX_PACKET, VERSION, Heartbeat, Signer, Verifier
+from homie.discovery.heartbeat import HEADER, MAC_BYTES, MAGIC, MAX_PACKET, VERSION, Heartbeat, Signer, Verifier
 from homie.keys import derive, generate_key, group_tag
 
 from reliability import fuzz_budget

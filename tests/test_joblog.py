@@ -9,7 +9,7 @@ import time
 import pytest
 
 from homie.joblog import MAX_CHUNK, REC, JobLog, read_records
-from homie.protocol import STDERR, STDOUT
+from homie.wire.protocol import STDERR, STDOUT
 
 
 @pytest.fixture

@@ -242,7 +242,7 @@ def test_save_with_force_replaces_a_symlink_not_its_target(tmp_path):
 
 def test_import_stays_light():
     # The CLI imports homie.keys on every start; cryptography must not come with it.
-    code = "import sys, homie.keys, homie.heartbeat, homie.trust; print('cryptography' in sys.modules)"
+    code = "import sys, homie.keys, homie.discovery.heartbeat, homie.wire.trust; print('cryptography' in sys.modules)"
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = {**os.environ, "PYTHONPATH": root + os.pathsep + os.environ.get("PYTHONPATH", "")}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)

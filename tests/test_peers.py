@@ -1,4 +1,4 @@
-"""The peer table (homie.peers.PeerTable) with an injected clock: expiry,
+"""The peer table (homie.discovery.peers.PeerTable) with an injected clock: expiry,
 goodbye, conflict marking."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from homie.peers import PeerTable, peer_from_heartbeat
+from homie.discovery.peers import PeerTable, peer_from_heartbeat
 
 
 class Clock:

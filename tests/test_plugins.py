@@ -19,8 +19,8 @@ import pytest
 from homie import api, hookspecs, plugins, scheduling
 from homie.api import hookimpl
 from homie.builtin import best_idle, executors, gpu_first, karma
+from homie.discovery.peers import Peer as TablePeer
 from homie.errors import HomieError
-from homie.peers import Peer as TablePeer
 from homie.worker import execution
 
 REPO = Path(__file__).resolve().parent.parent

@@ -1,5 +1,5 @@
 """The job channel's wire protocol: frame codec, message validation and the
-Conversation state machine (homie.protocol, homie.messages)."""
+Conversation state machine (homie.wire.protocol, homie.wire.messages)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import random
 
 import pytest
 
-from homie import messages, protocol
 from homie.errors import ProtocolError
-from homie.protocol import (
+from homie.wire import messages, protocol
+from homie.wire.protocol import (
     CLIENT,
     CLOSED,
     DATA,

@@ -17,9 +17,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from homie import messages, protocol
 from homie.errors import ProtocolError
-from homie.protocol import (
+from homie.wire import messages, protocol
+from homie.wire.protocol import (
     CLIENT,
     HEADER,
     MAX_MSG,
@@ -368,7 +368,7 @@ class _SlicedSocket:
 
 def read_all(data: bytes, cuts: list[int]):
     """Every event Channel.recv reads from data: only ProtocolError or ConnectionClosed end it."""
-    from homie.channel import Channel, ConnectionClosed
+    from homie.wire.channel import Channel, ConnectionClosed
 
     ch = Channel(_SlicedSocket(data, cuts))  # type: ignore[arg-type]
     out = []

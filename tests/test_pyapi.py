@@ -146,7 +146,7 @@ def test_cloudpickle_zip_is_the_same_bytes_each_time(tmp_path):
 
 
 def test_typed_events_and_infos():
-    from homie import protocol
+    from homie.wire import protocol
 
     raw = [protocol.Message("event", {"kind": "job", "job_id": "abc"}),
            protocol.Message("event", {"kind": "sending", "job_id": "abc", "peer": "raj", "via": "best available",

@@ -27,9 +27,9 @@ PORT = 5556
 # argv: mode ip port [keyfile]. Prints one JSON line describing what happened.
 PROBE = r"""
 import json, secrets, socket, ssl, struct, sys, time
-from homie import protocol
+from homie.wire import protocol
 from homie.keys import load_key
-from homie.trust import SERVER_HOSTNAME, Trust
+from homie.wire.trust import SERVER_HOSTNAME, Trust
 
 mode, ip, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
 res = {"mode": mode, "handshake": None, "error": None, "got": b"".hex(), "closed_after": None}
@@ -185,8 +185,8 @@ print(json.dumps(res), flush=True)
 # argv: ip port. Prints "ready", then one JSON line per connection.
 FAKE_SERVER = r"""
 import json, secrets, socket, ssl, sys
-from homie import protocol
-from homie.trust import Trust
+from homie.wire import protocol
+from homie.wire.trust import Trust
 ctx = Trust(secrets.token_bytes(32), "raj").server_context()
 ctx.verify_mode = ssl.CERT_NONE  # it would talk to anyone: only the client can refuse
 srv = socket.create_server((sys.argv[1], int(sys.argv[2])))
@@ -211,7 +211,7 @@ import json, sys, types
 from homie.errors import HomieError
 from homie.keys import load_key
 from homie.submit.dial import Dialer
-from homie.trust import Trust
+from homie.wire.trust import Trust
 res = {}
 try:
     Dialer(Trust(load_key(sys.argv[3]), "you")).connect(sys.argv[1], int(sys.argv[2]))
@@ -313,9 +313,9 @@ def test_connection_flood_is_capped_and_jobs_still_run(lan):
 # announcing protocol 99. argv: ip port keyfile.
 OTHER_VERSION_SERVER = r"""
 import socket, sys
-from homie import protocol
+from homie.wire import protocol
 from homie.keys import load_key
-from homie.trust import Trust
+from homie.wire.trust import Trust
 ctx = Trust(load_key(sys.argv[3]), "raj").server_context()
 srv = socket.create_server((sys.argv[1], int(sys.argv[2])))
 print("ready", flush=True)

@@ -6,7 +6,7 @@ import pytest
 from cryptography import x509
 
 from homie.keys import generate_key
-from homie.trust import SERVER_HOSTNAME, Trust, peer_name
+from homie.wire.trust import SERVER_HOSTNAME, Trust, peer_name
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -188,6 +188,6 @@ def test_leaf_private_key_files_are_gone(tmp_path, monkeypatch):
     import tempfile
 
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
-    monkeypatch.setattr("homie.trust.os.path.isdir", lambda p: False)
+    monkeypatch.setattr("homie.wire.trust.os.path.isdir", lambda p: False)
     Trust(generate_key(), "x")
     assert list(tmp_path.iterdir()) == []

@@ -8,11 +8,12 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from homie import checkpoints, protocol
-from homie.channel import Channel, ConnectionClosed
+from homie import checkpoints
 from homie.errors import EXIT_PEER_LOST, HomieError, ProtocolError
 from homie.submit import migration
 from homie.submit.job import Job, JobState
+from homie.wire import protocol
+from homie.wire.channel import Channel, ConnectionClosed
 
 
 class Lost(Exception):

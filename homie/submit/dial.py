@@ -5,11 +5,12 @@ from __future__ import annotations
 import socket
 import ssl
 
-from homie import PROTOCOL_VERSION, __version__, protocol
-from homie.channel import Channel, ConnectionClosed
+from homie import PROTOCOL_VERSION, __version__
 from homie.errors import EXIT_PEER_LOST, HomieError
-from homie.protocol import Conversation
-from homie.trust import SERVER_HOSTNAME
+from homie.wire import protocol
+from homie.wire.channel import Channel, ConnectionClosed
+from homie.wire.protocol import Conversation
+from homie.wire.trust import SERVER_HOSTNAME
 
 CONNECT_TIMEOUT = 5.0
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from homie import scheduling
-from homie.peers import Peer
+from homie.discovery.peers import Peer
 
 if TYPE_CHECKING:
     from homie.config import Config

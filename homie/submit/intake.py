@@ -11,9 +11,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from homie import checkpoints, files, protocol
+from homie import checkpoints, files
 from homie.errors import EXIT_NO_PEER, EXIT_USAGE, HomieError, ManifestError
 from homie.submit.job import Job, JobRecord
+from homie.wire import protocol
 
 STDIN_NAME = ".homie-stdin"  # the manifest entry holding what `homie run` read from its stdin
 

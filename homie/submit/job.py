@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from homie import checkpoints, files
-from homie.channel import Channel
 from homie.joblog import JobLog
 from homie.submit import migration
+from homie.wire.channel import Channel
 
 
 class JobState(str, enum.Enum):

@@ -12,8 +12,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from homie import files
+from homie.discovery.peers import Peer
 from homie.errors import EXIT_NO_PEER, EXIT_USAGE, HomieError
-from homie.peers import Peer
 from homie.submit import migration
 from homie.submit.dispatch import Ask, Dispatcher
 from homie.submit.intake import Intake

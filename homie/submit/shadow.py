@@ -13,13 +13,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from homie.channel import Channel, ConnectionClosed
 from homie.errors import EXIT_INTERNAL, EXIT_TRANSFER, HomieError, ProtocolError
-from homie.protocol import Data, Message, Output
 from homie.submit import transfer
 from homie.submit.attempts import Attempts, Lost
 from homie.submit.dial import CONNECT_TIMEOUT
 from homie.submit.job import Job, JobState
+from homie.wire.channel import Channel, ConnectionClosed
+from homie.wire.protocol import Data, Message, Output
 
 STREAM_TIMEOUT = 8.0  # the worker pings every 2 s; silence this long means the link is down
 STREAM_QUIET = 3.0  # silence after which a peer without heartbeats counts as gone

@@ -8,12 +8,13 @@ import os
 import shutil
 import time
 
-from homie import files, waitfd
-from homie.channel import Channel
+from homie import files
 from homie.errors import EXIT_TRANSFER, HomieError, ManifestError, ProtocolError
-from homie.protocol import Data, Message
 from homie.submit.attempts import Lost
 from homie.submit.job import Job
+from homie.wire import waitfd
+from homie.wire.channel import Channel
+from homie.wire.protocol import Data, Message
 
 CHUNK = 1 << 20
 STREAM_TIMEOUT = 8.0

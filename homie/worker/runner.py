@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from homie.joblog import JobLog
-from homie.protocol import STDERR, STDOUT
+from homie.wire.protocol import STDERR, STDOUT
 from homie.worker.cgroup import JobCgroup
 from homie.worker.identity import Identity
 
@@ -215,7 +215,7 @@ class JobProcess:
         self._exited.set()
 
     def _read_info(self, timeout: float = 10.0) -> None:
-        from homie import waitfd
+        from homie.wire import waitfd
 
         data = b""
         fd = self.launch.info_fd

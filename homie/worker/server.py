@@ -11,11 +11,12 @@ import threading
 import time
 from collections.abc import Callable
 
-from homie import PROTOCOL_VERSION, __version__, protocol, waitfd
+from homie import PROTOCOL_VERSION, __version__
 from homie.admission import ConnectionGate
-from homie.channel import Channel, ConnectionClosed
 from homie.errors import HomieError, ProtocolError
-from homie.protocol import Conversation
+from homie.wire import protocol, waitfd
+from homie.wire.channel import Channel, ConnectionClosed
+from homie.wire.protocol import Conversation
 
 HANDSHAKE_TIMEOUT = 2.0
 MAX_CONNECTIONS = 64

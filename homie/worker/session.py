@@ -12,10 +12,10 @@ import time
 from typing import TYPE_CHECKING
 
 from homie import checkpoints, files
-from homie.channel import Channel, ConnectionClosed, Pipeline
 from homie.errors import HomieError, ManifestError, ProtocolError
 from homie.joblog import JobLog
-from homie.protocol import Data, Message
+from homie.wire.channel import Channel, ConnectionClosed, Pipeline
+from homie.wire.protocol import Data, Message
 from homie.worker import jobdir
 from homie.worker.job import WorkerJob
 from homie.worker.runner import Outcome

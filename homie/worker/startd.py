@@ -20,8 +20,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from homie import files, plugins
+from homie.discovery.peers import balance
 from homie.errors import HomieError
-from homie.peers import balance
 from homie.worker import jobdir, sandbox
 from homie.worker.cgroup import Cgroups
 from homie.worker.context import WorkerContext

@@ -11,8 +11,9 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from homie import checkpoints, files, protocol
+from homie import checkpoints, files
 from homie.errors import HomieError, ManifestError
+from homie.wire import protocol
 from homie.worker import execution, jobdir, sandbox
 from homie.worker.job import WorkerJob, WorkerJobState
 from homie.worker.runner import JobProcess, Launch, Limits, Outcome, processes_of_uid

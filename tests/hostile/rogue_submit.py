@@ -20,11 +20,11 @@ import socket
 import sys
 import time
 
-from homie import protocol
-from homie.channel import Channel
 from homie.keys import load_key
-from homie.protocol import Conversation, Message, Output
-from homie.trust import SERVER_HOSTNAME, Trust
+from homie.wire import protocol
+from homie.wire.channel import Channel
+from homie.wire.protocol import Conversation, Message, Output
+from homie.wire.trust import SERVER_HOSTNAME, Trust
 
 keyfile, name, ip, port, job_id, projdir, script, *args = sys.argv[1:]
 res = {"job_id": job_id, "reply": None, "message": None, "exit": None, "stdout": "", "stderr": "", "results": None,

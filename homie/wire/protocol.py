@@ -3,7 +3,7 @@
 A frame is a 5-byte header (`!IB`: payload length, frame type) and a payload.
 Three frame types:
 
-- MSG: a JSON object with a "t" field naming the message (see homie.messages)
+- MSG: a JSON object with a "t" field naming the message (see homie.wire.messages)
 - DATA: raw bytes of the file currently being transferred (no base64)
 - OUT: job output, `!BQ` (stream, log offset just past this chunk) + raw bytes
 
@@ -21,8 +21,8 @@ import json
 import struct
 from typing import Any
 
-from homie import messages
 from homie.errors import ProtocolError
+from homie.wire import messages
 
 HEADER = struct.Struct("!IB")
 OUT_HEADER = struct.Struct("!BQ")

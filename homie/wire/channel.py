@@ -1,6 +1,6 @@
 """Blocking framed I/O on a socket (TLS job channel or the unix control socket).
 
-Only I/O lives here; framing rules are in homie.protocol and the order of
+Only I/O lives here; framing rules are in homie.wire.protocol and the order of
 messages in protocol.Conversation. Bulk data moves on blocking sockets in
 threads: receiving TLS through asyncio streams tops out far below what a
 blocking SSLSocket reaches (see docs/architecture.md, "Data path").
@@ -12,9 +12,9 @@ import socket
 import threading
 from typing import Any
 
-from homie import protocol
 from homie.errors import ProtocolError
-from homie.protocol import Conversation, Data, Event, Message, Output
+from homie.wire import protocol
+from homie.wire.protocol import Conversation, Data, Event, Message, Output
 
 
 class ConnectionClosed(Exception):

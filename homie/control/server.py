@@ -2,7 +2,7 @@
 
 A unix socket in the home, mode 0600: only the owner of the home (and root)
 can drive the daemon. Frames and message names are the job channel's
-(homie.protocol, homie.messages); each connection carries one request, whose
+(homie.wire.protocol, homie.wire.messages); each connection carries one request, whose
 answer is a `reply`, a `fail`, or a stream of `event`s and output frames.
 
 This module is the server half; the client half is homie.client.
@@ -75,8 +75,8 @@ class ControlServer:
                 pass
 
     def _handle(self, conn: socket.socket) -> None:
-        from homie.channel import Channel, ConnectionClosed
-        from homie.control_handlers import Handlers
+        from homie.control.handlers import Handlers
+        from homie.wire.channel import Channel, ConnectionClosed
 
         ch = Channel(conn)
         try:

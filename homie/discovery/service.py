@@ -14,7 +14,7 @@ import time
 from typing import Any, cast
 
 from homie import __version__, plugins
-from homie.heartbeat import Signer, Verifier
+from homie.discovery.heartbeat import Signer, Verifier
 
 PROBE_ANSWER_INTERVAL = 0.25  # at most this often per asking address
 NONCE_TTL = 5.0  # an answer to a probe of ours counts as fresh for this long

@@ -174,7 +174,7 @@ class Handlers:
         return found[0]
 
     def do_kill(self, msg) -> None:
-        from homie.control import signal_number
+        from homie.control.server import signal_number
 
         sig = signal_number(msg.get("sig") or signal.SIGKILL)
         job_id = msg["job_id"]
