@@ -126,7 +126,7 @@ class QueuedJob(Protocol):
 
 
 class DiscoveryContext(Protocol):
-    """What a discovery backend is constructed with (`Backend(node)`)."""
+    """What a discovery backend is constructed with (`Backend(ctx)`)."""
 
     config: Any  # the daemon's configuration, one attribute per config key (read it, never set it)
     log: Any  # the daemon's logger: log.info/warning/error(event, **fields)

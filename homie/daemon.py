@@ -113,6 +113,7 @@ class Node:
         plugins.on_error(lambda name, hook, exc: self.log.error("plugin.disabled", plugin=name, hook=hook,
                                                                  error=f"{type(exc).__name__}: {exc}"))
         plugins.load_plugins(config.plugins, config.disable_plugins)
+        from homie.control.handlers import Services
         from homie.control.server import ControlServer
         from homie.discovery.service import Discovery
         from homie.karma import Karma
@@ -123,14 +124,22 @@ class Node:
 
         self.karma = Karma(self.store, self.name)
         self.dial = Dialer(self.trust)
-        self.discovery = Discovery(self)
+        self.discovery = Discovery(config, self.log, key, self.instance, self.name, self.bind_address, self.peers,
+                                   heartbeat_fields=self.heartbeat_fields, on_peers_changed=self.peers_changed,
+                                   rate=self.rate)
         me = Me(self.name, self.instance_hex, self.started)
         self.worker = Worker(config, home, self.log, self.store, self.karma, me, self.trust, self.peers,
                              resources=self.resources, announce=self.announce_soon, warn=self.rate_warn,
                              peer_name=self.trust_peer_name, bind_address=self.bind_address)
         self.submitter = Submitter(config, self.log, self.store, home, me, self.dial, self.peers, self.local_peer,
                                    self.karma)
-        self.control = ControlServer(self)
+        from homie.keys import fingerprint
+
+        self.control = ControlServer(home.socket, self.log, Services(
+            name=self.name, instance_hex=self.instance_hex, started=self.started, key_fingerprint=fingerprint(key),
+            config=config, home=home, peers=self.peers, karma=self.karma, store=self.store, worker=self.worker,
+            submitter=self.submitter, discovery=self.discovery, dial=self.dial, bind_address=self.bind_address,
+            local_peer=self.local_peer, announce_soon=self.announce_soon, request_shutdown=self.request_shutdown))
 
     def _bind_address(self) -> str | None:
         if self.config.bind:
@@ -209,11 +218,6 @@ class Node:
 
     def rate_warn(self, event: str, msg: str, **kw) -> None:
         self.rate.warn(event, msg, **kw)
-
-    def note_dropped(self) -> None:
-        if self.rate.due("discovery.dropped"):
-            self.rate.warn("discovery.dropped", "ignored heartbeats that failed verification",
-                           counts=dict(self.discovery.verifier.dropped))
 
     def trust_peer_name(self, tls) -> str:
         from homie.wire.trust import peer_name

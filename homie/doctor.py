@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import time
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from homie.control.handlers import Services
 
 SKEW_WARN_S = 5.0
 
@@ -63,12 +67,12 @@ def lending_findings(worker) -> list[dict]:
     return out
 
 
-def diagnose(node) -> list[dict]:
+def diagnose(services: Services) -> list[dict]:
     """Checks that need the running daemon: network, peers, clocks."""
     out = []
-    disc = node.discovery
-    cfg = node.config
-    out += lending_findings(node.worker)
+    disc = services.discovery
+    cfg = services.config
+    out += lending_findings(services.worker)
     ifaces = disc.interfaces()
     backends = [b.name for b in disc.backends]
     if "udp" in backends:
@@ -89,7 +93,7 @@ def diagnose(node) -> list[dict]:
                           " no heartbeat is sent to anyone by it", "list friends' addresses under static_peers"))
 
     answered = disc.probe_round(1.0)
-    peers = node.peers.snapshot()
+    peers = services.peers.snapshot()
     names_seen = sorted({p.name for p in peers})
     if peers:
         out.append(_f(True, "hearing peers", f"heartbeats arrive here from {len(peers)} peer(s):"
@@ -116,11 +120,12 @@ def diagnose(node) -> list[dict]:
     from homie.errors import HomieError
     from homie.wire.channel import ConnectionClosed
 
-    targets = [("this machine", node.bind_address or "127.0.0.1", cfg.port)] + [(p.name, p.ip, p.port) for p in peers]
+    targets = [("this machine", services.bind_address or "127.0.0.1", cfg.port)]
+    targets += [(p.name, p.ip, p.port) for p in peers]
     for name, ip, port in targets:
         t0 = time.monotonic()
         try:
-            ch = node.dial.connect(ip, port)
+            ch = services.dial.connect(ip, port)
             ch.send("bye")
             ch.close()
             out.append(_f(True, "job port", f"{name} {ip}:{port}: TLS with the group key works"

@@ -22,11 +22,11 @@ def homie_discovery_backends():
 
     Called with no arguments, once at start-up; every plugin's list is used. A
     backend class has a `name` (what the `discovery:` config key selects) and is
-    constructed with a `homie.api.DiscoveryContext` (`Backend(node)`: `config`,
+    constructed with a `homie.api.DiscoveryContext` (`Backend(ctx)`: `config`,
     `log`, `sendto()`, `broadcast_addresses()`, `receive()`). It implements
     `start()`, `stop()` and `announce(packet: bytes)`, which sends a signed
     heartbeat packet to wherever this backend reaches; packets it receives
-    itself go to `node.receive(packet, (ip, port))`.
+    itself go to `ctx.receive(packet, (ip, port))`.
     """
 
 

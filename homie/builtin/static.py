@@ -7,22 +7,22 @@ broadcast ones, and the peers' answers come back the same way.
 
 from __future__ import annotations
 
-from homie.api import hookimpl
+from homie.api import DiscoveryContext, hookimpl
 
 
 class StaticPeers:
     name = "static"
 
-    def __init__(self, node):
-        self.node = node
+    def __init__(self, ctx: DiscoveryContext):
+        self.ctx = ctx
 
     def start(self) -> None:
-        if not self.node.config.static_peers:
-            self.node.log.warning("discovery.static_empty", hint="discovery lists 'static' but static_peers is empty")
+        if not self.ctx.config.static_peers:
+            self.ctx.log.warning("discovery.static_empty", hint="discovery lists 'static' but static_peers is empty")
 
     def announce(self, packet: bytes) -> None:
-        for target in self.node.config.static_addresses:
-            self.node.sendto(packet, target)
+        for target in self.ctx.config.static_addresses:
+            self.ctx.sendto(packet, target)
 
     def stop(self) -> None:
         pass

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from homie.api import hookimpl
+from homie.api import DiscoveryContext, hookimpl
 
 
 class UdpBroadcast:
@@ -15,20 +15,20 @@ class UdpBroadcast:
 
     name = "udp"
 
-    def __init__(self, node):
-        self.node = node
+    def __init__(self, ctx: DiscoveryContext):
+        self.ctx = ctx
         self.targets: list[tuple[str, int]] = []
 
     def start(self) -> None:
-        port = self.node.config.discovery_port
-        self.targets = [(b, port) for b in self.node.broadcast_addresses()]
+        port = self.ctx.config.discovery_port
+        self.targets = [(b, port) for b in self.ctx.broadcast_addresses()]
         if not self.targets:
-            self.node.log.warning("discovery.no_broadcast_address",
+            self.ctx.log.warning("discovery.no_broadcast_address",
                                   hint="no IPv4 interface with a broadcast address; use static_peers")
 
     def announce(self, packet: bytes) -> None:
         for target in self.targets:
-            self.node.sendto(packet, target)
+            self.ctx.sendto(packet, target)
 
     def stop(self) -> None:
         pass

@@ -5,10 +5,23 @@ from __future__ import annotations
 import os
 import signal
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from homie import __version__, plugins
 from homie.errors import EXIT_FAILURE, EXIT_USAGE, HomieError
 from homie.joblog import read_records
+
+if TYPE_CHECKING:
+    from homie.discovery.peers import Peer, PeerTable
+    from homie.discovery.service import Discovery
+    from homie.home import Home
+    from homie.karma import Karma
+    from homie.store import Store
+    from homie.submit.dial import Dialer
+    from homie.submit.schedd import Submitter
+    from homie.worker.startd import Worker
 
 FOLLOW_POLL = 0.1
 PROGRESS_EVERY = 0.2
@@ -55,9 +68,32 @@ def _job_log_facts(path, tail: int = 8 << 20) -> dict[str, dict]:
     return facts
 
 
+@dataclass(frozen=True)
+class Services:
+    """What control requests may use: the daemon's parts, given by daemon.py."""
+
+    name: str
+    instance_hex: str
+    started: float
+    key_fingerprint: str
+    config: Any
+    home: Home
+    peers: PeerTable
+    karma: Karma
+    store: Store
+    worker: Worker
+    submitter: Submitter
+    discovery: Discovery
+    dial: Dialer
+    bind_address: str | None
+    local_peer: Callable[[], Peer]
+    announce_soon: Callable[[], None]
+    request_shutdown: Callable[[], None]
+
+
 class Handlers:
-    def __init__(self, node, ch):
-        self.node = node
+    def __init__(self, services: Services, ch):
+        self.services = services
         self.ch = ch
 
     def reply(self, **fields) -> None:
@@ -65,9 +101,7 @@ class Handlers:
 
     # -- node ----------------------------------------------------------------------
     def do_status(self, msg) -> None:
-        n = self.node
-        from homie.keys import fingerprint
-
+        n = self.services
         address = self._address()
         self.reply(
             running=True, name=n.name, pid=os.getpid(), version=__version__, uptime=time.time() - n.started,
@@ -75,48 +109,48 @@ class Handlers:
             peers=len(n.peers.snapshot()), status=n.worker.status(), jobs_here=n.worker.running(),
             jobs_out=sum(1 for j in n.submitter.all() if not j.terminal),
             discovery=[b.name for b in n.discovery.backends], broadcast=n.discovery.broadcast_addresses(),
-            home=str(n.home.root), key_fingerprint=fingerprint(n.key), instance=n.instance_hex,
+            home=str(n.home.root), key_fingerprint=n.key_fingerprint, instance=n.instance_hex,
             retries=n.config.retries, sandbox=n.worker.sandbox.label, sandbox_reason=n.worker.sandbox.reason,
         )
 
     def _address(self) -> str:
         """The address friends reach this machine on (not loopback, unless that is all there is)."""
-        n = self.node
+        n = self.services
         ifaces = n.discovery.interfaces()
         return n.bind_address or (ifaces[0]["address"] if ifaces else "127.0.0.1")
 
     def do_peers(self, msg) -> None:
-        me = self.node.local_peer().to_dict()
+        me = self.services.local_peer().to_dict()
         me["ip"] = self._address()
-        self.reply(peers=[p.to_dict() for p in self.node.peers.snapshot()], me=me)
+        self.reply(peers=[p.to_dict() for p in self.services.peers.snapshot()], me=me)
 
     def do_down(self, msg) -> None:
-        self.reply(stopping=True, name=self.node.name)
-        self.node.request_shutdown()
+        self.reply(stopping=True, name=self.services.name)
+        self.services.request_shutdown()
 
     def do_pause(self, msg) -> None:
-        evicting = [j.id for j in self.node.worker.all_jobs() if not j.done.is_set()] if msg.get("evict") else []
-        self.node.worker.pause(bool(msg.get("suspend")), evict=bool(msg.get("evict")))
-        self.node.announce_soon()
-        self.reply(status="paused", suspended=self.node.worker.suspended, evicted=len(evicting),
-                   grace=self.node.config.evict_grace_seconds)
+        evicting = [j.id for j in self.services.worker.all_jobs() if not j.done.is_set()] if msg.get("evict") else []
+        self.services.worker.pause(bool(msg.get("suspend")), evict=bool(msg.get("evict")))
+        self.services.announce_soon()
+        self.reply(status="paused", suspended=self.services.worker.suspended, evicted=len(evicting),
+                   grace=self.services.config.evict_grace_seconds)
 
     def do_resume(self, msg) -> None:
-        self.node.worker.resume()
-        self.node.announce_soon()
-        self.reply(status=self.node.worker.status())
+        self.services.worker.resume()
+        self.services.announce_soon()
+        self.reply(status=self.services.worker.status())
 
     def do_plugins(self, msg) -> None:
         self.reply(plugins=plugins.describe())
 
     def do_karma(self, msg) -> None:
-        self.reply(ledger=self.node.karma.per_peer(), totals=self.node.karma.totals(),
-                   entries=self.node.store.ledger_entries())
+        self.reply(ledger=self.services.karma.per_peer(), totals=self.services.karma.totals(),
+                   entries=self.services.store.ledger_entries())
 
     def do_doctor(self, msg) -> None:
         from homie.doctor import diagnose
 
-        self.reply(findings=diagnose(self.node))
+        self.reply(findings=diagnose(self.services))
 
     # -- jobs -------------------------------------------------------------------------
     def do_ps(self, msg) -> None:
@@ -124,7 +158,7 @@ class Handlers:
         their arguments, no message comes near the frame cap."""
         show_all = bool(msg.get("all"))
         out = []
-        for job in self.node.submitter.all():
+        for job in self.services.submitter.all():
             if job.terminal and not show_all:
                 continue
             s = job.summary()
@@ -133,7 +167,7 @@ class Handlers:
             out.append(s)
         here = []
         live = set()
-        for wj in sorted(self.node.worker.all_jobs(), key=lambda j: j.created):
+        for wj in sorted(self.services.worker.all_jobs(), key=lambda j: j.created):
             live.add(wj.id)
             if wj.state not in ("preparing", "running") and not show_all:
                 continue
@@ -151,10 +185,10 @@ class Handlers:
         """Jobs run here for friends that are over and gone from the worker: the karma
         ledger keeps each one (who, when, how long); the worker's history its script,
         arguments and exit (the daemon's log, for jobs that ran before there was one)."""
-        seen = _job_log_facts(self.node.home.log)
-        history = self.node.store.worker_history()
+        seen = _job_log_facts(self.services.home.log)
+        history = self.services.store.worker_history()
         out = []
-        for e in self.node.store.ledger_entries():
+        for e in self.services.store.ledger_entries():
             if e["direction"] != "given" or e["job_id"] in live:
                 continue
             facts = history.get(e["job_id"]) or seen.get(e["job_id"], {})
@@ -166,7 +200,7 @@ class Handlers:
         return out
 
     def _one_job(self, job_id: str):
-        found = self.node.submitter.find(job_id)
+        found = self.services.submitter.find(job_id)
         if not found:
             raise HomieError(f"no job {job_id!r} (see `homie ps --all`)", EXIT_FAILURE)
         if len(found) > 1:
@@ -178,19 +212,19 @@ class Handlers:
 
         sig = signal_number(msg.get("sig") or signal.SIGKILL)
         job_id = msg["job_id"]
-        mine = self.node.submitter.find(job_id)
-        here = self.node.worker.find(job_id)
+        mine = self.services.submitter.find(job_id)
+        here = self.services.worker.find(job_id)
         if len(mine) + len(here) == 0:
             raise HomieError(f"no job {job_id!r} here or sent from here (see `homie ps --all`)", EXIT_FAILURE)
         if len(mine) + len(here) > 1 and not (len(mine) == 1 and len(here) == 1 and mine[0].id == here[0].id):
             raise HomieError(f"job id {job_id!r} is ambiguous", EXIT_FAILURE)
         if mine:
-            what = self.node.submitter.signal(mine[0], sig)
+            what = self.services.submitter.signal(mine[0], sig)
         else:
             job = here[0]
             if job.done.is_set():
                 raise HomieError(f"job {job.id} already ended", EXIT_FAILURE)
-            self.node.worker.signal_job(job, sig, by=f"{self.node.name}'s owner")
+            self.services.worker.signal_job(job, sig, by=f"{self.services.name}'s owner")
             what = (f"stopping job {job.id} (running here for {job.submitter}): SIGTERM, then SIGKILL after 2 s"
                     if sig == signal.SIGKILL else
                     f"sent {signal.Signals(sig).name} to job {job.id} (running here for {job.submitter})")
@@ -204,7 +238,7 @@ class Handlers:
         self._submit_and_follow(body)
 
     def _submit_and_follow(self, body: dict) -> None:
-        job = self.node.submitter.submit(body)
+        job = self.services.submitter.submit(body)
         self.ch.send("event", kind="job", job_id=job.id)
         if body.get("detach"):
             self.reply(job_id=job.id, detached=True)
@@ -213,7 +247,7 @@ class Handlers:
 
     def do_restart(self, msg) -> None:
         old = self._one_job(msg["job_id"])
-        body = self.node.submitter.request_of(old)
+        body = self.services.submitter.request_of(old)
         body["detach"] = bool(msg.get("detach"))
         self._submit_and_follow(body)
 
@@ -222,15 +256,15 @@ class Handlers:
         run now, wait (every obstacle is temporary) or never (unknown peer, no GPU...)."""
         from homie import scheduling
 
-        sub = self.node.submitter
+        sub = self.services.submitter
         sub.check_peer(body.get("peer"))
         sub.check_plugins(body)
-        req = scheduling.JobRequest(job_id="-", script=body["script"], submitter=self.node.name,
+        req = scheduling.JobRequest(job_id="-", script=body["script"], submitter=self.services.name,
                                     gpu=bool(body.get("gpu")), peer=body.get("peer"),
-                                    scheduler=body.get("scheduler") or self.node.config.scheduler,
-                                    executor=body.get("executor") or self.node.config.executor)
+                                    scheduler=body.get("scheduler") or self.services.config.scheduler,
+                                    executor=body.get("executor") or self.services.config.executor)
         cands = sub.candidates()
-        chosen, verdicts = scheduling.choose(req, cands, self.node.config)
+        chosen, verdicts = scheduling.choose(req, cands, self.services.config)
         why = None
         if chosen:
             verdict = "run"
@@ -242,7 +276,7 @@ class Handlers:
             {"name": p.name, "ip": p.ip, "local": p.local, "eligible": not r, "reasons": r} for p, r in verdicts])
 
     def do_follow(self, msg) -> None:
-        found = self.node.submitter.find(msg["job_id"])
+        found = self.services.submitter.find(msg["job_id"])
         if not found:
             self._follow_here(msg["job_id"], msg.get("offset") or 0, live=bool(msg.get("live")))
             return
@@ -256,11 +290,11 @@ class Handlers:
 
     def _follow_here(self, job_id: str, offset: int, live: bool) -> None:
         """`homie logs` on the lending machine: a friend's job running (or just run) here."""
-        here = self.node.worker.find(job_id)
+        here = self.services.worker.find(job_id)
         if len(here) > 1:
             raise HomieError(f"job id {job_id!r} is ambiguous: {', '.join(j.id for j in here)}", EXIT_FAILURE)
         if not here:
-            for e in self.node.store.ledger_entries():
+            for e in self.services.store.ledger_entries():
                 if e["direction"] == "given" and e["job_id"].startswith(job_id):
                     raise HomieError(f"job {e['job_id']} ran here for {e['peer']} and is over; its output went"
                                      f" back to {e['peer']}, who keeps it (homie logs {e['job_id']} there)",
@@ -279,7 +313,7 @@ class Handlers:
             if done or not live:
                 s = wj.summary()
                 self.reply(job_id=wj.id, state="done" if done else s["status"], exit_code=s["code"], code=s["code"],
-                           signal=None, reason=s["reason"], message=None, peer=self.node.name, results=[],
+                           signal=None, reason=s["reason"], message=None, peer=self.services.name, results=[],
                            results_dir="", offset=offset, terminal=done)
                 return
             wj.done.wait(FOLLOW_POLL)
@@ -356,7 +390,7 @@ class Handlers:
         job = self._one_job(msg["job_id"])
         if not job.terminal:
             raise HomieError(f"job {job.id} is still {job.state}", EXIT_USAGE)
-        self.node.submitter.forget(job)
+        self.services.submitter.forget(job)
         self.reply(forgotten=job.id)
 
 

@@ -14,6 +14,8 @@ import os
 import socket
 import threading
 import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 # The client half lives in homie.client (the Python API, which the CLI uses too);
 # the old names stay importable from here.
@@ -21,17 +23,24 @@ from homie.client import Connection as ControlClient  # noqa: F401
 from homie.client import signal_number  # noqa: F401
 from homie.errors import HomieError, NoDaemon, ProtocolError  # noqa: F401
 
+if TYPE_CHECKING:
+    from homie.control.handlers import Services
+
 # -- server (daemon side) --------------------------------------------------------
 
 
 class ControlServer:
-    def __init__(self, node):
-        self.node = node
-        self.log = node.log
+    """Accepts connections on the unix socket; each request goes to a fresh
+    `Handlers` over the daemon's `Services`. I/O only: the policy is in the handlers."""
+
+    def __init__(self, path: Path, log: Any, services: Services):
+        self.path = path
+        self.log = log
+        self.services = services
         self.sock: socket.socket | None = None
 
     def bind(self) -> None:
-        path = str(self.node.home.socket)
+        path = str(self.path)
         # Only one daemon holds the pid lock, so a socket file here is a dead
         # daemon's leftover: replace it.
         try:
@@ -82,7 +91,7 @@ class ControlServer:
         try:
             msg = ch.recv_msg(timeout=30)
             conn.settimeout(None)
-            handler = getattr(Handlers(self.node, ch), f"do_{msg.t}", None)
+            handler = getattr(Handlers(self.services, ch), f"do_{msg.t}", None)
             if handler is None:
                 ch.send("fail", message=f"unknown request {msg.t!r}", exit_code=2)
                 return

@@ -11,26 +11,48 @@ from __future__ import annotations
 import socket
 import threading
 import time
-from typing import Any, cast
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from homie import __version__, plugins
 from homie.discovery.heartbeat import Signer, Verifier
+
+if TYPE_CHECKING:
+    from homie.discovery.peers import PeerTable
 
 PROBE_ANSWER_INTERVAL = 0.25  # at most this often per asking address
 NONCE_TTL = 5.0  # an answer to a probe of ours counts as fresh for this long
 CHALLENGE_INTERVAL = 0.5  # at most this often per unknown instance
 
 
+class Warner(Protocol):
+    """The daemon's rate-limited warnings (one line per event per period)."""
+
+    def due(self, event: str) -> bool: ...
+    def warn(self, event: str, msg: str, **kw: Any) -> None: ...
+
+
 class Discovery:
-    def __init__(self, node):
-        self.node = node
-        self.config = node.config
-        self.log = node.log
-        self.signer = Signer(node.key, node.instance)
-        self.verifier = Verifier(node.key)
+    """The discovery socket and backends: heartbeats out (what `heartbeat_fields`
+    says), verified heartbeats in to `peers`, `on_peers_changed` when that table changes."""
+
+    def __init__(self, config: Any, log: Any, key: bytes, instance: bytes, name: str, bind_address: str | None,
+                 peers: PeerTable, heartbeat_fields: Callable[[], dict], on_peers_changed: Callable[[], None],
+                 rate: Warner):
+        self.config = config
+        self.log = log
+        self.name = name
+        self.instance = instance
+        self.bind_address = bind_address
+        self.peers = peers
+        self.heartbeat_fields = heartbeat_fields
+        self.on_peers_changed = on_peers_changed
+        self.rate = rate
+        self.signer = Signer(key, instance)
+        self.verifier = Verifier(key)
         self.sock: socket.socket | None = None
         self.rx: list[socket.socket] = []
-        self.backends = []
+        self.backends: list[Any] = []
         self._send_lock = threading.Lock()
         # Encoding assigns the sequence number: encode and send under one lock,
         # or two threads could put seq n+1 on the wire before n, and receivers
@@ -79,7 +101,7 @@ class Discovery:
         return s
 
     def bind(self) -> None:
-        bind = self.node.bind_address
+        bind = self.bind_address
         if bind:
             # Pinned to one address (bind/interface): unicast arrives on that
             # address, broadcasts on the subnet's broadcast address, which
@@ -110,15 +132,15 @@ class Discovery:
                 assert self.sock is not None  # started
                 self.sock.sendto(packet, addr)
         except OSError as e:
-            self.node.rate_warn("discovery.send_failed", "cannot send heartbeat", target=f"{addr[0]}:{addr[1]}",
-                                error=e.strerror or str(e))
+            self.rate.warn("discovery.send_failed", "cannot send heartbeat", target=f"{addr[0]}:{addr[1]}",
+                           error=e.strerror or str(e))
 
     # -- sending -----------------------------------------------------------------
     def body(self, kind: str, **extra) -> dict:
         if kind != "hb":
-            return {"k": kind, "name": self.node.name, "port": self.config.port, **extra}
-        body = {"k": "hb", "name": self.node.name, "port": self.config.port, "v": __version__}
-        body.update(self.node.heartbeat_fields())
+            return {"k": kind, "name": self.name, "port": self.config.port, **extra}
+        body = {"k": "hb", "name": self.name, "port": self.config.port, "v": __version__}
+        body.update(self.heartbeat_fields())
         body["timestamp"] = int(time.time())
         body.update(extra)
         return body
@@ -140,12 +162,17 @@ class Discovery:
                 try:
                     b.announce(packet)
                 except Exception as e:
-                    self.node.rate_warn("discovery.backend_failed", "discovery backend failed",
-                                        backend=b.name, error=str(e))
+                    self.rate.warn("discovery.backend_failed", "discovery backend failed",
+                                   backend=b.name, error=str(e))
 
     def reply(self, kind: str, addr: tuple[str, int], **extra) -> None:
         with self._tx_lock:
             self.sendto(self.packet(kind, **extra), addr)
+
+    def _note_dropped(self) -> None:
+        if self.rate.due("discovery.dropped"):
+            self.rate.warn("discovery.dropped", "ignored heartbeats that failed verification",
+                           counts=dict(self.verifier.dropped))
 
     def announce_soon(self) -> None:
         self._announce.set()
@@ -242,24 +269,24 @@ class Discovery:
                     try:
                         self.receive(data, addr)
                     except Exception as e:  # nothing a packet does may stop discovery
-                        self.node.rate_warn("discovery.receive_failed", "bad packet handling", error=repr(e))
+                        self.rate.warn("discovery.receive_failed", "bad packet handling", error=repr(e))
 
     def receive(self, data: bytes, addr: tuple[str, int]) -> None:
         hb = self.verifier.verify(data, source=addr[0])
         if hb is None:
-            self.node.note_dropped()
+            self._note_dropped()
             return
-        if hb.instance == self.node.instance:
+        if hb.instance == self.instance:
             return  # our own broadcast
         ip = addr[0]
         body = hb.body
         kind = body.get("k")
         inst = hb.instance.hex()
         if kind == "bye":
-            peer = self.node.peers.goodbye(inst)
+            peer = self.peers.goodbye(inst)
             if peer:
                 self.log.info("peer.gone", name=peer.name, ip=ip, why="goodbye")
-                self.node.peers_changed()
+                self.on_peers_changed()
             return
         if kind == "probe":
             # Answered only to the asking address, once per nonce and at most
@@ -284,18 +311,18 @@ class Discovery:
         answer = body.get("re")
         if answer is not None and answer in self._rounds:
             self._rounds[answer].add((body["name"], ip))
-        if self.node.peers.get(inst) is None and not self._fresh(answer):
+        if self.peers.get(inst) is None and not self._fresh(answer):
             # First contact: a valid packet may still be a replay from the last
             # 30 s (even of a peer that has since said goodbye). Only an answer
             # to a nonce of ours proves the sender holds the key right now.
             self._challenge(inst, addr)
             return
-        version = self.node.peers.version
-        peer, is_new = self.node.peers.update(body, ip, inst)
+        version = self.peers.version
+        peer, is_new = self.peers.update(body, ip, inst)
         if is_new:
             self.log.info("peer.seen", name=peer.name, ip=ip, port=peer.port)
-        if self.node.peers.version != version:
-            self.node.peers_changed()
+        if self.peers.version != version:
+            self.on_peers_changed()
 
     def stop(self) -> None:
         for b in self.backends:
