@@ -30,6 +30,7 @@ from dataclasses import fields as _fields
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from homie.control import replies
 from homie.errors import EXIT_NO_DAEMON, HomieError, NoDaemon, error_for
 
 if TYPE_CHECKING:
@@ -72,7 +73,7 @@ class Connection:
         self.ch.close()
         if msg.t == "fail":
             raise error_for(msg["message"], msg.get("exit_code", 1))
-        return msg.body
+        return replies.check(t, msg.body)
 
     def stream(self, t: str, timeout: float | None = None, **fields):
         """Yield the daemon's events and output frames (homie.wire.protocol objects) until
@@ -95,6 +96,7 @@ class Connection:
                     if ev.t == "fail":
                         raise error_for(ev["message"], ev.get("exit_code", 1))
                     if ev.t == "reply":
+                        replies.check(t, ev.body)
                         yield ev
                         return
                 yield ev

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from homie import __version__, plugins
+from homie.control import replies
 from homie.errors import EXIT_FAILURE, EXIT_USAGE, HomieError
 from homie.joblog import read_records
 
@@ -96,14 +97,14 @@ class Handlers:
         self.services = services
         self.ch = ch
 
-    def reply(self, **fields) -> None:
-        self.ch.send("reply", **fields)
+    def reply(self, r: replies.Reply) -> None:
+        self.ch.send("reply", **r.body())
 
     # -- node ----------------------------------------------------------------------
     def do_status(self, msg) -> None:
         n = self.services
         address = self._address()
-        self.reply(
+        self.reply(replies.Status(
             running=True, name=n.name, pid=os.getpid(), version=__version__, uptime=time.time() - n.started,
             address=address, port=n.config.port, discovery_port=n.config.discovery_port,
             peers=len(n.peers.snapshot()), status=n.worker.status(), jobs_here=n.worker.running(),
@@ -111,7 +112,7 @@ class Handlers:
             discovery=[b.name for b in n.discovery.backends], broadcast=n.discovery.broadcast_addresses(),
             home=str(n.home.root), key_fingerprint=n.key_fingerprint, instance=n.instance_hex,
             retries=n.config.retries, sandbox=n.worker.sandbox.label, sandbox_reason=n.worker.sandbox.reason,
-        )
+        ))
 
     def _address(self) -> str:
         """The address friends reach this machine on (not loopback, unless that is all there is)."""
@@ -122,35 +123,35 @@ class Handlers:
     def do_peers(self, msg) -> None:
         me = self.services.local_peer().to_dict()
         me["ip"] = self._address()
-        self.reply(peers=[p.to_dict() for p in self.services.peers.snapshot()], me=me)
+        self.reply(replies.Peers(peers=[p.to_dict() for p in self.services.peers.snapshot()], me=me))
 
     def do_down(self, msg) -> None:
-        self.reply(stopping=True, name=self.services.name)
+        self.reply(replies.Stopping(stopping=True, name=self.services.name))
         self.services.request_shutdown()
 
     def do_pause(self, msg) -> None:
         evicting = [j.id for j in self.services.worker.all_jobs() if not j.done.is_set()] if msg.get("evict") else []
         self.services.worker.pause(bool(msg.get("suspend")), evict=bool(msg.get("evict")))
         self.services.announce_soon()
-        self.reply(status="paused", suspended=self.services.worker.suspended, evicted=len(evicting),
-                   grace=self.services.config.evict_grace_seconds)
+        self.reply(replies.Paused(status="paused", suspended=self.services.worker.suspended, evicted=len(evicting),
+                                  grace=self.services.config.evict_grace_seconds))
 
     def do_resume(self, msg) -> None:
         self.services.worker.resume()
         self.services.announce_soon()
-        self.reply(status=self.services.worker.status())
+        self.reply(replies.Resumed(status=self.services.worker.status()))
 
     def do_plugins(self, msg) -> None:
-        self.reply(plugins=plugins.describe())
+        self.reply(replies.Plugins(plugins=plugins.describe()))
 
     def do_karma(self, msg) -> None:
-        self.reply(ledger=self.services.karma.per_peer(), totals=self.services.karma.totals(),
-                   entries=self.services.store.ledger_entries())
+        self.reply(replies.KarmaBook(ledger=self.services.karma.per_peer(), totals=self.services.karma.totals(),
+                                     entries=self.services.store.ledger_entries()))
 
     def do_doctor(self, msg) -> None:
         from homie.doctor import diagnose
 
-        self.reply(findings=diagnose(self.services))
+        self.reply(replies.Findings(findings=diagnose(self.services)))
 
     # -- jobs -------------------------------------------------------------------------
     def do_ps(self, msg) -> None:
@@ -179,7 +180,7 @@ class Handlers:
             here = sorted(here + self._ran_here(live), key=lambda j: j["created"])
         for i in range(0, max(len(out), len(here)), PS_BATCH):
             self.ch.send("event", kind="ps", jobs=out[i:i + PS_BATCH], here=here[i:i + PS_BATCH])
-        self.reply(now=time.time())
+        self.reply(replies.Listed(now=time.time()))
 
     def _ran_here(self, live: set) -> list[dict]:
         """Jobs run here for friends that are over and gone from the worker: the karma
@@ -228,7 +229,7 @@ class Handlers:
             what = (f"stopping job {job.id} (running here for {job.submitter}): SIGTERM, then SIGKILL after 2 s"
                     if sig == signal.SIGKILL else
                     f"sent {signal.Signals(sig).name} to job {job.id} (running here for {job.submitter})")
-        self.reply(message=what)
+        self.reply(replies.Signalled(message=what))
 
     def do_run(self, msg) -> None:
         body = dict(msg.body)
@@ -241,7 +242,7 @@ class Handlers:
         job = self.services.submitter.submit(body)
         self.ch.send("event", kind="job", job_id=job.id)
         if body.get("detach"):
-            self.reply(job_id=job.id, detached=True)
+            self.reply(replies.Detached(job_id=job.id, detached=True))
             return
         self._follow(job, 0, live=True)
 
@@ -272,8 +273,8 @@ class Handlers:
             verdict = "never"
         else:
             verdict, why = "wait", scheduling.why_waiting(verdicts, req)
-        self.reply(chosen=chosen.name if chosen else None, verdict=verdict, why=why, peers=[
-            {"name": p.name, "ip": p.ip, "local": p.local, "eligible": not r, "reasons": r} for p, r in verdicts])
+        self.reply(replies.Explained(chosen=chosen.name if chosen else None, verdict=verdict, why=why, peers=[
+            {"name": p.name, "ip": p.ip, "local": p.local, "eligible": not r, "reasons": r} for p, r in verdicts]))
 
     def do_follow(self, msg) -> None:
         found = self.services.submitter.find(msg["job_id"])
@@ -312,9 +313,10 @@ class Handlers:
             done = wj.done.is_set()
             if done or not live:
                 s = wj.summary()
-                self.reply(job_id=wj.id, state="done" if done else s["status"], exit_code=s["code"], code=s["code"],
-                           signal=None, reason=s["reason"], message=None, peer=self.services.name, results=[],
-                           results_dir="", offset=offset, terminal=done)
+                self.reply(replies.Ended(
+                    job_id=wj.id, state="done" if done else s["status"], exit_code=s["code"], code=s["code"],
+                    signal=None, reason=s["reason"], message=None, peer=self.services.name, results=[],
+                    results_dir="", offset=offset, terminal=done))
                 return
             wj.done.wait(FOLLOW_POLL)
 
@@ -364,17 +366,21 @@ class Handlers:
     def _end(self, job) -> None:
         """The last message of a follow: how the job ended (or where it is, if not over)."""
         d = job.doc
-        self.reply(job_id=job.id, state=d["state"], exit_code=d["exit_code"], code=d["code"], signal=d["signal"],
-                   reason=d["reason"], message=d["message"], peer=d["peer_name"], results=d["results"] or [],
-                   results_dir=str(job.results_dir), offset=job.log.end, terminal=job.terminal)
+        self.reply(replies.Ended(
+            job_id=job.id, state=d["state"], exit_code=d["exit_code"], code=d["code"], signal=d["signal"],
+            reason=d["reason"], message=d["message"], peer=d["peer_name"], results=d["results"] or [],
+            results_dir=str(job.results_dir), offset=job.log.end, terminal=job.terminal))
 
     def do_job(self, msg) -> None:
         """One job sent from here, where it stands (homie.client's Job.info)."""
         job = self._one_job(msg["job_id"])
         d = job.doc
-        self.reply(**{**job.summary(), "state": d["state"], "code": d["code"], "signal": d["signal"],
-                      "message": d["message"], "results": d["results"] or [], "results_dir": str(job.results_dir),
-                      "offset": job.log.end, "terminal": job.terminal})
+        summary = job.summary()
+        self.reply(replies.Ended(
+            job_id=job.id, state=d["state"], exit_code=summary.pop("exit_code"), code=d["code"], signal=d["signal"],
+            reason=summary.pop("reason"), message=d["message"], peer=summary.pop("peer"),
+            results=d["results"] or [], results_dir=str(job.results_dir), offset=job.log.end, terminal=job.terminal,
+            extra={k: v for k, v in summary.items() if k not in ("job_id", "results")}))
 
     def do_get_results(self, msg) -> None:
         job = self._one_job(msg["job_id"])
@@ -384,14 +390,14 @@ class Handlers:
             raise HomieError(f"job {job.id} ended {job.state}: {job.message or 'no results'}", EXIT_FAILURE)
         if not job.results_dir.exists() and job.results:
             raise HomieError(f"the results of job {job.id} were already collected or removed", EXIT_FAILURE)
-        self.reply(job_id=job.id, results=job.results or [], results_dir=str(job.results_dir))
+        self.reply(replies.Results(job_id=job.id, results=job.results or [], results_dir=str(job.results_dir)))
 
     def do_forget(self, msg) -> None:
         job = self._one_job(msg["job_id"])
         if not job.terminal:
             raise HomieError(f"job {job.id} is still {job.state}", EXIT_USAGE)
         self.services.submitter.forget(job)
-        self.reply(forgotten=job.id)
+        self.reply(replies.Forgotten(forgotten=job.id))
 
 
 def job_wait(job) -> None:
