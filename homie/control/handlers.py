@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import time
@@ -13,6 +14,7 @@ from homie import __version__, plugins
 from homie.control import replies
 from homie.errors import EXIT_FAILURE, EXIT_USAGE, HomieError
 from homie.joblog import read_records
+from homie.wire import messages
 
 if TYPE_CHECKING:
     from homie.discovery.peers import Peer, PeerTable
@@ -101,7 +103,7 @@ class Handlers:
         self.ch.send("reply", **r.body())
 
     # -- node ----------------------------------------------------------------------
-    def do_status(self, msg) -> None:
+    def do_status(self, req: messages.StatusRequest) -> None:
         n = self.services
         address = self._address()
         self.reply(replies.Status(
@@ -120,44 +122,44 @@ class Handlers:
         ifaces = n.discovery.interfaces()
         return n.bind_address or (ifaces[0]["address"] if ifaces else "127.0.0.1")
 
-    def do_peers(self, msg) -> None:
+    def do_peers(self, req: messages.PeersRequest) -> None:
         me = self.services.local_peer().to_dict()
         me["ip"] = self._address()
         self.reply(replies.Peers(peers=[p.to_dict() for p in self.services.peers.snapshot()], me=me))
 
-    def do_down(self, msg) -> None:
+    def do_down(self, req: messages.Down) -> None:
         self.reply(replies.Stopping(stopping=True, name=self.services.name))
         self.services.request_shutdown()
 
-    def do_pause(self, msg) -> None:
-        evicting = [j.id for j in self.services.worker.all_jobs() if not j.done.is_set()] if msg.get("evict") else []
-        self.services.worker.pause(bool(msg.get("suspend")), evict=bool(msg.get("evict")))
+    def do_pause(self, req: messages.Pause) -> None:
+        evicting = [j.id for j in self.services.worker.all_jobs() if not j.done.is_set()] if req.evict else []
+        self.services.worker.pause(bool(req.suspend), evict=bool(req.evict))
         self.services.announce_soon()
         self.reply(replies.Paused(status="paused", suspended=self.services.worker.suspended, evicted=len(evicting),
                                   grace=self.services.config.evict_grace_seconds))
 
-    def do_resume(self, msg) -> None:
+    def do_resume(self, req: messages.Resume) -> None:
         self.services.worker.resume()
         self.services.announce_soon()
         self.reply(replies.Resumed(status=self.services.worker.status()))
 
-    def do_plugins(self, msg) -> None:
+    def do_plugins(self, req: messages.PluginsRequest) -> None:
         self.reply(replies.Plugins(plugins=plugins.describe()))
 
-    def do_karma(self, msg) -> None:
+    def do_karma(self, req: messages.KarmaRequest) -> None:
         self.reply(replies.KarmaBook(ledger=self.services.karma.per_peer(), totals=self.services.karma.totals(),
                                      entries=self.services.store.ledger_entries()))
 
-    def do_doctor(self, msg) -> None:
+    def do_doctor(self, req: messages.Doctor) -> None:
         from homie.doctor import diagnose
 
         self.reply(replies.Findings(findings=diagnose(self.services)))
 
     # -- jobs -------------------------------------------------------------------------
-    def do_ps(self, msg) -> None:
+    def do_ps(self, req: messages.Ps) -> None:
         """Jobs in batches of events, then a reply: however many jobs and however long
         their arguments, no message comes near the frame cap."""
-        show_all = bool(msg.get("all"))
+        show_all = bool(req.all)
         out = []
         for job in self.services.submitter.all():
             if job.terminal and not show_all:
@@ -208,11 +210,11 @@ class Handlers:
             raise HomieError(f"job id {job_id!r} is ambiguous: {', '.join(j.id for j in found)}", EXIT_FAILURE)
         return found[0]
 
-    def do_kill(self, msg) -> None:
+    def do_kill(self, req: messages.Kill) -> None:
         from homie.control.server import signal_number
 
-        sig = signal_number(msg.get("sig") or signal.SIGKILL)
-        job_id = msg["job_id"]
+        sig = signal_number(req.sig or signal.SIGKILL)
+        job_id = req.job_id
         mine = self.services.submitter.find(job_id)
         here = self.services.worker.find(job_id)
         if len(mine) + len(here) == 0:
@@ -231,8 +233,9 @@ class Handlers:
                     f"sent {signal.Signals(sig).name} to job {job.id} (running here for {job.submitter})")
         self.reply(replies.Signalled(message=what))
 
-    def do_run(self, msg) -> None:
-        body = dict(msg.body)
+    def do_run(self, req: messages.Run) -> None:
+        # The submitter reads the request as a dict of the fields that were given.
+        body = {k: v for k, v in dataclasses.asdict(req).items() if v is not None}
         if body.get("explain"):
             self._explain(body)
             return
@@ -246,10 +249,10 @@ class Handlers:
             return
         self._follow(job, 0, live=True)
 
-    def do_restart(self, msg) -> None:
-        old = self._one_job(msg["job_id"])
+    def do_restart(self, req: messages.Restart) -> None:
+        old = self._one_job(req.job_id)
         body = self.services.submitter.request_of(old)
-        body["detach"] = bool(msg.get("detach"))
+        body["detach"] = bool(req.detach)
         self._submit_and_follow(body)
 
     def _explain(self, body) -> None:
@@ -276,18 +279,18 @@ class Handlers:
         self.reply(replies.Explained(chosen=chosen.name if chosen else None, verdict=verdict, why=why, peers=[
             {"name": p.name, "ip": p.ip, "local": p.local, "eligible": not r, "reasons": r} for p, r in verdicts]))
 
-    def do_follow(self, msg) -> None:
-        found = self.services.submitter.find(msg["job_id"])
+    def do_follow(self, req: messages.Follow) -> None:
+        found = self.services.submitter.find(req.job_id)
         if not found:
-            self._follow_here(msg["job_id"], msg.get("offset") or 0, live=bool(msg.get("live")))
+            self._follow_here(req.job_id, req.offset or 0, live=bool(req.live))
             return
-        job = self._one_job(msg["job_id"])
+        job = self._one_job(req.job_id)
         self.ch.send("event", kind="job", job_id=job.id)
-        if msg.get("quiet"):
+        if req.quiet:
             job_wait(job)
             self._end(job)
             return
-        self._follow(job, msg.get("offset") or 0, live=bool(msg.get("live")))
+        self._follow(job, req.offset or 0, live=bool(req.live))
 
     def _follow_here(self, job_id: str, offset: int, live: bool) -> None:
         """`homie logs` on the lending machine: a friend's job running (or just run) here."""
@@ -371,9 +374,9 @@ class Handlers:
             reason=d["reason"], message=d["message"], peer=d["peer_name"], results=d["results"] or [],
             results_dir=str(job.results_dir), offset=job.log.end, terminal=job.terminal))
 
-    def do_job(self, msg) -> None:
+    def do_job(self, req: messages.JobRequest) -> None:
         """One job sent from here, where it stands (homie.client's Job.info)."""
-        job = self._one_job(msg["job_id"])
+        job = self._one_job(req.job_id)
         d = job.doc
         summary = job.summary()
         self.reply(replies.Ended(
@@ -382,8 +385,8 @@ class Handlers:
             results=d["results"] or [], results_dir=str(job.results_dir), offset=job.log.end, terminal=job.terminal,
             extra={k: v for k, v in summary.items() if k not in ("job_id", "results")}))
 
-    def do_get_results(self, msg) -> None:
-        job = self._one_job(msg["job_id"])
+    def do_get_results(self, req: messages.GetResults) -> None:
+        job = self._one_job(req.job_id)
         if not job.terminal:
             raise HomieError(f"job {job.id} has not finished yet ({job.state})", EXIT_FAILURE)
         if job.state != "done":
@@ -392,8 +395,8 @@ class Handlers:
             raise HomieError(f"the results of job {job.id} were already collected or removed", EXIT_FAILURE)
         self.reply(replies.Results(job_id=job.id, results=job.results or [], results_dir=str(job.results_dir)))
 
-    def do_forget(self, msg) -> None:
-        job = self._one_job(msg["job_id"])
+    def do_forget(self, req: messages.Forget) -> None:
+        job = self._one_job(req.job_id)
         if not job.terminal:
             raise HomieError(f"job {job.id} is still {job.state}", EXIT_USAGE)
         self.services.submitter.forget(job)

@@ -11,12 +11,12 @@ are allowed (a newer daemon may add some) and carried as they are.
 from __future__ import annotations
 
 import dataclasses
-import types
 import typing
 from dataclasses import dataclass, field
 from typing import Any
 
 from homie.errors import ProtocolError
+from homie.wire.messages import field_types
 
 
 @dataclass(frozen=True)
@@ -162,16 +162,6 @@ assert all(issubclass(c, Reply) for cs in FOR.values() for c in cs)
 
 
 
-def _accepts(hint: Any) -> tuple[type, ...]:
-    """The runtime types a field's annotation allows (int is a float; bool is neither)."""
-    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
-        return tuple(t for arg in typing.get_args(hint) for t in _accepts(arg))
-    if hint is type(None):
-        return (type(None),)
-    origin = typing.get_origin(hint) or hint
-    return (int, float) if origin is float else (origin,)
-
-
 _SCHEMAS: dict[type[Reply], dict[str, tuple[type, ...]]] = {}
 
 
@@ -179,7 +169,7 @@ def _schema(cls: type[Reply]) -> dict[str, tuple[type, ...]]:
     s = _SCHEMAS.get(cls)
     if s is None:
         hints = typing.get_type_hints(cls)
-        s = _SCHEMAS[cls] = {f.name: _accepts(hints[f.name]) for f in dataclasses.fields(cls) if f.name != "extra"}
+        s = _SCHEMAS[cls] = {f.name: field_types(hints[f.name]) for f in dataclasses.fields(cls) if f.name != "extra"}
     return s
 
 

@@ -1,103 +1,427 @@
 """Every message homie sends, in one place: the job channel between daemons and
 the control channel between the CLI and its local daemon share this module.
 
-A schema maps a field to (types, required). Unknown fields are ignored so that
+Each message is a frozen dataclass (its fields and their types are the schema;
+a field with a default may be left out); `validate` checks a decoded body
+against the table derived from them, and `typed` turns a validated message into
+its dataclass. A schema maps a field to (types, required). Unknown fields are ignored so that
 a newer peer may add fields; missing or mistyped required ones are a
 ProtocolError. Validation never raises anything else, whatever the input.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import dataclasses
+import types
+import typing
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 from homie.errors import ProtocolError
 
-S = (str,)
-I = (int,)  # noqa: E741 - one letter per type, like S, N, B, L, D
-N = (int, float)
-B = (bool,)
-L = (list,)
-D = (dict,)
-OPT_S = (str, type(None))
-OPT_I = (int, type(None))
-OPT_N = (int, float, type(None))
 Schema = dict[str, tuple[tuple[type, ...], bool]]  # field -> (types, required)
 
+
+def absent_or(default: Any = None) -> Any:
+    """A field that may be left out, but when present has exactly its declared type
+    (`executor: str | None = absent_or()`: a string or nothing, never null)."""
+    return field(default=default, metadata={"not_null": True})
+
+
+def field_types(hint: Any) -> tuple[type, ...]:
+    """The runtime types an annotation allows (an int is a float; bool is neither)."""
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        return tuple(t for arg in typing.get_args(hint) for t in field_types(arg))
+    if hint is type(None):
+        return (type(None),)
+    origin = typing.get_origin(hint) or hint
+    return (int, float) if origin is float else (origin,)
+
+
+def schema_of(cls: type) -> Schema:
+    """A message dataclass as the table `validate` checks: required fields have no default."""
+    hints = typing.get_type_hints(cls)
+    out: Schema = {}
+    for f in dataclasses.fields(cls):
+        allowed = field_types(hints[f.name])
+        if f.metadata.get("not_null"):
+            allowed = tuple(t for t in allowed if t is not type(None))
+        required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        out[f.name] = (allowed, required)
+    return out
+
+
+_CLASSES: dict[str, type] = {}
+_T = TypeVar("_T")
+
+
+def message(t: str) -> Callable[[type[_T]], type[_T]]:
+    """Register a (frozen) dataclass as the message named `t`."""
+    def register(cls: type[_T]) -> type[_T]:
+        assert dataclasses.is_dataclass(cls) and t not in _CLASSES, t
+        _CLASSES[t] = cls
+        return cls
+    return register
+
+
+def typed(msg: Any) -> Any:
+    """A validated Message (homie.wire.protocol) as its dataclass; fields it does not declare are dropped."""
+    cls = _CLASSES[msg.t]
+    names = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{k: v for k, v in msg.body.items() if k in names})
+
+
 # -- job channel (daemon <-> daemon, over mutual TLS) --------------------------
-PEER: dict[str, Schema] = {
-    # server speaks first, so a client with a bad certificate learns of it at once
-    "hello": {"name": (S, True), "proto": (I, True), "homie": (S, True), "python": (S, True),
-              "instance": (S, False)},
-    "submit": {"job_id": (S, True), "script": (S, True), "args": (L, True), "files": (L, True),
-               "submitter": (S, True), "executor": (S, False), "gpu": (B, False),
-               "interpreter": (OPT_S, False),
-               # From `homie run -e/--env-file`, `--timeout` and piped stdin (see _check_submit).
-               "env": (D, False), "timeout": (OPT_N, False), "stdin": (OPT_S, False),
-               # The submitter's secret for this job: attach, fetch, ack and signal must carry it.
-               "token": (S, False),
-               # Checkpoint paths beyond checkpoint/ (homie run --checkpoint), and the attempt.
-               "checkpoints": (L, False), "checkpoint_interval": (N, False), "attempt": (I, False)},
-    "need": {"hashes": (L, True)},
-    "refuse": {"reason": (S, True), "code": (S, True), "retry_after": (N, False)},
-    "blob": {"sha256": (S, True), "size": (I, True)},
-    "upload_done": {},
-    "started": {"job_id": (S, True), "pid": (OPT_I, False), "gpu": (OPT_S, False)},
-    "exit": {"job_id": (S, True), "code": (OPT_I, True), "signal": (OPT_I, False),
-             "reason": (OPT_S, False), "cpu_s": (N, False), "wall_s": (N, False),
-             "gpu_s": (N, False), "results": (I, False),
-             # evicted: its owner took the machine back; checkpoint: the last one's number (0: none)
-             "evicted": (B, False), "checkpoint": (I, False)},
-    # A new complete checkpoint of a running job (in the output stream), and fetching it.
-    "checkpoint": {"job_id": (S, True), "seq": (I, True), "at": (N, True), "bytes": (I, False)},
-    "ckpt_fetch": {"job_id": (S, True), "token": (S, False)},
-    "ckpt": {"job_id": (S, True), "seq": (I, True), "at": (N, True), "files": (L, True)},
-    "ckpt_want": {"chunks": (L, True)},
-    "ckpt_done": {},
-    "attach": {"job_id": (S, True), "offset": (I, True), "token": (S, False)},
-    "fetch": {"job_id": (S, True), "token": (S, False)},
-    "results": {"job_id": (S, True), "files": (L, True)},
-    "want": {"paths": (L, True)},
-    "results_done": {},
-    "ack": {"job_id": (S, True), "token": (S, False)},
-    "signal": {"job_id": (S, True), "sig": (I, True), "token": (S, False)},
-    "ok": {},
-    "error": {"message": (S, True), "code": (S, False)},
-    "ping": {},
-    "pong": {},
-    "bye": {},
-}
+# The server speaks first, so a client with a bad certificate learns of it at once.
+@message("hello")
+@dataclass(frozen=True)
+class Hello:
+    name: str
+    proto: int
+    homie: str
+    python: str
+    instance: str | None = absent_or()
+
+
+@message("submit")
+@dataclass(frozen=True)
+class Submit:
+    job_id: str
+    script: str
+    args: list[Any]
+    files: list[Any]
+    submitter: str
+    executor: str | None = absent_or()
+    gpu: bool | None = absent_or()
+    interpreter: str | None = None
+    # From `homie run -e/--env-file`, `--timeout` and piped stdin (see _check_submit).
+    env: dict[str, Any] | None = absent_or()
+    timeout: float | None = None
+    stdin: str | None = None
+    # The submitter's secret for this job: attach, fetch, ack and signal must carry it.
+    token: str | None = absent_or()
+    # Checkpoint paths beyond checkpoint/ (homie run --checkpoint), and the attempt.
+    checkpoints: list[Any] | None = absent_or()
+    checkpoint_interval: float | None = absent_or()
+    attempt: int | None = absent_or()
+
+
+@message("need")
+@dataclass(frozen=True)
+class Need:
+    hashes: list[Any]
+
+
+@message("refuse")
+@dataclass(frozen=True)
+class Refuse:
+    reason: str
+    code: str
+    retry_after: float | None = absent_or()
+
+
+@message("blob")
+@dataclass(frozen=True)
+class Blob:
+    sha256: str
+    size: int
+
+
+@message("upload_done")
+@dataclass(frozen=True)
+class UploadDone:
+    pass
+
+
+@message("started")
+@dataclass(frozen=True)
+class Started:
+    job_id: str
+    pid: int | None = None
+    gpu: str | None = None
+
+
+@message("exit")
+@dataclass(frozen=True)
+class Exit:
+    job_id: str
+    code: int | None
+    signal: int | None = None
+    reason: str | None = None
+    cpu_s: float | None = absent_or()
+    wall_s: float | None = absent_or()
+    gpu_s: float | None = absent_or()
+    results: int | None = absent_or()
+    # evicted: its owner took the machine back; checkpoint: the last one's number (0: none)
+    evicted: bool | None = absent_or()
+    checkpoint: int | None = absent_or()
+
+
+# A new complete checkpoint of a running job (in the output stream), and fetching it.
+@message("checkpoint")
+@dataclass(frozen=True)
+class Checkpoint:
+    job_id: str
+    seq: int
+    at: float
+    bytes: int | None = absent_or()
+
+
+@message("ckpt_fetch")
+@dataclass(frozen=True)
+class CkptFetch:
+    job_id: str
+    token: str | None = absent_or()
+
+
+@message("ckpt")
+@dataclass(frozen=True)
+class Ckpt:
+    job_id: str
+    seq: int
+    at: float
+    files: list[Any]
+
+
+@message("ckpt_want")
+@dataclass(frozen=True)
+class CkptWant:
+    chunks: list[Any]
+
+
+@message("ckpt_done")
+@dataclass(frozen=True)
+class CkptDone:
+    pass
+
+
+@message("attach")
+@dataclass(frozen=True)
+class Attach:
+    job_id: str
+    offset: int
+    token: str | None = absent_or()
+
+
+@message("fetch")
+@dataclass(frozen=True)
+class Fetch:
+    job_id: str
+    token: str | None = absent_or()
+
+
+@message("results")
+@dataclass(frozen=True)
+class Results:
+    job_id: str
+    files: list[Any]
+
+
+@message("want")
+@dataclass(frozen=True)
+class Want:
+    paths: list[Any]
+
+
+@message("results_done")
+@dataclass(frozen=True)
+class ResultsDone:
+    pass
+
+
+@message("ack")
+@dataclass(frozen=True)
+class Ack:
+    job_id: str
+    token: str | None = absent_or()
+
+
+@message("signal")
+@dataclass(frozen=True)
+class Signal:
+    job_id: str
+    sig: int
+    token: str | None = absent_or()
+
+
+@message("ok")
+@dataclass(frozen=True)
+class Ok:
+    pass
+
+
+@message("error")
+@dataclass(frozen=True)
+class Error:
+    message: str
+    code: str | None = absent_or()
+
+
+@message("ping")
+@dataclass(frozen=True)
+class Ping:
+    pass
+
+
+@message("pong")
+@dataclass(frozen=True)
+class Pong:
+    pass
+
+
+@message("bye")
+@dataclass(frozen=True)
+class Bye:
+    pass
+
+
+PEER: dict[str, Schema] = {t: schema_of(c) for t, c in _CLASSES.items()}
+
 
 # -- control channel (CLI <-> local daemon, over the unix socket) ------------
-CONTROL: dict[str, Schema] = {
-    "status": {},
-    "peers": {},
-    "down": {},
-    "run": {"script": (S, True), "args": (L, True), "cwd": (S, True), "files": (L, False),
-            "directory": (OPT_S, False), "peer": (OPT_S, False), "gpu": (B, False),
-            "executor": (OPT_S, False), "detach": (B, False), "explain": (B, False),
-            "scheduler": (OPT_S, False), "tag": (OPT_S, False), "retries": (I, False),
-            "env": (D, False), "timeout": (OPT_N, False), "name": (OPT_S, False), "stdin_file": (OPT_S, False),
-            "checkpoints": (L, False)},
-    "restart": {"job_id": (S, True), "detach": (B, False)},
-    "ps": {"all": (B, False)},
-    "kill": {"job_id": (S, True), "sig": (I, False)},
-    "follow": {"job_id": (S, True), "live": (B, False), "offset": (I, False), "quiet": (B, False)},
-    "get_results": {"job_id": (S, True)},
-    "job": {"job_id": (S, True)},
-    "forget": {"job_id": (S, True)},
-    "pause": {"suspend": (B, False), "evict": (B, False)},
-    "resume": {},
-    "karma": {},
-    "plugins": {},
-    "doctor": {},
-    # replies and events from the daemon
-    "reply": {},
-    "event": {"kind": (S, True)},
-    "fail": {"message": (S, True), "exit_code": (I, False)},
-}
+@message("status")
+@dataclass(frozen=True)
+class StatusRequest:
+    pass
 
-# One namespace for both channels, so a name always means one thing.
-assert not PEER.keys() & CONTROL.keys(), PEER.keys() & CONTROL.keys()
+
+@message("peers")
+@dataclass(frozen=True)
+class PeersRequest:
+    pass
+
+
+@message("down")
+@dataclass(frozen=True)
+class Down:
+    pass
+
+
+@message("run")
+@dataclass(frozen=True)
+class Run:
+    script: str
+    args: list[Any]
+    cwd: str
+    files: list[Any] | None = absent_or()
+    directory: str | None = None
+    peer: str | None = None
+    gpu: bool | None = absent_or()
+    executor: str | None = None
+    detach: bool | None = absent_or()
+    explain: bool | None = absent_or()
+    scheduler: str | None = None
+    tag: str | None = None
+    retries: int | None = absent_or()
+    env: dict[str, Any] | None = absent_or()
+    timeout: float | None = None
+    name: str | None = None
+    stdin_file: str | None = None
+    checkpoints: list[Any] | None = absent_or()
+
+
+@message("restart")
+@dataclass(frozen=True)
+class Restart:
+    job_id: str
+    detach: bool | None = absent_or()
+
+
+@message("ps")
+@dataclass(frozen=True)
+class Ps:
+    all: bool | None = absent_or()
+
+
+@message("kill")
+@dataclass(frozen=True)
+class Kill:
+    job_id: str
+    sig: int | None = absent_or()
+
+
+@message("follow")
+@dataclass(frozen=True)
+class Follow:
+    job_id: str
+    live: bool | None = absent_or()
+    offset: int | None = absent_or()
+    quiet: bool | None = absent_or()
+
+
+@message("get_results")
+@dataclass(frozen=True)
+class GetResults:
+    job_id: str
+
+
+@message("job")
+@dataclass(frozen=True)
+class JobRequest:
+    job_id: str
+
+
+@message("forget")
+@dataclass(frozen=True)
+class Forget:
+    job_id: str
+
+
+@message("pause")
+@dataclass(frozen=True)
+class Pause:
+    suspend: bool | None = absent_or()
+    evict: bool | None = absent_or()
+
+
+@message("resume")
+@dataclass(frozen=True)
+class Resume:
+    pass
+
+
+@message("karma")
+@dataclass(frozen=True)
+class KarmaRequest:
+    pass
+
+
+@message("plugins")
+@dataclass(frozen=True)
+class PluginsRequest:
+    pass
+
+
+@message("doctor")
+@dataclass(frozen=True)
+class Doctor:
+    pass
+
+
+# Replies and events from the daemon; what each reply holds is homie.control.replies.
+@message("reply")
+@dataclass(frozen=True)
+class Reply:
+    pass
+
+
+@message("event")
+@dataclass(frozen=True)
+class Event:
+    kind: str
+
+
+@message("fail")
+@dataclass(frozen=True)
+class Fail:
+    message: str
+    exit_code: int | None = absent_or()
+
+
+CONTROL: dict[str, Schema] = {t: schema_of(c) for t, c in _CLASSES.items() if t not in PEER}
+
+# One namespace for both channels, so a name always means one thing (message() refuses a repeat).
 ALL: dict[str, Schema] = {**PEER, **CONTROL}
 
 
@@ -144,17 +468,17 @@ def validate(t: str, body: dict[str, Any]) -> None:
         raise ProtocolError(f"unknown message type {t[:40]!r}")
     if not isinstance(body, dict):
         raise ProtocolError(f"{t}: message is not an object")
-    for field, (types, required) in schema.items():
-        if field not in body:
+    for name, (allowed, required) in schema.items():
+        if name not in body:
             if required:
-                raise ProtocolError(f"{t}: missing field {field!r}")
+                raise ProtocolError(f"{t}: missing field {name!r}")
             continue
-        value = body[field]
+        value = body[name]
         # bool is an int in Python; a boolean where a number is expected is a bug
-        if isinstance(value, bool) and bool not in types:
-            raise ProtocolError(f"{t}: field {field!r} must be {_type_name(types)}")
-        if not isinstance(value, types):
-            raise ProtocolError(f"{t}: field {field!r} must be {_type_name(types)}")
+        if isinstance(value, bool) and bool not in allowed:
+            raise ProtocolError(f"{t}: field {name!r} must be {_type_name(allowed)}")
+        if not isinstance(value, allowed):
+            raise ProtocolError(f"{t}: field {name!r} must be {_type_name(allowed)}")
     extra = _EXTRA_CHECKS.get(t)
     if extra:
         extra(t, body)
