@@ -1,7 +1,8 @@
 """Node configuration: HOMIE_HOME/config.yaml plus command-line overrides.
 
-Every setting is described once, in CONFIG_KEYS (name, type, default, validator,
-help), so the docs and `homie doctor` can be generated from the same table.
+Every setting is declared once, as a field of Config (keys.py): its annotation is its
+type, setting() gives its default, validator and help. CONFIG_KEYS is read off those
+fields, so the docs and `homie doctor` are generated from the table the loader checks.
 
 Every problem becomes a one-line ConfigError naming the setting and where it came
 from, e.g.::
@@ -11,8 +12,8 @@ from, e.g.::
 
 yaml is imported lazily (inside the functions that need it): the CLI must start fast.
 
-The package: values.py (validators and error messages), keys.py (the settings table
-and Config), load.py (load_config), save.py (save_config_value).
+The package: values.py (validators and error messages), keys.py (the settings: Config
+and CONFIG_KEYS), load.py (load_config), save.py (save_config_value).
 """
 
 from homie.config.keys import CONFIG_KEYS, Config, KeySpec, config_reference

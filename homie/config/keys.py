@@ -1,6 +1,7 @@
-"""The settings table (CONFIG_KEYS: name, type, default, validator, help) and the Config it describes.
+"""The settings, each declared once: a field of Config, its type the annotation, the rest in setting().
 
-The docs (config_reference) and `homie doctor` are generated from the same table.
+CONFIG_KEYS (name, type, default, validator, help) is read off Config's fields, so the docs
+(config_reference) and `homie doctor` are generated from the same table the loader checks.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import os
 import re
 import socket
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import Field, dataclass, field, fields
 from typing import Any
 
 from homie.config.values import (
@@ -41,7 +42,7 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 ACCEPT_JOBS = ("always", "idle")
 
 
-# ---------------------------------------------------------------- defaults
+# ---------------------------------------------------------------- computed defaults
 
 
 def default_name() -> str:
@@ -58,9 +59,6 @@ def default_name() -> str:
 
 def default_max_jobs() -> int:
     return os.cpu_count() or 1
-
-
-# ---------------------------------------------------------------- the table
 
 
 @dataclass(frozen=True)
@@ -88,131 +86,71 @@ class KeySpec:
         return json.dumps(self.default)
 
 
-def _spec(name, type_, default, validate, help_, default_doc=None):
-    optional = type_.endswith("|null")
-    return KeySpec(name, type_, default, _optional(validate) if optional else validate,
-                   help_, default_doc, optional)
-
-
-CONFIG_KEYS: tuple[KeySpec, ...] = (
-    _spec("name", "str", default_name, _name,
-          "This node's name as friends see it.", "host name up to the first '.'"),
-    _spec("port", "int", 5556, _int(1, 65535), "TCP port of the job channel (mutual TLS)."),
-    _spec("discovery_port", "int", 5555, _int(1, 65535),
-          "UDP port for discovery beacons; also the default port of static_peers."),
-    _spec("interface", "str|null", None, _interface,
-          "Network interface to listen and announce on (exclusive with bind)."),
-    _spec("bind", "str|null", None, _ipv4,
-          "IPv4 address to listen and announce on (exclusive with interface)."),
-    _spec("discovery", "list", ["udp"], _list_of(_str, "discovery backend names"),
-          "Discovery backends to run."),
-    _spec("static_peers", "list", [], _list_of(_peer_item, "'host' or 'host:port' strings"),
-          "Peers to contact directly: 'host' or 'host:port' (port defaults to discovery_port)."),
-    _spec("heartbeat_interval", "float", 2.0, _float(0, 60),
-          "Seconds between beacons/heartbeats (0 < x <= 60)."),
-    _spec("peer_timeout", "float", 10.0, _float(0),
-          "Seconds without a heartbeat before a peer counts as gone (> heartbeat_interval)."),
-    _spec("scheduler", "str", "auto", _str, "Scheduler plugin choosing where jobs run."),
-    _spec("executor", "str", "auto", _str, "Executor plugin running jobs here."),
-    _spec("max_jobs", "int", default_max_jobs, _int(0),
-          "Jobs this node runs for others at once; 0 accepts none.", "number of CPUs"),
-    _spec("max_job_seconds", "float|null", None, _float(0),
-          "Wall-clock limit for a job run here; null for none."),
-    _spec("max_job_memory_gb", "float|null", None, _float(0),
-          "Memory limit (GB) for a job run here; null for none."),
-    _spec("accept_jobs", "str", "always", _choice(*ACCEPT_JOBS),
-          "'always', or 'idle' to take jobs only while the machine is idle."),
-    _spec("idle_threshold", "float", 50.0, _float(0, 100, lo_open=False),
-          "CPU idle percent (0-100) above which the machine counts as idle."),
-    _spec("allow_gpu", "bool", True, _bool, "Let jobs run here use the GPUs."),
-    _spec("cache_max_gb", "float", 10.0, _float(0), "Size limit (GB) of the blob cache."),
-    _spec("venv_cache_max_gb", "float", 5.0, _float(0),
-          "Size limit (GB) of the cached job virtual environments."),
-    _spec("keep_results_hours", "float", 24.0, _float(0),
-          "Hours to keep finished jobs' results before cleaning them up."),
-    _spec("retries", "int", 2, _int(0), "How often a job is retried elsewhere when its peer is lost."),
-    _spec("checkpoint_interval", "float", 60.0, _float(1, 86400, lo_open=False),
-          "Seconds between checkpoints sent home from a job of ours (at most one per interval; 1-86400)."),
-    _spec("evict_grace_seconds", "float", 10.0, _float(0, 3600, lo_open=False),
-          "Seconds an evicted job has after SIGTERM to write its last checkpoint (pause --evict, accept_jobs: idle)."),
-    _spec("plugins", "list", [], _list_of(_module_item, "module names"),
-          "Extra plugin modules to import and register."),
-    _spec("disable_plugins", "list", [], _list_of(_str, "plugin names"),
-          "Plugins (built-in or installed) not to load."),
-    _spec("job_user", "str|null", None, _str,
-          "Run every job as this user when the daemon runs as root (never root itself); null gives each"
-          " job a uid of its own from job_uids.", "null"),
-    _spec("job_uids", "str", "61184-65519", _uid_range,
-          "Range of uids a root daemon gives its jobs, one per running job (systemd's DynamicUser range)."),
-    _spec("sandbox", "str", "auto", _sandbox_mode,
-          "Run jobs in a bubblewrap sandbox: 'auto' (when it works, else warn), 'required' (yes) or 'off' (no)."),
-    _spec("job_network", "bool", True, _bool, "Let jobs run here use the network (false: loopback only)."),
-    _spec("sandbox_tmp_mb", "int", 1024, _int(16), "Size cap (MB) of a sandboxed job's private /tmp."),
-    _spec("sandbox_ro_paths", "list", [], _list_of(_abs_path, "absolute paths"),
-          "Host paths shown read-only to sandboxed jobs, at the same path (e.g. a shared data set)."),
-    _spec("job_python", "str|null", None, _str,
-          "Python interpreter for .py jobs.", "the daemon's own, if the job user can run it"),
-    _spec("log_level", "str", "info", _choice(*LOG_LEVELS),
-          "'debug', 'info', 'warning' or 'error'."),
-)
-
-SPECS: dict[str, KeySpec] = {s.name: s for s in CONFIG_KEYS}
-
-
-def config_reference() -> str:
-    """A Markdown table of every setting (for the docs)."""
-    rows = ["| key | type | default | meaning |", "|---|---|---|---|"]
-    for s in CONFIG_KEYS:
-        rows.append(f"| `{s.name}` | {s.type} | {s.default_text} | {s.help} |")
-    return "\n".join(rows) + "\n"
-
-
-# ---------------------------------------------------------------- Config
-
-
-def _field(spec: KeySpec):
-    if callable(spec.default) or isinstance(spec.default, (list, dict)):
-        return field(default_factory=spec.default_value)
-    return field(default=spec.default)
+def setting(default: Any, validate: Callable[[Any], Any], help_: str, *, doc: str | None = None) -> Any:
+    """One setting, as a field of Config: its default (the value, or a zero-argument callable
+    computing it), its validator, its help, and how docs show a computed default."""
+    meta = {"homie": (default, validate, help_, doc)}
+    if callable(default) or isinstance(default, (list, dict)):
+        return field(default_factory=lambda: default() if callable(default) else copy.deepcopy(default), metadata=meta)
+    return field(default=default, metadata=meta)
 
 
 @dataclass(frozen=True)
 class Config:
     """A validated node configuration; build it with load_config()."""
 
-    name: str = _field(SPECS["name"])
-    port: int = _field(SPECS["port"])
-    discovery_port: int = _field(SPECS["discovery_port"])
-    interface: str | None = _field(SPECS["interface"])
-    bind: str | None = _field(SPECS["bind"])
-    discovery: list[str] = _field(SPECS["discovery"])
-    static_peers: list[str] = _field(SPECS["static_peers"])
-    heartbeat_interval: float = _field(SPECS["heartbeat_interval"])
-    peer_timeout: float = _field(SPECS["peer_timeout"])
-    scheduler: str = _field(SPECS["scheduler"])
-    executor: str = _field(SPECS["executor"])
-    max_jobs: int = _field(SPECS["max_jobs"])
-    max_job_seconds: float | None = _field(SPECS["max_job_seconds"])
-    max_job_memory_gb: float | None = _field(SPECS["max_job_memory_gb"])
-    accept_jobs: str = _field(SPECS["accept_jobs"])
-    idle_threshold: float = _field(SPECS["idle_threshold"])
-    allow_gpu: bool = _field(SPECS["allow_gpu"])
-    cache_max_gb: float = _field(SPECS["cache_max_gb"])
-    venv_cache_max_gb: float = _field(SPECS["venv_cache_max_gb"])
-    keep_results_hours: float = _field(SPECS["keep_results_hours"])
-    retries: int = _field(SPECS["retries"])
-    checkpoint_interval: float = _field(SPECS["checkpoint_interval"])
-    evict_grace_seconds: float = _field(SPECS["evict_grace_seconds"])
-    plugins: list[str] = _field(SPECS["plugins"])
-    disable_plugins: list[str] = _field(SPECS["disable_plugins"])
-    job_user: str | None = _field(SPECS["job_user"])
-    job_uids: str = _field(SPECS["job_uids"])
-    sandbox: str = _field(SPECS["sandbox"])
-    job_network: bool = _field(SPECS["job_network"])
-    sandbox_tmp_mb: int = _field(SPECS["sandbox_tmp_mb"])
-    sandbox_ro_paths: list[str] = _field(SPECS["sandbox_ro_paths"])
-    job_python: str | None = _field(SPECS["job_python"])
-    log_level: str = _field(SPECS["log_level"])
+    name: str = setting(default_name, _name, "This node's name as friends see it.",
+        doc="host name up to the first '.'")
+    port: int = setting(5556, _int(1, 65535), "TCP port of the job channel (mutual TLS).")
+    discovery_port: int = setting(5555, _int(1, 65535),
+        "UDP port for discovery beacons; also the default port of static_peers.")
+    interface: str | None = setting(None, _interface,
+        "Network interface to listen and announce on (exclusive with bind).")
+    bind: str | None = setting(None, _ipv4, "IPv4 address to listen and announce on (exclusive with interface).")
+    discovery: list[str] = setting(["udp"], _list_of(_str, "discovery backend names"), "Discovery backends to run.")
+    static_peers: list[str] = setting([], _list_of(_peer_item, "'host' or 'host:port' strings"),
+        "Peers to contact directly: 'host' or 'host:port' (port defaults to discovery_port).")
+    heartbeat_interval: float = setting(2.0, _float(0, 60), "Seconds between beacons/heartbeats (0 < x <= 60).")
+    peer_timeout: float = setting(10.0, _float(0),
+        "Seconds without a heartbeat before a peer counts as gone (> heartbeat_interval).")
+    scheduler: str = setting("auto", _str, "Scheduler plugin choosing where jobs run.")
+    executor: str = setting("auto", _str, "Executor plugin running jobs here.")
+    max_jobs: int = setting(default_max_jobs, _int(0),
+        "Jobs this node runs for others at once; 0 accepts none.", doc="number of CPUs")
+    max_job_seconds: float | None = setting(None, _float(0), "Wall-clock limit for a job run here; null for none.")
+    max_job_memory_gb: float | None = setting(None, _float(0), "Memory limit (GB) for a job run here; null for none.")
+    accept_jobs: str = setting("always", _choice(*ACCEPT_JOBS),
+        "'always', or 'idle' to take jobs only while the machine is idle.")
+    idle_threshold: float = setting(50.0, _float(0, 100, lo_open=False),
+        "CPU idle percent (0-100) above which the machine counts as idle.")
+    allow_gpu: bool = setting(True, _bool, "Let jobs run here use the GPUs.")
+    cache_max_gb: float = setting(10.0, _float(0), "Size limit (GB) of the blob cache.")
+    venv_cache_max_gb: float = setting(5.0, _float(0), "Size limit (GB) of the cached job virtual environments.")
+    keep_results_hours: float = setting(24.0, _float(0),
+        "Hours to keep finished jobs' results before cleaning them up.")
+    retries: int = setting(2, _int(0), "How often a job is retried elsewhere when its peer is lost.")
+    checkpoint_interval: float = setting(60.0, _float(1, 86400, lo_open=False),
+        "Seconds between checkpoints sent home from a job of ours (at most one per interval; 1-86400).")
+    evict_grace_seconds: float = setting(10.0, _float(0, 3600, lo_open=False),
+        "Seconds an evicted job has after SIGTERM to write its last checkpoint (pause --evict, accept_jobs: idle).")
+    plugins: list[str] = setting([], _list_of(_module_item, "module names"),
+        "Extra plugin modules to import and register.")
+    disable_plugins: list[str] = setting([], _list_of(_str, "plugin names"),
+        "Plugins (built-in or installed) not to load.")
+    job_user: str | None = setting(None, _str,
+        "Run every job as this user when the daemon runs as root (never root itself); null gives each"
+        " job a uid of its own from job_uids.", doc="null")
+    job_uids: str = setting("61184-65519", _uid_range,
+        "Range of uids a root daemon gives its jobs, one per running job (systemd's DynamicUser range).")
+    sandbox: str = setting("auto", _sandbox_mode,
+        "Run jobs in a bubblewrap sandbox: 'auto' (when it works, else warn), 'required' (yes) or 'off' (no).")
+    job_network: bool = setting(True, _bool, "Let jobs run here use the network (false: loopback only).")
+    sandbox_tmp_mb: int = setting(1024, _int(16), "Size cap (MB) of a sandboxed job's private /tmp.")
+    sandbox_ro_paths: list[str] = setting([], _list_of(_abs_path, "absolute paths"),
+        "Host paths shown read-only to sandboxed jobs, at the same path (e.g. a shared data set).")
+    job_python: str | None = setting(None, _str,
+        "Python interpreter for .py jobs.", doc="the daemon's own, if the job user can run it")
+    log_level: str = setting("info", _choice(*LOG_LEVELS), "'debug', 'info', 'warning' or 'error'.")
 
     def __post_init__(self) -> None:
         # Direct construction (tests, dataclasses.replace) is validated too.
@@ -252,6 +190,34 @@ class Config:
                 line += f"  # {self.source(key)}"
             lines.append(_one_line(line))
         return "\n".join(lines) + "\n"
+
+
+# A field's annotation, as KeySpec.type shows it (docs, coercing command-line strings).
+_TYPES = {"str": "str", "int": "int", "float": "float", "bool": "bool", "list[str]": "list",
+          "str | None": "str|null", "float | None": "float|null"}
+
+
+def _spec(f: Field) -> KeySpec:
+    default, validate, help_, doc = f.metadata["homie"]
+    type_ = _TYPES[str(f.type)]
+    optional = type_.endswith("|null")
+    return KeySpec(f.name, type_, default, _optional(validate) if optional else validate, help_, doc, optional)
+
+
+CONFIG_KEYS: tuple[KeySpec, ...] = tuple(_spec(f) for f in fields(Config))
+
+SPECS: dict[str, KeySpec] = {s.name: s for s in CONFIG_KEYS}
+
+
+def config_reference() -> str:
+    """A Markdown table of every setting (for the docs)."""
+    rows = ["| key | type | default | meaning |", "|---|---|---|---|"]
+    for s in CONFIG_KEYS:
+        rows.append(f"| `{s.name}` | {s.type} | {s.default_text} | {s.help} |")
+    return "\n".join(rows) + "\n"
+
+
+# ---------------------------------------------------------------- checks spanning settings
 
 
 def _cross_check(values: Mapping[str, Any], sources: Mapping[str, str]) -> None:
