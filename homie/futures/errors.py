@@ -1,4 +1,5 @@
-"""What a task's failure on a peer looks like here (docs/api.md, "Errors")."""
+"""What a task's failure on a peer looks like here (docs/api.md, "Executor": exceptions, peers that
+cannot load the task, a job that failed)."""
 
 from __future__ import annotations
 
