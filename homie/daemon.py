@@ -8,8 +8,6 @@ on the way down.
 
 from __future__ import annotations
 
-import errno
-import fcntl
 import os
 import signal
 import sys
@@ -20,7 +18,8 @@ from pathlib import Path
 from homie import __version__, plugins
 from homie.discovery.peers import Peer, PeerTable
 from homie.errors import HomieError
-from homie.home import Home, open_private
+from homie.home import Home
+from homie.pidfile import daemon_pid, lock_pidfile
 
 SHUTDOWN_GRACE = 5.0
 
@@ -310,44 +309,6 @@ def settle_process() -> None:
     os.umask(0o077)
 
 
-def _lock_pidfile(home: Home):
-    try:
-        fd = open_private(home.pidfile, os.O_RDWR | os.O_CREAT)
-    except OSError as e:
-        raise HomieError(f"cannot open the pid file {home.pidfile}: {e.strerror}") from None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        return None
-    os.ftruncate(fd, 0)
-    os.write(fd, f"{os.getpid()}\n".encode())
-    return fd
-
-
-def daemon_pid(home: Home) -> int | None:
-    """The pid of the running daemon, or None (judged by the pid file's lock,
-    so a stale file left by a crash does not count)."""
-    try:
-        fd = os.open(home.pidfile, os.O_RDONLY | os.O_NOFOLLOW)
-    except FileNotFoundError:
-        return None
-    except OSError as e:
-        if e.errno == errno.ELOOP:
-            return None  # not a pid file of ours; starting a daemon will say so
-        raise
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-            fcntl.flock(fd, fcntl.LOCK_UN)
-            return None
-        except BlockingIOError:
-            data = os.read(fd, 32).decode().strip()
-            return int(data) if data.isdigit() else -1
-    finally:
-        os.close(fd)
-
-
 def run(home: Home, config, key: bytes, foreground: bool, ready_fd: int | None = None,
         shutdown_trigger=None) -> int:
     """Run the daemon until shut down. Reports readiness (or the error that
@@ -363,7 +324,7 @@ def run(home: Home, config, key: bytes, foreground: bool, ready_fd: int | None =
 
     _limit_malloc_arenas()
     try:
-        lock = _lock_pidfile(home)
+        lock = lock_pidfile(home)
     except HomieError as e:
         report(f"error: {e}")
         if ready_fd is None:

@@ -11,8 +11,8 @@ import sys
 
 import pytest
 
-from homie import config as config_mod
 from homie.config import CONFIG_KEYS, Config, load_config, parse_peer, save_config_value
+from homie.config import keys as config_mod
 from homie.errors import EXIT_USAGE, ConfigError
 
 

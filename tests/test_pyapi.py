@@ -16,8 +16,11 @@ from pathlib import Path
 import pytest
 
 from homie import futures
-from homie.client import Ended, JobEvent, JobInfo, JobState, OutputEvent, Peer, typed
+from homie.client import Ended, JobEvent, JobInfo, JobState, OutputEvent, Peer
+from homie.client.events import typed
 from homie.errors import EXIT_NO_PEER, EXIT_PEER_LOST, NoPeer, PeerLost, error_for
+from homie.futures import pickling
+from homie.futures.tasks import _Task
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -27,10 +30,10 @@ class Boom(ValueError):
 
 
 def _batch(tmp_path: Path, calls) -> Path:
-    tasks = [futures._Task(i, fn, args, kwargs) for i, (fn, args, kwargs) in enumerate(calls, 1)]
-    shutil.copyfile(REPO / "homie" / "pyrunner.py", tmp_path / futures.RUNNER)
-    futures._cloudpickle_zip(tmp_path / "_homie_cloudpickle.zip")
-    (tmp_path / "tasks.pkl").write_bytes(futures.pack(tasks))
+    tasks = [_Task(i, fn, args, kwargs) for i, (fn, args, kwargs) in enumerate(calls, 1)]
+    shutil.copyfile(REPO / "homie" / "pyrunner.py", tmp_path / pickling.RUNNER)
+    pickling._cloudpickle_zip(tmp_path / "_homie_cloudpickle.zip")
+    (tmp_path / "tasks.pkl").write_bytes(pickling.pack(tasks))
     return tmp_path / "tasks.pkl"
 
 
@@ -39,10 +42,10 @@ def _batch(tmp_path: Path, calls) -> Path:
 def _run_runner(tmp_path: Path, env: dict | None = None) -> tuple[dict, list, subprocess.CompletedProcess]:
     # -I -S: isolated, no site-packages: the peer's Python has no cloudpickle of its own,
     # the runner must use the zip shipped beside it
-    cp = subprocess.run([sys.executable, "-I", "-S", futures.RUNNER, "tasks.pkl", "out.pkl"], cwd=tmp_path,
+    cp = subprocess.run([sys.executable, "-I", "-S", pickling.RUNNER, "tasks.pkl", "out.pkl"], cwd=tmp_path,
                         capture_output=True, text=True, timeout=60,
                         env={"PATH": os.environ.get("PATH", ""), "HOMIE_PEER": "raj", **(env or {})})
-    head, records = futures.unpack_results((tmp_path / "out.pkl").read_bytes())
+    head, records = pickling.unpack_results((tmp_path / "out.pkl").read_bytes())
     return head, records, cp
 
 
@@ -57,7 +60,7 @@ def test_runner_runs_closures_lambdas_and_kwargs_without_cloudpickle_installed(t
     head, records, cp = _run_runner(tmp_path)
     assert cp.returncode == 0, cp.stderr
     assert head["peer"] == "raj" and head["fatal"] is None
-    got = [futures.outcome(r, "raj", "j1") for r in records]
+    got = [pickling.outcome(r, "raj", "j1") for r in records]
     assert got == [(True, 13), (True, "ABC"), (True, 15), (True, [1, 2, 3])]
     # one function used twice is pickled once
     raw = (tmp_path / "tasks.pkl").read_bytes()
@@ -83,7 +86,7 @@ def test_exception_comes_home_with_its_type_and_the_remote_traceback(tmp_path):
     finally:
         cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
     assert cp.returncode == 0, cp.stderr
-    (ok1, e1), (ok2, e2), (ok3, v3) = [futures.outcome(r, "raj", "j1") for r in records]
+    (ok1, e1), (ok2, e2), (ok3, v3) = [pickling.outcome(r, "raj", "j1") for r in records]
     assert not ok1 and type(e1).__name__ == "Boom" and str(e1) == "bad input 7"
     assert isinstance(e1.__cause__, futures.RemoteTraceback)
     tb = str(e1.__cause__)
@@ -99,7 +102,7 @@ def test_a_function_of_a_module_the_peer_lacks_is_an_error_naming_peer_and_modul
     # _fails_deep pickles by reference (module test_pyapi), which the runner cannot import
     _batch(tmp_path, [(_fails_deep, (1,), {}), (len, ("ab",), {})])
     head, records, cp = _run_runner(tmp_path)
-    (ok1, e1), (ok2, v2) = [futures.outcome(r, "raj", "j9") for r in records]
+    (ok1, e1), (ok2, v2) = [pickling.outcome(r, "raj", "j9") for r in records]
     assert not ok1 and isinstance(e1, futures.PeerEnvironmentError)
     assert e1.peer == "raj" and e1.module == "test_pyapi" and e1.job_id == "j9"
     assert "peer raj cannot load the task" in str(e1) and "test_pyapi" in str(e1)
@@ -132,15 +135,15 @@ def test_an_unpicklable_exception_or_result_is_reported_not_lost(tmp_path):
 
     _batch(tmp_path, [(raises_weird, (), {}), (lambda: threading.Lock(), (), {})])
     head, records, cp = _run_runner(tmp_path)
-    (ok1, e1), (ok2, e2) = [futures.outcome(r, "raj", "j2") for r in records]
+    (ok1, e1), (ok2, e2) = [pickling.outcome(r, "raj", "j2") for r in records]
     assert not ok1 and isinstance(e1, futures.TaskError) and "Weird on peer raj: odd" in str(e1)
     assert "raises_weird" in str(e1.__cause__)
     assert not ok2 and "return value cannot be pickled" in str(e2)
 
 
 def test_cloudpickle_zip_is_the_same_bytes_each_time(tmp_path):
-    futures._cloudpickle_zip(tmp_path / "a.zip")
-    futures._cloudpickle_zip(tmp_path / "b.zip")
+    pickling._cloudpickle_zip(tmp_path / "a.zip")
+    pickling._cloudpickle_zip(tmp_path / "b.zip")
     assert (tmp_path / "a.zip").read_bytes() == (tmp_path / "b.zip").read_bytes()
     assert "cloudpickle/__init__.py" in zipfile.ZipFile(tmp_path / "a.zip").namelist()
 

@@ -329,7 +329,7 @@ def test_tmp_is_private_and_capped(tmp_path):
 
 @needs_bwrap
 def test_cpu_time_of_a_sandboxed_job_is_counted(tmp_path):
-    from homie.worker.runner import enable_subreaper
+    from homie.worker.proctree import enable_subreaper
 
     assert enable_subreaper()  # as the daemon does: bubblewrap's orphaned init is ours to reap
     p, log = _start(tmp_path, """

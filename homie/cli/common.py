@@ -54,7 +54,7 @@ def request(t: str, **fields) -> dict:
 
 def daemon_running(home: Home) -> int | None:
     """The daemon's pid, or None."""
-    from homie.daemon import daemon_pid
+    from homie.pidfile import daemon_pid
 
     return daemon_pid(home)
 

@@ -87,7 +87,7 @@ def ps(as_json, show_all, statuses, peer, ids_only):
 
 
 def _signal_arg(sig: str) -> int:
-    from homie.client import signal_number
+    from homie.client.job import signal_number
 
     try:
         return signal_number(sig)
@@ -147,7 +147,7 @@ def wait_cmd(job_ids):
 @click.option("-q", "--quiet", is_flag=True, help="Only the job's output, unprefixed.")
 def restart(job_id, out_dir, detach, quiet):
     """Run a job again: same script, arguments, files, options (a new job id)."""
-    from homie.client import Ended, typed
+    from homie.client.events import Ended, typed
 
     if not detach:
         check_out_dir(out_dir)
@@ -181,7 +181,7 @@ def clean(job_ids):
 @click.option("-q", "--quiet", is_flag=True, help="Only the job's output, unprefixed.")
 def attach(job_id, out_dir, quiet):
     """Follow a job live, with its earlier output first; Ctrl-C detaches (the job goes on)."""
-    from homie.client import JobEvent, typed
+    from homie.client.events import JobEvent, typed
 
     full = job_id
     events = typed(client(timeout=None).stream("follow", job_id=job_id, live=True))

@@ -180,7 +180,7 @@ def _map_one(seq, path, name, script, args, files, gpu, retries, out_dir, m, wri
              checkpoints=()) -> None:
     import signal
 
-    from homie.client import Ended, JobEvent, OutputEvent, typed
+    from homie.client.events import Ended, JobEvent, OutputEvent, typed
 
     # Where the input lands in the job directory (same rule as the upload):
     # its path relative to the script's folder when inside it, else its name.

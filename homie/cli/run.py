@@ -11,7 +11,7 @@ import click
 from homie.cli.common import ARROW, checked_home, client, example
 from homie.cli.follow import check_out_dir, follow_stream
 from homie.cli.inputs import check_args, check_inputs, parse_duration, parse_env, read_stdin, utf8
-from homie.client import Ended, typed
+from homie.client.events import Ended, typed
 from homie.errors import EXIT_NO_PEER, EXIT_OK, EXIT_USAGE, EXIT_WOULD_WAIT, HomieError
 
 RUN_HELP = """Run SCRIPT [ARGS]... on the best idle peer; output streams back live.

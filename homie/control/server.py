@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING, Any
 
 # The client half lives in homie.client (the Python API, which the CLI uses too);
 # the old names stay importable from here.
-from homie.client import Connection as ControlClient  # noqa: F401
-from homie.client import signal_number  # noqa: F401
+from homie.client.connection import Connection as ControlClient  # noqa: F401
+from homie.client.job import signal_number  # noqa: F401
 from homie.errors import HomieError, NoDaemon, ProtocolError  # noqa: F401
 
 if TYPE_CHECKING:

@@ -22,6 +22,7 @@ from homie.joblog import JobLog
 from homie.wire.protocol import STDERR, STDOUT
 from homie.worker.cgroup import JobCgroup
 from homie.worker.identity import Identity
+from homie.worker.proctree import process_tree, processes_of_job, processes_of_uid
 
 WATCH_INTERVAL = 0.25
 
@@ -70,45 +71,6 @@ class Launch:
     @property
     def sandboxed(self) -> bool:
         return self.info_fd is not None
-
-
-def _tree(pid: int):
-    import psutil
-
-    try:
-        root = psutil.Process(pid)
-        return [root, *root.children(recursive=True)]
-    except psutil.Error:
-        return []
-
-
-def processes_of_job(job_id: str, uid: int | None = None):
-    """Processes carrying HOMIE_JOB_ID=job_id in their environment: finds a
-    descendant that escaped the session with setsid and was re-parented."""
-    import psutil
-
-    found = []
-    for p in processes_of_uid(uid) if uid is not None else psutil.process_iter():
-        try:
-            if p.environ().get("HOMIE_JOB_ID") == job_id:
-                found.append(p)
-        except (psutil.Error, OSError):
-            continue
-    return found
-
-
-def processes_of_uid(uid: int):
-    """Every process whose real uid is `uid` (a per-job uid: all of them are that job's)."""
-    import psutil
-
-    found = []
-    for p in psutil.process_iter(["uids"]):
-        try:
-            if p.info["uids"] and p.info["uids"].real == uid:
-                found.append(p)
-        except psutil.Error:
-            continue
-    return found
 
 
 class JobProcess:
@@ -291,7 +253,7 @@ class JobProcess:
         rss = 0
         cpu = 0.0
         assert self.proc is not None  # started
-        for p in _tree(self.proc.pid):
+        for p in process_tree(self.proc.pid):
             try:
                 self._seen.add(p.pid)
                 rss += p.memory_info().rss
@@ -363,7 +325,7 @@ class JobProcess:
                 os.killpg(self.proc.pid, sig)
             except (ProcessLookupError, PermissionError):
                 pass
-        targets = {p.pid: p for p in (_tree(self.proc.pid) if live else []) if p.pid not in shell}
+        targets = {p.pid: p for p in (process_tree(self.proc.pid) if live else []) if p.pid not in shell}
         for pid in self._seen - shell:
             if pid not in targets:
                 try:
@@ -432,15 +394,3 @@ class JobProcess:
     @property
     def done(self) -> bool:
         return self._done.is_set()
-
-
-def enable_subreaper() -> bool:
-    """Make this process the reaper of its orphaned descendants (Linux), so a
-    sandbox's init, orphaned when bubblewrap exits first, is ours to wait for."""
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        return libc.prctl(36, 1, 0, 0, 0) == 0  # PR_SET_CHILD_SUBREAPER
-    except (OSError, AttributeError):
-        return False

@@ -28,7 +28,7 @@ from homie.worker.context import WorkerContext
 from homie.worker.identity import Identities, parse_range
 from homie.worker.job import WorkerJob, WorkerJobState, cut_args
 from homie.worker.owner import SAMPLE_EVERY, OwnerWatch
-from homie.worker.runner import enable_subreaper, processes_of_job, processes_of_uid
+from homie.worker.proctree import enable_subreaper, processes_of_job, processes_of_uid
 from homie.worker.server import Server
 from homie.worker.session import Session
 from homie.worker.slots import SlotBook, Waiting

@@ -16,7 +16,8 @@ from homie.errors import HomieError, ManifestError
 from homie.wire import protocol
 from homie.worker import execution, jobdir, sandbox
 from homie.worker.job import WorkerJob, WorkerJobState
-from homie.worker.runner import JobProcess, Launch, Limits, Outcome, processes_of_uid
+from homie.worker.proctree import processes_of_uid
+from homie.worker.runner import JobProcess, Launch, Limits, Outcome
 
 if TYPE_CHECKING:
     from homie.worker.startd import Worker

@@ -1,26 +1,9 @@
-"""Python functions on friends' machines: a `concurrent.futures.Executor` over homie.
-
-    from concurrent.futures import as_completed
-    from homie.futures import Executor
-
-    with Executor() as ex:
-        squares = list(ex.map(pow, range(1000), [2] * 1000))
-        fut = ex.submit(sum, [1, 2, 3])
-        print(fut.result())
-
-How it works: tasks are pickled with cloudpickle into a batch file, and a small runner
-script (homie/pyrunner.py) runs the batch as an ordinary homie job (Client.run) on a peer,
-in its sandbox; the job's result file holds each task's return value or exception. Small
-tasks travel many to a job: submit() calls that arrive within `batch_window` seconds, and
-map()'s items, are split into as many jobs as there are slots among the peers. See
-docs/api.md for what can be pickled and where the code runs.
-"""
+"""The Executor: tasks queued here, batched into homie jobs, their outcomes set on their futures."""
 
 from __future__ import annotations
 
 import concurrent.futures as cf
 import itertools
-import json
 import math
 import os
 import shutil
@@ -28,197 +11,15 @@ import sys
 import tempfile
 import threading
 import time
-import zipfile
 from collections import deque
 from pathlib import Path
-from typing import Any
 
-from homie.errors import EXIT_FAILURE, HomieError, error_for
+from homie.errors import HomieError, error_for
+from homie.futures.errors import PeerEnvironmentError, RemoteError
+from homie.futures.pickling import RUNNER, _cloudpickle, _cloudpickle_zip, outcome, pack, unpack_results
+from homie.futures.tasks import _Batch, _Future, _notify_cancelled, _Task
 
-__all__ = ["Executor", "RemoteError", "PeerEnvironmentError", "RemoteTraceback"]
-
-RUNNER = "_homie_runner.py"
 DEFAULT_RETRIES = 2
-
-
-class RemoteError(HomieError):
-    """A task could not be run on its peer: the job failed, was lost or ended without results.
-    `peer` names the machine (None if the job never reached one), `job_id` the job."""
-
-    exit_code = EXIT_FAILURE
-
-    def __init__(self, message: str, exit_code: int | None = None, peer: str | None = None,
-                 job_id: str | None = None):
-        super().__init__(message, exit_code)
-        self.peer = peer
-        self.job_id = job_id
-
-
-class PeerEnvironmentError(RemoteError):
-    """The peer's Python cannot load the task: another Python version, or a module the function
-    or its arguments need is not installed there (`module` names it)."""
-
-    def __init__(self, message: str, peer: str | None = None, job_id: str | None = None,
-                 module: str | None = None):
-        super().__init__(message, None, peer, job_id)
-        self.module = module
-
-
-class RemoteTraceback(Exception):
-    """The traceback of an exception raised on a peer, attached as the local exception's __cause__
-    (as concurrent.futures.ProcessPoolExecutor does)."""
-
-    def __init__(self, tb: str):
-        super().__init__(tb)
-        self.tb = tb
-
-    def __str__(self) -> str:
-        return self.tb
-
-
-class TaskError(RemoteError):
-    """A task raised an exception that could not be brought home as itself (it does not pickle):
-    its type name, message and the remote traceback are kept."""
-
-
-def _cloudpickle():
-    try:
-        import cloudpickle
-    except ImportError:  # pragma: no cover - a runtime dependency
-        raise HomieError("homie.futures needs cloudpickle (pip install cloudpickle)") from None
-    return cloudpickle
-
-
-def _cloudpickle_zip(path: Path) -> None:
-    """cloudpickle's own source as a zip the runner imports from: the peer's Python needs no
-    cloudpickle of its own, and loads the tasks with the version that pickled them. Written
-    byte for byte the same each time, so a peer's blob cache sends it once."""
-    cp = _cloudpickle()
-    root = Path(cp.__file__).parent
-    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as z:
-        for f in sorted(root.rglob("*.py")):
-            info = zipfile.ZipInfo(f"cloudpickle/{f.relative_to(root).as_posix()}", date_time=(1980, 1, 1, 0, 0, 0))
-            info.compress_type = zipfile.ZIP_DEFLATED
-            info.external_attr = 0o644 << 16
-            z.writestr(info, f.read_bytes())
-
-
-class _Future(cf.Future):
-    """A Future whose cancel() also stops a task already running on a peer (its job is killed;
-    the other tasks of that job are run again)."""
-
-    def __init__(self, executor: Executor, task: _Task):
-        super().__init__()
-        self._homie = (executor, task)
-
-    def cancel(self) -> bool:
-        executor, task = self._homie
-        with self._condition:
-            if self._state == cf._base.FINISHED:
-                return False
-            if self._state in (cf._base.CANCELLED, cf._base.CANCELLED_AND_NOTIFIED):
-                return True
-            if self._state == cf._base.PENDING:
-                self._state = cf._base.CANCELLED
-                self._condition.notify_all()
-                cancelled_pending = True
-            else:
-                cancelled_pending = False
-        if cancelled_pending:
-            self._invoke_callbacks()  # type: ignore[attr-defined]
-            executor._wake()
-            return True
-        return executor._cancel_running(task)
-
-    def _cancel_now(self) -> None:
-        """A running future becomes cancelled, and everyone waiting on it hears so."""
-        with self._condition:
-            if self._state != cf._base.RUNNING:
-                return
-            self._state = cf._base.CANCELLED_AND_NOTIFIED
-            for waiter in self._waiters:
-                waiter.add_cancelled(self)
-            self._condition.notify_all()
-        self._invoke_callbacks()  # type: ignore[attr-defined]
-
-
-class _Task:
-    __slots__ = ("id", "fn", "args", "kwargs", "future", "chunk", "batch", "tries")
-
-    def __init__(self, task_id: int, fn, args, kwargs, future=None, chunk: int | None = None):
-        self.id = task_id
-        self.fn = fn
-        self.args = args
-        self.kwargs = kwargs
-        self.future = future
-        self.chunk = chunk
-        self.batch: _Batch | None = None
-        self.tries = 0
-
-
-class _Batch:
-    def __init__(self, seq: int, tasks: list[_Task]):
-        self.seq = seq
-        self.tasks = tasks
-        self.job: Any = None  # the homie.client.Job, once queued
-        self.killed = False  # killed here for a cancel(): the others run again
-        self.peer: str | None = None
-
-
-def pack(tasks: list[_Task]) -> bytes:
-    """A batch file for homie.pyrunner: a JSON line, then the pickled functions and arguments."""
-    cloudpickle = _cloudpickle()
-    fns: dict[str, bytes] = {}
-    keys: dict[int, str] = {}
-    rows = []
-    for t in tasks:
-        key = keys.get(id(t.fn))
-        if key is None:
-            key = keys[id(t.fn)] = f"f{len(keys)}"
-            fns[key] = cloudpickle.dumps(t.fn)
-        rows.append((t.id, key, cloudpickle.dumps((t.args, t.kwargs))))
-    head = {"format": 1, "python": list(sys.version_info[:3]), "implementation": sys.implementation.name,
-            "cloudpickle": cloudpickle.__version__, "tasks": len(tasks)}
-    import pickle
-
-    return json.dumps(head).encode() + b"\n" + pickle.dumps({"fns": fns, "tasks": rows}, protocol=4)
-
-
-def unpack_results(data: bytes) -> tuple[dict, list]:
-    """(header, records) of a runner's results file."""
-    import pickle
-
-    line, _, body = data.partition(b"\n")
-    head = json.loads(line)
-    return head, (pickle.loads(body) if body else [])
-
-
-def outcome(record, peer: str | None, job_id: str | None):
-    """(ok, value or exception) of one result record, the exception carrying the remote traceback."""
-    import pickle
-
-    _task_id, status, payload, tb, type_name, message, module, _seconds = record
-    if status == "ok":
-        return True, pickle.loads(payload)
-    where = f"peer {peer}" if peer else "the peer"
-    if status == "load":
-        if module:
-            return False, PeerEnvironmentError(
-                f"{where} cannot load the task: {message} (install {module!r} there, or ship it: files=, directory=,"
-                f" pickle_by_value=[module], requirements=)", peer=peer, job_id=job_id, module=module)
-        return False, PeerEnvironmentError(f"{where} cannot load the task: {message}", peer=peer, job_id=job_id)
-    exc = None
-    if payload is not None:
-        try:
-            exc = pickle.loads(payload)
-        except Exception:  # noqa: BLE001
-            exc = None
-    if not isinstance(exc, BaseException):
-        exc = TaskError(f"{type_name} on {where}: {message}", peer=peer, job_id=job_id)
-    exc.__cause__ = RemoteTraceback(f'\n"""\n{tb}"""')
-    if hasattr(exc, "add_note"):
-        exc.add_note(f"(raised on {where}, homie job {job_id})")
-    return False, exc
 
 
 class Executor(cf.Executor):
@@ -261,7 +62,7 @@ class Executor(cf.Executor):
             cloudpickle.register_pickle_by_value(m)
         self._dir = Path(tempfile.mkdtemp(prefix="homie-futures-"))
         os.chmod(self._dir, 0o755)
-        shutil.copyfile(Path(__file__).with_name("pyrunner.py"), self._dir / RUNNER)
+        shutil.copyfile(Path(__file__).parent.parent / "pyrunner.py", self._dir / RUNNER)
         _cloudpickle_zip(self._dir / "_homie_cloudpickle.zip")
         self._base_files = [str(self._dir / "_homie_cloudpickle.zip")]
         if requirements:
@@ -598,10 +399,3 @@ class Executor(cf.Executor):
                 batch.job.forget()
             except HomieError:
                 pass
-
-
-
-def _notify_cancelled(f: cf.Future) -> None:
-    """A future cancelled before it ran: tell its waiters (as_completed, wait) once."""
-    if f._state == cf._base.CANCELLED:
-        f.set_running_or_notify_cancel()
