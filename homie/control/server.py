@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from homie.client.connection import Connection as ControlClient  # noqa: F401
 from homie.client.job import signal_number  # noqa: F401
 from homie.errors import HomieError, NoDaemon, ProtocolError  # noqa: F401
+from homie.wire.channel import hang_up
 
 if TYPE_CHECKING:
     from homie.control.handlers import Services
@@ -74,14 +75,7 @@ class ControlServer:
 
     def close(self) -> None:
         if self.sock:
-            try:
-                self.sock.shutdown(socket.SHUT_RDWR)  # wakes the thread blocked in accept()
-            except OSError:
-                pass
-            try:
-                self.sock.close()
-            except OSError:
-                pass
+            hang_up(self.sock)  # wakes the thread blocked in accept()
 
     def _handle(self, conn: socket.socket) -> None:
         from homie.control.handlers import Handlers

@@ -125,14 +125,7 @@ class Channel:
         if self.closed:
             return
         self.closed = True
-        try:
-            self.sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-        try:
-            self.sock.close()
-        except OSError:
-            pass
+        hang_up(self.sock)
 
 
 class Pipeline:
@@ -202,3 +195,16 @@ class Pipeline:
     def close(self) -> None:
         self._work.put(None)
         self._thread.join(5)
+
+
+def hang_up(sock: socket.socket) -> None:
+    """Shut a socket down, then close it: shutdown() first wakes a thread blocked in
+    accept() or recv() on it, which close() alone does not. Errors mean it is gone already."""
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+    try:
+        sock.close()
+    except OSError:
+        pass

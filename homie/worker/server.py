@@ -15,7 +15,7 @@ from homie import PROTOCOL_VERSION, __version__
 from homie.admission import ConnectionGate
 from homie.errors import HomieError, ProtocolError
 from homie.wire import protocol, waitfd
-from homie.wire.channel import Channel, ConnectionClosed
+from homie.wire.channel import Channel, ConnectionClosed, hang_up
 from homie.wire.protocol import Conversation
 
 HANDSHAKE_TIMEOUT = 2.0
@@ -141,14 +141,7 @@ class Server:
 
     def close(self) -> None:
         if self.sock:
-            try:
-                self.sock.shutdown(socket.SHUT_RDWR)  # wakes the thread blocked in accept()
-            except OSError:
-                pass
-            try:
-                self.sock.close()
-            except OSError:
-                pass
+            hang_up(self.sock)  # wakes the thread blocked in accept()
 
 
 class _Conn:
