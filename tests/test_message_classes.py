@@ -1,4 +1,4 @@
-"""Messages are dataclasses (homie.wire.messages): the table the decoder checks is
+"""Messages are dataclasses (homie.wire.messages, homie.wire.schema): the table the decoder checks is
 derived from them, and a validated message turns into its class."""
 
 import dataclasses
@@ -6,15 +6,15 @@ import dataclasses
 import pytest
 
 from homie.errors import ProtocolError
-from homie.wire import messages
+from homie.wire import messages, schema
 from homie.wire.protocol import Message
 
 
 def test_every_message_has_a_frozen_class_and_a_schema():
-    for t, schema in messages.ALL.items():
-        cls = messages._CLASSES[t]
+    for t, table in messages.ALL.items():
+        cls = schema._CLASSES[t]
         assert dataclasses.is_dataclass(cls) and cls.__dataclass_params__.frozen, t
-        assert set(schema) == {f.name for f in dataclasses.fields(cls)}, t
+        assert set(table) == {f.name for f in dataclasses.fields(cls)}, t
 
 
 def test_required_means_no_default_and_absent_or_refuses_null():
@@ -33,7 +33,7 @@ def test_required_means_no_default_and_absent_or_refuses_null():
 def test_typed_gives_the_class_with_absent_fields_defaulted_and_unknown_ones_dropped():
     body = {"job_id": "j1", "offset": 42, "from_the_future": 1}
     messages.validate("attach", body)
-    a = messages.typed(Message("attach", body))
+    a = schema.typed(Message("attach", body))
     assert isinstance(a, messages.Attach)
     assert (a.job_id, a.offset, a.token) == ("j1", 42, None)
     assert not hasattr(a, "from_the_future")
@@ -41,7 +41,7 @@ def test_typed_gives_the_class_with_absent_fields_defaulted_and_unknown_ones_dro
 
 def test_a_name_cannot_be_registered_twice():
     with pytest.raises(AssertionError):
-        @messages.message("attach")
+        @schema.message("attach")
         @dataclasses.dataclass(frozen=True)
         class Again:
             pass

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from homie.errors import ProtocolError
-from homie.wire.messages import field_types
+from homie.wire.schema import field_types
 
 
 @dataclass(frozen=True)
