@@ -24,7 +24,7 @@ The package, by what each module owns:
     hashing     sha256_fd: the one way a file is hashed
     atomic      atomic_write: the one way a small file is replaced
     collect     collect, summarize: what ``homie run`` ships (ignore rules)
-    engine      Sender, Receiver: the pipelined transfer engine
+    engine      Sender, Receiver: the pipelined transfer engine (sender, receiver, streams)
 
 Only the standard library is imported at module load; pathspec is imported when
 a directory is actually walked so that ``homie peers`` stays fast.
