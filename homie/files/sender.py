@@ -7,7 +7,7 @@ import os
 import queue
 import threading
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from homie.files.hashing import read_at
@@ -28,7 +28,6 @@ class Outgoing:
     sha256: str | None = None  # checked as it is read: a mismatch raises Changed
     head: tuple[str, dict[str, Any]] | None = None  # the message sent just before the bytes
     name: str = ""
-    tag: Any = field(default=None, repr=False)  # the caller's, handed back in errors
 
 
 class Sender:
