@@ -1,6 +1,6 @@
 """Moving job files safely: manifests, hostile-name checks, safe writes, caches.
 
-Design (docs: design-notes section 4 "Moving files"; docs/architecture.md, "Transfers"):
+Design (docs: design-notes section 4 "Moving files"; docs/architecture.md section 4 "Data path"):
 
 * The submitter sends a manifest of ``{path, mode, size, sha256}`` entries; the
   worker answers with the hashes it lacks and only those bytes travel.
