@@ -221,6 +221,34 @@ def test_only_changed_chunks_travel_and_the_result_is_byte_identical(tmp_path, m
     assert sorted(p.name for p in store.root.iterdir()) == ["CURRENT", "v1-2"]
 
 
+def test_a_chunk_rewritten_in_place_mid_fetch_is_refused_and_the_last_checkpoint_stays(tmp_path):
+    job = tmp_path / "job"
+    first = os.urandom(2 * CHUNK + 5)
+    write(job / "checkpoint" / "a", first)
+    store = Store(tmp_path / "store")
+    transfer(job, store, 1)
+    write(job / "checkpoint" / "a", os.urandom(2 * CHUNK + 5))
+    snap = checkpoints.take(job, checkpoints.signature(job, ["checkpoint"]), 2, 102.0)
+    with open(job / "checkpoint" / "a", "r+b") as f:  # in place: the snapshot's descriptor sees it
+        f.seek(CHUNK + 1)
+        f.write(b"EDIT")
+    server, client = pair()
+
+    def serve():
+        server.recv_msg("ckpt_fetch")
+        checkpoints.serve(server, "j1", snap)
+
+    t = threading.Thread(target=serve)
+    t.start()
+    with pytest.raises(HomieError, match="changed while it was being sent"):
+        checkpoints.fetch(client, "j1", {}, store, 1)
+    t.join()
+    snap.close()
+    assert store.current().seq == 1
+    assert store.entries()[0][1].read_bytes() == first
+    assert not [p for p in store.root.iterdir() if p.name.startswith("incoming")]
+
+
 def test_no_checkpoint_yet_is_none(tmp_path):
     server, client = pair()
     t = threading.Thread(target=lambda: (server.recv_msg("ckpt_fetch"), checkpoints.serve(server, "j1", None)))

@@ -24,7 +24,6 @@ from homie.wire.protocol import Data, Message, Output
 STREAM_TIMEOUT = 8.0  # the worker pings every 2 s; silence this long means the link is down
 STREAM_QUIET = 3.0  # silence after which a peer without heartbeats counts as gone
 PROBE_TIMEOUT = 1.5  # a peer without heartbeats that does not answer within this is lost
-CHUNK = 1 << 20
 
 
 def _auth(job: Job) -> dict:
@@ -169,7 +168,6 @@ class Shadow(Attempts):
         total = sum(by_sha[h].size for h in need)
         job.update(sent_bytes=0)
         job.progress = {"phase": "upload", "done": 0, "total": total, "files": len(need)}
-        view = memoryview(bytearray(CHUNK))
         # The same watchdog as for output: a peer that vanished mid-upload is
         # noticed after its heartbeats stop, not after the socket's long timeout.
         quiet = {"since": time.monotonic()}
@@ -177,7 +175,7 @@ class Shadow(Attempts):
         threading.Thread(target=self._watch_stream, args=(job, ch, quiet, done), name=f"watch-up-{job.id}",
                          daemon=True).start()
         try:
-            transfer.upload_blobs(job, ch, need, by_sha, view, quiet)
+            transfer.upload_blobs(job, ch, need, by_sha, quiet)
         except (ConnectionClosed, OSError) as e:
             if not self._peer_alive(job):
                 raise ConnectionClosed(f"{job.peer_name} went away (no heartbeat for"

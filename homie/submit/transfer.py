@@ -1,22 +1,22 @@
 """Moving a job's files: its inputs up to the worker, its results home.
-The bytes go 1 MiB at a time, so memory stays flat whatever their size."""
+The bytes go through the transfer engine (homie.files.engine): pipelined,
+with memory flat whatever their size."""
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import time
 
 from homie import files
 from homie.errors import EXIT_TRANSFER, HomieError, ManifestError, ProtocolError
+from homie.files import engine
 from homie.submit.attempts import Lost
 from homie.submit.job import Job
 from homie.wire import waitfd
 from homie.wire.channel import Channel
-from homie.wire.protocol import Data, Message
+from homie.wire.protocol import Message
 
-CHUNK = 1 << 20
 STREAM_TIMEOUT = 8.0
 
 
@@ -39,27 +39,28 @@ def check_refusal(ch: Channel) -> None:
         raise ProtocolError("unexpected frame from the worker during the upload")
 
 
-def upload_blobs(job: Job, ch: Channel, need: list, by_sha: dict, view, quiet: dict) -> None:
-    sent = 0
-    chunks = 0
-    for sha in need:
-        entry = by_sha[sha]
-        ch.send("blob", sha256=sha, size=entry.size)
-        with open(job.sources[sha], "rb") as f:
-            left = entry.size
-            while left > 0:
-                n = f.readinto(view[: min(CHUNK, left)])
-                if not n:
-                    raise HomieError(f"{entry.path} shrank while uploading; run again", EXIT_TRANSFER)
-                ch.send_data(view[:n])
-                quiet["since"] = time.monotonic()
-                left -= n
-                sent += n
-                if job.progress is not None:
-                    job.progress["done"] = sent
-                chunks += 1
-                if chunks % 8 == 0:
-                    check_refusal(ch)
+def upload_blobs(job: Job, ch: Channel, need: list, by_sha: dict, quiet: dict) -> None:
+    """The blobs the worker asked for, through the transfer engine: the next
+    chunks are read while this thread sends the current one. Not hashed on
+    this side: the worker verifies every byte against its hash (the cache's
+    integrity depends on it), and a file changed since it was hashed is
+    refused there."""
+    def sent(n: int) -> None:
+        quiet["since"] = time.monotonic()
+        if job.progress is not None:
+            job.progress["done"] += n
+
+    items = (engine.Outgoing(size=by_sha[sha].size, source=_opener(job.sources[sha]), name=by_sha[sha].path,
+                             head=("blob", {"sha256": sha, "size": by_sha[sha].size})) for sha in need)
+    try:
+        engine.Sender(ch).send(items, progress=sent, every=(8, lambda: check_refusal(ch)))
+    except engine.Shrank as e:
+        name = e.item.name if e.item is not None else "a file"
+        raise HomieError(f"{name} shrank while uploading; run again", EXIT_TRANSFER) from None
+
+
+def _opener(path):
+    return lambda: os.open(path, os.O_RDONLY | os.O_CLOEXEC)
 
 
 def download(job: Job, ch: Channel, save) -> None:
@@ -83,27 +84,25 @@ def download(job: Job, ch: Channel, save) -> None:
     total = sum(e.size for e in entries)
     job.progress = {"phase": "download", "done": 0, "total": total, "files": len(entries)}
     writer = files.SafeWriter(staging)
-    for entry in entries:
-        head = ch.recv_msg("blob", "error", timeout=30)
-        if head.t == "error":
-            raise HomieError(f"{job.peer_name}: {head['message']}", EXIT_TRANSFER)
-        if head["sha256"] != entry.sha256 or head["size"] != entry.size:
-            raise ProtocolError("result file does not match its manifest")
-        h = hashlib.sha256()
-        with writer.open_new(entry.path, entry.mode) as f:
-            got = 0
-            while got < entry.size:
-                ev = ch.recv(timeout=STREAM_TIMEOUT)
-                if not isinstance(ev, Data):
-                    raise ProtocolError("result transfer cut short")
-                got += len(ev.data)
-                if got > entry.size:
-                    raise ProtocolError("result file longer than announced")
-                h.update(ev.data)
-                f.write(ev.data)
-                job.progress["done"] += len(ev.data)
-        if h.hexdigest() != entry.sha256:
-            raise HomieError(f"result {entry.path} arrived corrupted (hash mismatch)", EXIT_TRANSFER)
+
+    def got(n: int) -> None:
+        if job.progress is not None:
+            job.progress["done"] += n
+
+    with engine.Receiver(ch, timeout=STREAM_TIMEOUT) as rx:
+        for entry in entries:
+            head = ch.recv_msg("blob", "error", timeout=30)
+            if head.t == "error":
+                raise HomieError(f"{job.peer_name}: {head['message']}", EXIT_TRANSFER)
+            if head["sha256"] != entry.sha256 or head["size"] != entry.size:
+                raise ProtocolError("result file does not match its manifest")
+            sink = engine.FileSink(writer.open_new(entry.path, entry.mode))
+            try:
+                rx.receive(entry.size, entry.sha256, sink, progress=got, what=f"result {entry.path}")
+            except (engine.CutShort, engine.TooLong) as e:
+                raise ProtocolError(str(e)) from None
+            except engine.Corrupted as e:
+                raise HomieError(str(e), EXIT_TRANSFER) from None
     ch.recv_msg("results_done", timeout=30)
     # Every file arrived whole: only now do they appear under their final names.
     os.rename(staging, results)

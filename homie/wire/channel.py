@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import socket
 import threading
-from typing import Any
 
 from homie.errors import ProtocolError
 from homie.wire import protocol
@@ -126,75 +125,6 @@ class Channel:
             return
         self.closed = True
         hang_up(self.sock)
-
-
-class Pipeline:
-    """Hashes and writes received chunks on a second thread while the first
-    reads the next ones from the socket: TLS decryption, SHA-256 and the file
-    write each release the GIL, so on two cores they overlap. A fixed pool of
-    buffers bounds memory however large the transfer."""
-
-    def __init__(self, buffers: int = 8, size: int = protocol.MAX_DATA):
-        import queue
-
-        self._free: queue.Queue[bytearray] = queue.Queue()
-        for _ in range(buffers):
-            self._free.put(bytearray(size))
-        self._work: queue.Queue[tuple[Any, bytearray | None, int] | None] = queue.Queue()
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name="pipeline", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while True:
-            item = self._work.get()
-            if item is None:
-                return
-            fn, buf, n = item
-            try:
-                # After an error, data is dropped but markers (buf None) still
-                # run, so drain() always returns.
-                if buf is None:
-                    fn(None)
-                elif self._error is None:
-                    fn(memoryview(buf)[:n])
-            except BaseException as e:  # handed to the reading thread in check()
-                self._error = e
-            finally:
-                if buf is not None:
-                    self._free.put(buf)
-
-    def buffer(self) -> bytearray:
-        self.check()
-        return self._free.get()
-
-    def give_back(self, buf: bytearray) -> None:
-        self._free.put(buf)
-
-    def put(self, fn, buf: bytearray | None = None, n: int = 0) -> None:
-        """Run fn(view of buf[:n]) (or fn(None)) on the writer thread, in order."""
-        self._work.put((fn, buf, n))
-
-    def check(self) -> None:
-        if self._error is not None:
-            raise self._error
-
-    def drain(self) -> None:
-        """Wait until everything queued so far is done; re-raise a writer error."""
-        done = threading.Event()
-        self._work.put((lambda _: done.set(), None, 0))
-        done.wait()
-        self.check()
-
-    def drain_quietly(self) -> None:
-        try:
-            self.drain()
-        except BaseException:
-            pass
-
-    def close(self) -> None:
-        self._work.put(None)
-        self._thread.join(5)
 
 
 def hang_up(sock: socket.socket) -> None:

@@ -26,7 +26,6 @@ from homie import files
 from homie.errors import HomieError, ManifestError
 from homie.worker.identity import Identity
 
-CHUNK = 1 << 20
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 SYSTEM_WORK = "/var/lib/homie"
@@ -308,15 +307,3 @@ def open_beneath(root: Path, rel: str) -> int:
         os.close(ffd)
         raise ManifestError(f"{rel!r} is not a regular file")
     return ffd
-
-
-def sha256_fd(fd: int) -> tuple[int, str]:
-    h = hashlib.sha256()
-    size = 0
-    buf = bytearray(CHUNK)
-    view = memoryview(buf)
-    os.lseek(fd, 0, os.SEEK_SET)
-    while n := os.readv(fd, [buf]):
-        h.update(view[:n])
-        size += n
-    return size, h.hexdigest()

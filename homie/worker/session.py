@@ -4,6 +4,7 @@ at a time. A job outlives the connection that submitted it."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import re
@@ -13,9 +14,10 @@ from typing import TYPE_CHECKING
 
 from homie import checkpoints, files
 from homie.errors import HomieError, ManifestError, ProtocolError
+from homie.files import engine
 from homie.joblog import JobLog
-from homie.wire.channel import Channel, ConnectionClosed, Pipeline
-from homie.wire.protocol import Data, Message
+from homie.wire.channel import Channel, ConnectionClosed
+from homie.wire.protocol import Message
 from homie.worker import jobdir
 from homie.worker.job import WorkerJob
 from homie.worker.runner import Outcome
@@ -27,7 +29,6 @@ JOB_ID_RE = re.compile(r"^[a-z0-9]{4,32}$")
 IDLE_TIMEOUT = 60.0  # a connection with no request for this long is cut
 FRAME_TIMEOUT = 30.0  # mid-transfer: the next frame must come within this
 PING_EVERY = 2.0  # keepalive while a job is quiet, so a dead link is noticed
-CHUNK = 1 << 20
 
 
 class Session:
@@ -164,8 +165,7 @@ class Session:
         return False
 
     def _receive_blobs(self, ch: Channel, need: set, sizes: dict) -> None:
-        pipe = Pipeline()
-        try:
+        with engine.Receiver(ch, timeout=FRAME_TIMEOUT) as rx:
             while True:
                 msg = ch.recv_msg("blob", "upload_done", timeout=FRAME_TIMEOUT)
                 if msg.t == "upload_done":
@@ -175,31 +175,15 @@ class Session:
                 sha, size = msg["sha256"], msg["size"]
                 if sha not in need or sizes.get(sha) != size:
                     raise ManifestError("upload of a file that was not asked for")
-                w = self.w.blobs.writer(sha, size)
+                # The engine hashes every byte on its own thread; the writer checks
+                # that digest before the blob gets its name in the cache.
                 try:
-                    got = 0
-                    while got < size:
-                        buf = pipe.buffer()
-                        ev = ch.recv(timeout=FRAME_TIMEOUT, into=buf)
-                        if not isinstance(ev, Data):
-                            pipe.give_back(buf)
-                            raise ManifestError(f"file upload cut short ({got} of {size} bytes)")
-                        n = len(ev.data)
-                        got += n
-                        if got > size:
-                            pipe.give_back(buf)
-                            raise ManifestError("file upload longer than announced")
-                        w.hash_apart(ev.data)  # here, while the pipeline thread writes the previous chunk
-                        pipe.put(w.write, buf, n)
-                    pipe.drain()
-                    w.commit()
-                except BaseException:
-                    pipe.drain_quietly()
-                    w.abort()
-                    raise
+                    rx.receive(size, sha, self.w.blobs.writer(sha, size, hashed_by_caller=True), what="file upload")
+                except engine.Corrupted:
+                    raise ManifestError(f"blob {sha[:12]}: content does not match its hash") from None
+                except engine.TransferError as e:
+                    raise ManifestError(str(e)) from None
                 need.discard(sha)
-        finally:
-            pipe.close()
 
     def _materialize(self, ch, msg, entries, peer, ip) -> WorkerJob | None:
         job_id = msg["job_id"]
@@ -303,22 +287,19 @@ class Session:
         ch.send("results", job_id=job.id, files=job.results)
         want = ch.recv_msg("want", timeout=FRAME_TIMEOUT)["paths"]
         by_path = {r["path"]: r for r in job.results}
-        buf = bytearray(CHUNK)
-        view = memoryview(buf)
+        items = []
         for path in want:
             entry = by_path.get(path) if isinstance(path, str) else None
             if entry is None:
                 ch.send("error", message=f"no result file {str(path)[:100]!r}", code="bad_request")
                 return
-            ch.send("blob", sha256=entry["sha256"], size=entry["size"])
-            with os.fdopen(jobdir.open_beneath(job.dir, entry["path"]), "rb") as f:
-                left = entry["size"]
-                while left > 0:
-                    n = f.readinto(view[: min(CHUNK, left)])
-                    if not n:
-                        raise ConnectionClosed("result file shrank while sending")
-                    ch.send_data(view[:n])
-                    left -= n
+            items.append(engine.Outgoing(size=entry["size"], name=entry["path"],
+                                         source=functools.partial(jobdir.open_beneath, job.dir, entry["path"]),
+                                         head=("blob", {"sha256": entry["sha256"], "size": entry["size"]})))
+        try:
+            engine.Sender(ch).send(items)
+        except engine.Shrank:
+            raise ConnectionClosed("result file shrank while sending") from None
         ch.send("results_done")
 
     def _on_ack(self, ch, msg, peer, ip) -> None:

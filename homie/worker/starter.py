@@ -259,7 +259,7 @@ class Starter:
             except (OSError, ManifestError):
                 continue
             try:
-                size, sha = jobdir.sha256_fd(fd)
+                size, sha, _ = files.sha256_fd(fd)
                 mode = 0o755 if os.fstat(fd).st_mode & 0o100 else 0o644
             except OSError:
                 continue

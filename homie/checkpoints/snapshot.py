@@ -1,0 +1,200 @@
+"""The worker side: `Watcher` decides when a running job's checkpoint paths hold
+a new complete checkpoint, and `take` holds it as a `Snapshot` (open descriptors)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from homie.checkpoints.rules import CHUNK, MAX_FILES, SETTLE, CkptFile, Signature, is_temporary, under
+from homie.errors import HomieError, ManifestError
+from homie.files.hashing import sha256_fd
+from homie.worker import jobdir
+
+
+class Snapshot:
+    """One complete checkpoint, held by open descriptors until the next replaces it."""
+
+    def __init__(self, seq: int, at: float, files_: list[CkptFile], fds: dict[str, int]):
+        self.seq = seq
+        self.at = at
+        self.files = files_
+        self._fds = fds
+        self._where: dict[str, tuple[str, int, int]] = {}  # chunk sha -> (path, offset, length)
+        for f in files_:
+            for i, sha in enumerate(f.chunks):
+                self._where.setdefault(sha, (f.path, i * CHUNK, min(CHUNK, f.size - i * CHUNK)))
+        self._lock = threading.Lock()
+        self._users = 0
+        self._closing = False
+
+    @property
+    def size(self) -> int:
+        return sum(f.size for f in self.files)
+
+    def manifest(self) -> list[dict]:
+        return [f.to_dict() for f in self.files]
+
+    def has_chunk(self, sha: str) -> bool:
+        return sha in self._where
+
+    def where(self, sha: str) -> tuple[str, int, int, int]:
+        """(path, fd, offset, length) of a chunk: what the transfer engine reads."""
+        path, offset, length = self._where[sha]
+        return path, self._fds[path], offset, length
+
+    def read_chunk(self, sha: str) -> bytes:
+        """The chunk's bytes, re-checked: a job that rewrote a file in place
+        (instead of renaming a new one over it) changed the snapshot."""
+        path, fd, offset, length = self.where(sha)
+        data = os.pread(fd, length, offset)
+        if len(data) != length or hashlib.sha256(data).hexdigest() != sha:
+            raise HomieError(changed_message(path))
+        return data
+
+    def __enter__(self) -> Snapshot:
+        with self._lock:
+            if self._closing:
+                raise HomieError("that checkpoint was replaced by a newer one")
+            self._users += 1
+        return self
+
+    def __exit__(self, *exc) -> None:
+        with self._lock:
+            self._users -= 1
+            last = self._closing and self._users == 0
+        if last:
+            self._close_fds()
+
+    def close(self) -> None:
+        with self._lock:
+            self._closing = True
+            idle = self._users == 0
+        if idle:
+            self._close_fds()
+
+    def _close_fds(self) -> None:
+        fds, self._fds = self._fds, {}
+        for fd in fds.values():
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+
+def signature(root: Path, prefixes: list[str]) -> Signature:
+    """The checkpoint files under root as they are now (walked by descriptor, links never followed)."""
+    return {rel: sig for rel, sig in jobdir.scan(root).items()
+            if under(rel, prefixes) and not is_temporary(rel)}
+
+
+def take(root: Path, sig: Signature, seq: int, at: float) -> Snapshot | None:
+    """Open and hash every file of sig; None if any changed on the way (it is taken later)."""
+    fds: dict[str, int] = {}
+    out: list[CkptFile] = []
+    try:
+        for rel in sorted(sig):
+            fd = jobdir.open_beneath(root, rel)
+            fds[rel] = fd
+            st = os.fstat(fd)
+            if (st.st_size, st.st_mtime_ns, st.st_ino) != sig[rel]:
+                raise _Changed
+        for rel in sorted(sig):
+            fd = fds[rel]
+            size = sig[rel][0]
+            got, whole, chunks = sha256_fd(fd, size=size, chunk=CHUNK)
+            if got != size:
+                raise _Changed
+            st = os.fstat(fd)
+            if (st.st_size, st.st_mtime_ns) != sig[rel][:2]:
+                raise _Changed
+            mode = 0o755 if st.st_mode & 0o100 else 0o644
+            out.append(CkptFile(rel, mode, size, whole, chunks))
+    except (_Changed, OSError, ManifestError):
+        for fd in fds.values():
+            os.close(fd)
+        return None
+    return Snapshot(seq, at, out, fds)
+
+
+class _Changed(Exception):
+    pass
+
+
+def changed_message(path: str) -> str:
+    return (f"checkpoint file {path} changed while it was being sent (write a new file and"
+            " rename it into place instead of rewriting it)")
+
+
+class Watcher:
+    """Decides when a running job's checkpoint paths hold a new checkpoint to take.
+
+    poll() is called about every second by the worker; the clock is injectable
+    so the policy (settle, interval) is tested without sleeping."""
+
+    def __init__(self, root: Path, paths: list[str], interval: float,
+                 clock: Callable[[], float] = time.monotonic, wall: Callable[[], float] = time.time,
+                 scan: Callable[[Path, list[str]], Signature] = signature,
+                 taker: Callable[..., Snapshot | None] = take, sleep: Callable[[float], None] = time.sleep):
+        self.root = root
+        self.paths = paths
+        self.interval = interval
+        self._clock = clock
+        self._wall = wall
+        self._scan = scan
+        self._take = taker
+        self._sleep = sleep
+        self._taken: Signature | None = None
+        self._taken_at: float | None = None
+        self.snapshot: Snapshot | None = None
+        self.seq = 0
+        self.lock = threading.Lock()
+        self._poll_lock = threading.Lock()  # the lending loop and the job's end may both poll
+
+    def prime(self) -> None:
+        """What the paths hold now (a restored checkpoint) does not count as new."""
+        with self._poll_lock:
+            self._taken = self._scan(self.root, self.paths) or None
+
+    def poll(self, final: bool = False) -> bool:
+        """Take a new snapshot if one is due; True if it did. final: the job's
+        processes are gone (it exited or was evicted), so nothing can change
+        any more: no settling, no interval."""
+        with self._poll_lock:
+            return self._poll(final)
+
+    def _poll(self, final: bool) -> bool:
+        now = self._clock()
+        sig = self._scan(self.root, self.paths)
+        if len(sig) > MAX_FILES:
+            raise HomieError(f"a checkpoint of more than {MAX_FILES} files is not supported")
+        if not sig or sig == self._taken:
+            return False
+        if not final:
+            if self._taken_at is not None and now - self._taken_at < self.interval:
+                return False
+            # Still being written (several files, or one rewritten in place)? Then at the next poll.
+            self._sleep(SETTLE)
+            if self._scan(self.root, self.paths) != sig:
+                return False
+        snap = self._take(self.root, sig, self.seq + 1, self._wall())
+        if snap is None:
+            return False  # it moved while being read
+        with self.lock:
+            old, self.snapshot = self.snapshot, snap
+            self.seq = snap.seq
+        if old is not None:
+            old.close()
+        self._taken, self._taken_at = sig, now
+        return True
+
+    def close(self) -> None:
+        with self.lock:
+            snap, self.snapshot = self.snapshot, None
+        if snap is not None:
+            snap.close()
+
