@@ -3,7 +3,6 @@ safe, keeping its comments, validated as a whole and written atomically with mod
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -13,23 +12,10 @@ from homie.config.values import _Bad, _error
 
 
 def _atomic_write(path: Path, text: str) -> None:
-    import tempfile
-
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o600)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    from homie.files.atomic import atomic_write  # homie.files is heavy: only when writing
+
+    atomic_write(path, text.encode("utf-8"), mode=0o600)
 
 
 def _edit_text(text: str, key: str, new_raw: dict) -> str | None:

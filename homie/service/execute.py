@@ -81,12 +81,10 @@ def _exec(cmds: Sequence[Command], run: Runner | None, root: Path | None, out: O
 
 def _write(path: Path, content: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(content)
     # Unit files hold no secrets; systemd/launchd and `status` must be able to read them.
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
+    from homie.files.atomic import atomic_write  # homie.files is heavy: only when writing
+
+    atomic_write(path, content.encode("utf-8"), mode=0o644)
 
 
 def _print_dry_run(plan: Plan, out: Out, action: str) -> None:
