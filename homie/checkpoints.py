@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import stat
 import threading
@@ -40,6 +41,7 @@ MAX_FILES = 256  # descriptors one snapshot may hold open (a daemon may run many
 DEFAULT_DIR = "checkpoint"
 TEMP_SUFFIXES = (".tmp", ".part", ".partial", "~")
 FRAME_TIMEOUT = 30.0
+_SHA256 = re.compile(r"[0-9a-f]{64}")  # chunk names from a worker become file names in the store
 
 Signature = dict[str, tuple[int, int, int]]  # relpath -> (size, mtime_ns, inode)
 
@@ -325,7 +327,7 @@ def parse_manifest(raw) -> list[CkptFile]:
         chunks = d.get("chunks")
         want = -(-entry.size // CHUNK)
         if (not isinstance(chunks, list) or len(chunks) != want
-                or not all(isinstance(c, str) and len(c) == 64 for c in chunks)):
+                or not all(isinstance(c, str) and _SHA256.fullmatch(c) for c in chunks)):  # a chunk is a file name here
             raise ProtocolError(f"checkpoint: bad chunk list for {entry.path!r}")
         if entry.path in seen:
             raise ProtocolError(f"checkpoint: {entry.path!r} listed twice")
