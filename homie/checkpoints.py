@@ -341,8 +341,9 @@ class Store:
     `v<seq>/` holds its files and `manifest.json`, `CURRENT` names the version.
     Only a rename of CURRENT commits a new one."""
 
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, paths: list[str] | None = None):
         self.root = root
+        self.paths = paths  # the job's checkpoint paths: all a worker may send home (None: anything)
 
     def current(self) -> Saved | None:
         try:
@@ -452,6 +453,9 @@ def fetch(ch, job_id: str, auth: dict, store: Store, attempt: int) -> Saved | No
             return None
         raise HomieError(f"checkpoint: {msg['message']}")
     new = parse_manifest(msg["files"])
+    stray = [f.path for f in new if store.paths is not None and not under(f.path, store.paths)]
+    if stray:  # it would replace an input of the next attempt (a module the job imports)
+        raise ProtocolError(f"checkpoint: {stray[0]!r} is not under the job's checkpoint paths")
     seq, at = msg["seq"], msg["at"]
     need = store.missing(new)
     ch.send("ckpt_want", chunks=need)

@@ -61,7 +61,8 @@ def _evil_worker(server: Channel, files: list[dict], blobs: dict[str, bytes]) ->
 
 
 def _fetch_from_evil(tmp_path: Path, files: list[dict], blobs: dict[str, bytes]):
-    store = checkpoints.Store(tmp_path / "home" / "jobs" / "j1" / "checkpoint")
+    # the submitter's store of a job run with no --checkpoint beyond checkpoint/ (as homie.submit.job makes it)
+    store = checkpoints.Store(tmp_path / "home" / "jobs" / "j1" / "checkpoint", ["checkpoint"])
     server, client = _pair()
     t = threading.Thread(target=_evil_worker, args=(server, files, blobs), daemon=True)
     t.start()
@@ -106,3 +107,18 @@ def test_a_worker_cannot_make_the_submitter_write_outside_its_store_with_chunk_n
             p.unlink() if p.is_file() else p.rmdir()
         outside.rmdir()
 
+
+def test_a_worker_cannot_slip_files_outside_the_checkpoint_paths_into_the_next_attempt(tmp_path):
+    """What a worker sends home as a checkpoint is restored over the job's inputs at
+    the next attempt (on another friend's machine): only the declared checkpoint
+    paths may come back, not a module the job imports."""
+    data = b"import os; os.system('echo owned')\n"
+    sha = hashlib.sha256(data).hexdigest()
+    entry = {"path": "helper.py", "mode": 0o644, "size": len(data), "sha256": sha, "chunks": [sha]}
+    ok = {"path": "checkpoint/state", "mode": 0o644, "size": len(data), "sha256": sha, "chunks": [sha]}
+    try:
+        store, saved = _fetch_from_evil(tmp_path, [ok, entry], {sha: data})
+    except HomieError:
+        return  # refused outright: fine
+    assert "helper.py" not in {e.path for e, _ in store.entries()}, \
+        "a worker's checkpoint replaced an input (helper.py) of the next attempt"
