@@ -17,10 +17,13 @@ submitter's real `checkpoints.fetch` (the first tests, no namespaces).
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import shutil
 import socket
 import tempfile
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -29,6 +32,18 @@ from homie import checkpoints
 from homie.errors import HomieError
 from homie.wire import protocol
 from homie.wire.channel import Channel, Conversation
+
+from jobhelp import (
+    Run,
+    make_group,
+    marker,
+    peer_names,
+    processes,
+    project,
+    start_daemon,
+    work_dir,
+)
+from netns import wait_until
 
 CHUNK = checkpoints.CHUNK
 
@@ -122,3 +137,215 @@ def test_a_worker_cannot_slip_files_outside_the_checkpoint_paths_into_the_next_a
         return  # refused outright: fine
     assert "helper.py" not in {e.path for e, _ in store.entries()}, \
         "a worker's checkpoint replaced an input (helper.py) of the next attempt"
+
+
+# ----------------------------------------------------------------------------- hostile jobs, real daemons
+
+# A job that checkpoints every STEADY_STEP seconds for a long time: whose checkpoints
+# must keep coming home while a hostile job runs beside it on the same worker.
+STEADY_STEP = "1.7"  # not a multiple of the daemon's poll period: a write must not always land in its settle pause
+STEADY = r'''
+import os, sys, time
+ck = os.environ["HOMIE_CHECKPOINT_DIR"]
+n = 0
+while True:
+    n += 1
+    with open(os.path.join(ck, "n.tmp"), "w") as f:
+        f.write(str(n))
+    os.replace(os.path.join(ck, "n.tmp"), os.path.join(ck, "n"))
+    print("tick", n, flush=True)
+    time.sleep(float(sys.argv[1]))
+'''
+
+# Swaps its checkpoint files (and the checkpoint directory itself) between
+# regular files and links to what it must not read, at random moments so that
+# some swaps land between the daemon's scan, its settle pause and its reads;
+# tries hard links; leaves a setsid grandchild that keeps swapping; ignores
+# SIGTERM. Restored from a checkpoint (the next attempt) it lists what came back.
+SWAPPER = r'''
+import os, random, signal, sys, time
+mark, *targets = sys.argv[1:]
+ck = os.environ["HOMIE_CHECKPOINT_DIR"]
+if os.path.exists(os.path.join(ck, "f0")):
+    print("restored:", sorted(os.listdir(ck)), flush=True)
+    for name in sorted(os.listdir(ck)):
+        p = os.path.join(ck, name)
+        print("restored", name, os.path.islink(p), open(p, "rb").read(60) if os.path.isfile(p) else b"", flush=True)
+    sys.exit(0)
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
+targets += ["/etc/shadow", "/proc/self/environ", "/proc/1/environ", "/proc/self/root/etc/shadow"]
+for i, t in enumerate(targets):
+    try:
+        os.link(t, os.path.join(ck, f"hard{i}"))
+        print("hard link made to", t, flush=True)
+    except OSError as e:
+        print("no hard link to", t, e.strerror, flush=True)
+    try:
+        os.symlink(t, os.path.join(ck, f"link{i}"))
+    except OSError:
+        pass
+real = ck + ".real"
+for i in range(len(targets)):
+    with open(os.path.join(ck, f"f{i}"), "w") as out:
+        out.write("ok " + str(i))
+def swap_forever(rng):
+    # One swap at a time, at random moments: a file becomes a link to a target
+    # and back, or the directory itself does; between swaps it stays still for
+    # about the daemon's settling time, so snapshots are taken, some mid-swap.
+    while True:
+        time.sleep(rng.random() * 1.5)
+        i = rng.randrange(len(targets) + 1)
+        try:
+            if i == len(targets):  # the directory itself: a link to the first target's directory, then back
+                os.rename(ck, real)
+                os.symlink(os.path.dirname(targets[0]), ck)
+                time.sleep(rng.random() * 0.3)
+                os.unlink(ck)
+                os.rename(real, ck)
+                continue
+            f = os.path.join(ck, f"f{i}")
+            os.symlink(targets[i], f + ".lnk")
+            os.replace(f + ".lnk", f)
+            time.sleep(rng.random() * 0.3)
+            with open(f + ".tmp", "w") as out:
+                out.write("ok " + str(i))
+            os.replace(f + ".tmp", f)
+        except OSError:
+            pass
+if os.fork() == 0:
+    os.setsid()
+    if os.fork() == 0:
+        swap_forever(random.Random(2))
+    os._exit(0)
+print("swapping", mark, flush=True)
+swap_forever(random.Random(1))
+'''
+
+
+def _no_marker_under(root: Path, markers: list[str]) -> list[str]:
+    """Files under root holding any of the markers (what the job must never have sent home)."""
+    found = []
+    needles = [m.encode() for m in markers]
+    for dirpath, _dirs, names in os.walk(root):
+        for n in names:
+            p = Path(dirpath) / n
+            try:
+                if p.is_symlink() or not p.is_file():
+                    continue
+                data = p.read_bytes()
+            except OSError:
+                continue
+            if any(m in data for m in needles):
+                found.append(str(p))
+    return found
+
+
+def _ps(h, job_id: str) -> dict:
+    r = h.homie("ps", "--all", "--json")
+    assert r.returncode == 0, r.stderr
+    return next(j for j in json.loads(r.stdout)["sent"] if j["job_id"] == job_id)
+
+
+def _seq(h, job_id: str) -> int:
+    return _ps(h, job_id).get("checkpoint_seq") or 0
+
+
+def _why(w, *runs) -> str:
+    """What the worker's log and the jobs said, for a failed wait."""
+    log = w.home / "logs" / "homie.log"
+    tail = log.read_text(errors="replace")[-2500:] if log.exists() else ""
+    return "\n".join([*(f"job out: {r.out()[-800:]!r} err: {r.err()[-800:]!r}" for r in runs), f"{w.name} log: {tail}"])
+
+
+def _daemon_fine(h) -> None:
+    r = h.homie("status", timeout=30)
+    assert r.returncode == 0, f"{h.name}'s daemon does not answer `homie status`: {r.stdout}{r.stderr}"
+    log = h.home / "logs" / "homie.log"
+    text = log.read_text(errors="replace") if log.exists() else ""
+    assert "Traceback" not in text and "checkpoint_crashed" not in text, text[-3000:]
+
+
+def _pair_of_hosts(cluster, **worker):
+    w, you = make_group(cluster, ["w", "you"], config={"checkpoint_interval": 1, "evict_grace_seconds": 2},
+                        per_host={"you": {"max_jobs": 0}, "w": {"max_jobs": 4, "sandbox": "required", **worker}},
+                        start=False)
+    home = Path(tempfile.mkdtemp(prefix="homie-ownerhome-"))
+    home.chmod(0o700)
+    w.env["HOME"] = str(home)
+    for h in (w, you):
+        start_daemon(h)
+    wait_until(lambda: "w" in peer_names(you), 20, msg="you to see w")
+    return w, you, home
+
+
+@pytest.mark.netns
+def test_checkpoint_links_swapped_in_and_out_never_send_what_the_job_cannot_read(cluster, tmp_path):
+    w, you, owner_home = _pair_of_hosts(cluster)
+    secrets = [marker(), marker(), marker()]
+    canary_dir = Path(tempfile.mkdtemp(prefix="homie-canary-"))
+    canary_dir.chmod(0o700)
+    (canary_dir / "secret").write_text(f"root only {secrets[0]}\n")
+    (canary_dir / "secret").chmod(0o600)
+    (owner_home / "id_ed25519").write_text(f"owner's key {secrets[1]}\n")
+    (owner_home / "id_ed25519").chmod(0o600)
+    # another job's directory on the same worker, with a file of its own
+    steady = Run(you, project(you, {"steady.py": STEADY}), "-n", "w", "steady.py", STEADY_STEP)
+    steady_id = steady.job_id(40)
+    other = work_dir(w) / steady_id / "private.txt"
+    other.write_text(f"another job's {secrets[2]}\n")
+    other.chmod(0o600)
+    mark = marker()
+    swapper = Run(you, project(you, {"swap.py": SWAPPER}), "-n", "w", "swap.py", mark,
+                  str(canary_dir / "secret"), str(owner_home / "id_ed25519"), str(other),
+                  str(owner_home), str(w.home), str(work_dir(w) / steady_id))
+    job = swapper.job_id(40)
+    swapper.wait_out("swapping", 40)
+    try:
+        try:
+            wait_until(lambda: _seq(you, job) >= 2, 90, msg="two checkpoints of the swapping job to come home")
+        except AssertionError as e:
+            raise AssertionError(f"{e}\n{_why(w, swapper)}") from None
+        _steady_keeps_checkpointing(you, steady_id, 8, 2)
+        # Eviction: SIGTERM (ignored), the grace, SIGKILL, then the final checkpoint,
+        # while the setsid grandchild would go on swapping if anything of the job survived.
+        r = w.homie("pause", "--evict")
+        assert r.returncode == 0, r.stdout + r.stderr
+        wait_until(lambda: [a.get("outcome") for a in _ps(you, job)["attempts"]][:1] == ["evicted"], 60,
+                   msg="the swapping job to be evicted and its final checkpoint to come home")
+        wait_until(lambda: not processes(w, mark), 20, msg="nothing of the evicted job to survive")
+        found = _no_marker_under(you.home, secrets)
+        assert not found, f"what the job must not read reached the submitter: {found}"
+        _daemon_fine(w)
+        # The next attempt (same worker, resumed) starts from what came home: only regular files.
+        assert w.homie("resume").returncode == 0
+        code = swapper.wait(90)
+        out = swapper.out()
+        assert code == 0 and "restored:" in out, (code, out[-2000:], swapper.err()[-2000:])
+        assert "restored f" in out and " True " not in out, out  # no link came back
+        assert not any(s in out for s in secrets), out
+        assert "Traceback" not in swapper.err(), swapper.err()
+        _daemon_fine(w)
+    finally:
+        you.homie("kill", "--all")
+        shutil.rmtree(canary_dir, ignore_errors=True)
+        shutil.rmtree(owner_home, ignore_errors=True)
+
+
+def _steady_keeps_checkpointing(you, steady_id: str, seconds: float = 12, at_least: int = 3) -> None:
+    before = _seq(you, steady_id)
+    time.sleep(seconds)
+    after = _seq(you, steady_id)
+    assert after - before >= at_least, (f"the steady job's checkpoints stalled beside the hostile one: seq {before}"
+                                        f" -> {after} in {seconds:.0f} s")
+
+
+@pytest.mark.netns
+def test_checkpoint_paths_outside_the_job_directory_are_refused_at_submit(cluster, tmp_path):
+    [you] = make_group(cluster, ["you"])
+    proj = project(you, {"job.py": "print('hi')\n"})
+    for bad in ("../../x", "/etc", "checkpoint/../../x", ".homie/x", "a/\n/b"):
+        r = you.homie("run", "--checkpoint", bad, "job.py", cwd=proj, timeout=30)
+        assert r.returncode != 0, (bad, r.stdout, r.stderr)
+        assert "Traceback" not in r.stderr and r.stderr.strip(), (bad, r.stderr)
+        assert "checkpoint" in r.stderr, (bad, r.stderr)
+    _daemon_fine(you)
