@@ -38,6 +38,7 @@ from homie.worker import jobdir
 CHUNK = 1 << 20  # the unit of change: a 200 MB checkpoint with 1 MB changed sends about 1 MB
 SETTLE = 0.25  # seconds a checkpoint must stay unchanged, just before it is taken
 MAX_FILES = 256  # descriptors one snapshot may hold open (a daemon may run many jobs)
+MAX_BYTES = 8 << 30  # read whole at every change (a sparse file costs the job nothing); its chunk list fits a message
 DEFAULT_DIR = "checkpoint"
 TEMP_SUFFIXES = (".tmp", ".part", ".partial", "~")
 FRAME_TIMEOUT = 30.0
@@ -157,8 +158,14 @@ class Snapshot:
 
 def signature(root: Path, prefixes: list[str]) -> Signature:
     """The checkpoint files under root as they are now (walked by descriptor, links never followed)."""
-    return {rel: sig for rel, sig in jobdir.scan(root).items()
-            if under(rel, prefixes) and not is_temporary(rel)}
+    def keep(rel: str, is_dir: bool) -> bool:  # only the checkpoint paths are walked, not the whole job directory
+        return under(rel, prefixes) or (is_dir and any(p.startswith(rel + "/") for p in prefixes))
+
+    try:
+        found = jobdir.scan(root, keep, limit=4 * MAX_FILES)
+    except jobdir.TooMany:
+        raise HomieError(f"a checkpoint of more than {MAX_FILES} files is not supported") from None
+    return {rel: sig for rel, sig in found.items() if not is_temporary(rel)}
 
 
 def take(root: Path, sig: Signature, seq: int, at: float) -> Snapshot | None:
@@ -223,13 +230,17 @@ class Watcher:
         self._taken_at: float | None = None
         self.snapshot: Snapshot | None = None
         self.seq = 0
+        self._closed = False
         self.lock = threading.Lock()
         self._poll_lock = threading.Lock()  # the lending loop and the job's end may both poll
 
     def prime(self) -> None:
         """What the paths hold now (a restored checkpoint) does not count as new."""
         with self._poll_lock:
-            self._taken = self._scan(self.root, self.paths) or None
+            try:
+                self._taken = self._scan(self.root, self.paths) or None
+            except HomieError:
+                self._taken = None  # too many files: poll() says so
 
     def poll(self, final: bool = False) -> bool:
         """Take a new snapshot if one is due; True if it did. final: the job's
@@ -243,6 +254,8 @@ class Watcher:
         sig = self._scan(self.root, self.paths)
         if len(sig) > MAX_FILES:
             raise HomieError(f"a checkpoint of more than {MAX_FILES} files is not supported")
+        if sum(s[0] for s in sig.values()) > MAX_BYTES:
+            raise HomieError(f"a checkpoint of more than {MAX_BYTES >> 30} GiB is not supported")
         if not sig or sig == self._taken:
             return False
         if not final:
@@ -256,6 +269,9 @@ class Watcher:
         if snap is None:
             return False  # it moved while being read
         with self.lock:
+            if self._closed:  # the job was dropped while this one was being read
+                snap.close()
+                return False
             old, self.snapshot = self.snapshot, snap
             self.seq = snap.seq
         if old is not None:
@@ -265,6 +281,7 @@ class Watcher:
 
     def close(self) -> None:
         with self.lock:
+            self._closed = True
             snap, self.snapshot = self.snapshot, None
         if snap is not None:
             snap.close()

@@ -35,12 +35,14 @@ from homie.wire.channel import Channel, Conversation
 
 from jobhelp import (
     Run,
+    daemon_pid,
     make_group,
     marker,
     peer_names,
     processes,
     project,
     start_daemon,
+    vm_hwm_kb,
     work_dir,
 )
 from netns import wait_until
@@ -330,6 +332,31 @@ def test_checkpoint_links_swapped_in_and_out_never_send_what_the_job_cannot_read
         shutil.rmtree(canary_dir, ignore_errors=True)
         shutil.rmtree(owner_home, ignore_errors=True)
 
+# A checkpoint that costs the job nothing and the daemon everything: a 1 TiB
+# sparse file, (outside checkpoint/) tens of thousands of empty files the
+# daemon would walk every second, and after a while a file that never stops
+# growing (so that only the final checkpoint, at eviction, reads it all).
+HOG = r'''
+import os, sys, time
+ck = os.environ["HOMIE_CHECKPOINT_DIR"]
+junk = "junk"
+os.mkdir(junk)
+for i in range(int(sys.argv[1])):
+    os.close(os.open(os.path.join(junk, str(i)), os.O_WRONLY | os.O_CREAT, 0o644))
+with open(os.path.join(ck, "sparse"), "wb") as f:
+    f.truncate(1 << 40)
+print("ready", flush=True)
+time.sleep(float(sys.argv[2]))
+n = 0
+with open(os.path.join(ck, "grows"), "ab") as f:
+    while n < 64 << 20:  # a safety ceiling: the test machine is shared
+        f.write(b"x" * 4096)
+        f.flush()
+        n += 4096
+        time.sleep(0.01)
+time.sleep(600)
+'''
+
 
 def _steady_keeps_checkpointing(you, steady_id: str, seconds: float = 12, at_least: int = 3) -> None:
     before = _seq(you, steady_id)
@@ -337,6 +364,39 @@ def _steady_keeps_checkpointing(you, steady_id: str, seconds: float = 12, at_lea
     after = _seq(you, steady_id)
     assert after - before >= at_least, (f"the steady job's checkpoints stalled beside the hostile one: seq {before}"
                                         f" -> {after} in {seconds:.0f} s")
+
+
+@pytest.mark.netns
+def test_a_checkpoint_that_costs_the_job_nothing_does_not_stall_the_daemon(cluster, tmp_path):
+    w, you, owner_home = _pair_of_hosts(cluster)
+    try:
+        steady = Run(you, project(you, {"steady.py": STEADY}), "-n", "w", "steady.py", STEADY_STEP)
+        steady_id = steady.job_id(40)
+        _steady_keeps_checkpointing(you, steady_id, 8, 2)
+        hog = Run(you, project(you, {"hog.py": HOG}), "-n", "w", "hog.py", "50000", "25")
+        hog_id = hog.job_id(40)
+        hog.wait_out("ready", 120)
+        pid = daemon_pid(w)
+        _steady_keeps_checkpointing(you, steady_id)
+        t = time.monotonic()
+        _daemon_fine(w)
+        assert time.monotonic() - t < 10, "homie status took more than 10 s"
+        rss = vm_hwm_kb(pid) * 1024
+        assert rss < 300 << 20, f"the worker's daemon grew to {rss >> 20} MiB"
+        r = w.homie("pause", "--evict")
+        assert r.returncode == 0, r.stdout + r.stderr
+        try:
+            wait_until(lambda: [a.get("outcome") for a in _ps(you, hog_id)["attempts"]][:1] == ["evicted"], 60,
+                       msg="the hog to be evicted (its final checkpoint and results must not hold the eviction up)")
+        except AssertionError as e:
+            raise AssertionError(f"{e}\n{_why(w, hog)}") from None
+        assert "homie: no final checkpoint: a checkpoint of more than" in hog.out() + hog.err(), _why(w, hog)
+        assert w.homie("resume").returncode == 0
+        _daemon_fine(w)
+        assert not list(you.home.rglob("sparse")), "a 1 TiB sparse checkpoint was stored by the submitter"
+    finally:
+        you.homie("kill", "--all")
+        shutil.rmtree(owner_home, ignore_errors=True)
 
 
 @pytest.mark.netns
