@@ -165,7 +165,16 @@ def signature(root: Path, prefixes: list[str]) -> Signature:
         found = jobdir.scan(root, keep, limit=4 * MAX_FILES)
     except jobdir.TooMany:
         raise HomieError(f"a checkpoint of more than {MAX_FILES} files is not supported") from None
-    return {rel: sig for rel, sig in found.items() if not is_temporary(rel)}
+    return {rel: sig for rel, sig in found.items() if not is_temporary(rel) and sendable(rel)}
+
+
+def sendable(rel: str) -> bool:
+    """A name no manifest takes (a newline, invalid UTF-8) is left out, not the whole checkpoint with it."""
+    try:
+        files.check_relpath(rel)
+    except ManifestError:
+        return False
+    return True
 
 
 def take(root: Path, sig: Signature, seq: int, at: float) -> Snapshot | None:

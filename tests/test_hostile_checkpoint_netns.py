@@ -332,6 +332,44 @@ def test_checkpoint_links_swapped_in_and_out_never_send_what_the_job_cannot_read
         shutil.rmtree(canary_dir, ignore_errors=True)
         shutil.rmtree(owner_home, ignore_errors=True)
 
+
+# Everything in its checkpoint directory that is not a plain file, names no
+# manifest takes, and a tree deeper than the daemon walks; one good file
+# beside them, which must still come home.
+ODDITIES = r'''
+import os, socket, stat, sys, time
+ck = os.environ["HOMIE_CHECKPOINT_DIR"]
+os.mkfifo(os.path.join(ck, "fifo"))
+s = socket.socket(socket.AF_UNIX)
+s.bind(os.path.join(ck, "sock"))
+try:
+    os.mknod(os.path.join(ck, "null"), stat.S_IFCHR | 0o666, os.makedev(1, 3))
+    print("made a device node", flush=True)
+except OSError as e:
+    print("no device node:", e.strerror, flush=True)
+for name in ("new\nline", "tab\there", "...", "..a", " ", "x" * 255, "\u202eevil"):
+    with open(os.path.join(ck, name), "w") as f:
+        f.write("odd name\n")
+fd = os.open(os.fsencode(ck) + b"/bad-\xff\xfe-utf8", os.O_WRONLY | os.O_CREAT, 0o644)
+os.write(fd, b"invalid utf-8 name\n")
+os.close(fd)
+d = os.path.join(ck, "deep")
+os.mkdir(d)
+fd = os.open(d, os.O_RDONLY)
+for i in range(400):
+    os.mkdir("d", dir_fd=fd)
+    nfd = os.open("d", os.O_RDONLY, dir_fd=fd)
+    os.close(fd)
+    fd = nfd
+with open(os.open("leaf", os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=fd), "w") as f:
+    f.write("deep\n")
+with open(os.path.join(ck, "state.tmp"), "w") as f:
+    f.write("good state\n")
+os.replace(os.path.join(ck, "state.tmp"), os.path.join(ck, "state"))
+print("ready", flush=True)
+time.sleep(600)
+'''
+
 # A checkpoint that costs the job nothing and the daemon everything: a 1 TiB
 # sparse file, (outside checkpoint/) tens of thousands of empty files the
 # daemon would walk every second, and after a while a file that never stops
@@ -364,6 +402,33 @@ def _steady_keeps_checkpointing(you, steady_id: str, seconds: float = 12, at_lea
     after = _seq(you, steady_id)
     assert after - before >= at_least, (f"the steady job's checkpoints stalled beside the hostile one: seq {before}"
                                         f" -> {after} in {seconds:.0f} s")
+
+
+@pytest.mark.netns
+def test_checkpoint_oddities_neither_hang_nor_crash_the_daemon_and_the_good_file_comes_home(cluster, tmp_path):
+    w, you, owner_home = _pair_of_hosts(cluster)
+    try:
+        steady = Run(you, project(you, {"steady.py": STEADY}), "-n", "w", "steady.py", STEADY_STEP)
+        steady_id = steady.job_id(40)
+        odd = Run(you, project(you, {"odd.py": ODDITIES}), "-n", "w", "odd.py")
+        odd_id = odd.job_id(40)
+        odd.wait_out("ready", 60)
+        _steady_keeps_checkpointing(you, steady_id)
+        wait_until(lambda: _seq(you, odd_id) >= 1, 30, msg="the good file beside the oddities to come home")
+        store = next(you.home.rglob(f"{odd_id}/checkpoint/CURRENT")).parent
+        got = {str(p.relative_to(store)).split("/files/", 1)[-1] for p in store.rglob("*") if p.is_file()}
+        assert "checkpoint/state" in got, got
+        assert not any("fifo" in g or "sock" in g or "null" in g for g in got), got
+        _daemon_fine(w)
+        r = w.homie("pause", "--evict")  # and the final checkpoint of it all
+        assert r.returncode == 0, r.stdout + r.stderr
+        wait_until(lambda: [a.get("outcome") for a in _ps(you, odd_id)["attempts"]][:1] == ["evicted"], 60,
+                   msg="the job to be evicted")
+        _daemon_fine(w)
+        assert "Traceback" not in odd.err(), odd.err()
+    finally:
+        you.homie("kill", "--all")
+        shutil.rmtree(owner_home, ignore_errors=True)
 
 
 @pytest.mark.netns
