@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import resource
 import shutil
 import socket
 import tempfile
@@ -45,7 +46,7 @@ from jobhelp import (
     vm_hwm_kb,
     work_dir,
 )
-from netns import wait_until
+from netns import homie_bin, wait_until
 
 CHUNK = checkpoints.CHUNK
 
@@ -474,3 +475,56 @@ def test_checkpoint_paths_outside_the_job_directory_are_refused_at_submit(cluste
         assert "Traceback" not in r.stderr and r.stderr.strip(), (bad, r.stderr)
         assert "checkpoint" in r.stderr, (bad, r.stderr)
     _daemon_fine(you)
+
+
+# As many checkpoint files as a snapshot may hold open, one rewritten every
+# second so that a new snapshot is taken beside the old: descriptors the
+# worker's daemon holds for the job, times every job a member sends.
+FD_HOG = r'''
+import os, time
+ck = os.environ["HOMIE_CHECKPOINT_DIR"]
+for i in range(250):
+    with open(os.path.join(ck, f"part{i:03d}"), "w") as f:
+        f.write(str(i))
+print("ready", flush=True)
+n = 0
+while True:
+    n += 1
+    with open(os.path.join(ck, "step.tmp"), "w") as f:
+        f.write(str(n))
+    os.replace(os.path.join(ck, "step.tmp"), os.path.join(ck, "step"))
+    time.sleep(1.3)
+'''
+
+
+@pytest.mark.netns
+def test_checkpoint_snapshots_of_many_jobs_do_not_exhaust_the_daemons_descriptors(cluster, tmp_path):
+    """The daemon started as most are (a soft limit of 1024 open files): four
+    jobs of 250 checkpoint files each must not leave it unable to open a file
+    or take a connection."""
+    w, you = make_group(cluster, ["w", "you"], config={"checkpoint_interval": 1},
+                        per_host={"you": {"max_jobs": 0}, "w": {"max_jobs": 6, "sandbox": "required"}},
+                        start=False)
+    start_daemon(you)
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    r = w.run("prlimit", f"--nofile=1024:{hard}", homie_bin(), "up", "--name", "w", timeout=60)
+    assert r.returncode == 0, r.stdout + r.stderr
+    wait_until(lambda: "w" in peer_names(you), 20, msg="you to see w")
+    hogs = [Run(you, project(you, {"fds.py": FD_HOG}), "-n", "w", "fds.py") for _ in range(4)]
+    try:
+        ids = [h.job_id(60) for h in hogs]
+        for h in hogs:
+            h.wait_out("ready", 60)
+        try:
+            wait_until(lambda: all(_seq(you, j) >= 2 for j in ids), 90,
+                       msg="two checkpoints of every descriptor hog to come home")
+        except AssertionError as e:
+            raise AssertionError(f"{e}: {[_seq(you, j) for j in ids]}\n{_why(w)}") from None
+        time.sleep(5)
+        _daemon_fine(w)
+        ok = you.homie("run", "-n", "w", "ok.py", cwd=project(you, {"ok.py": "print('still fine')\n"}), timeout=90)
+        assert ok.returncode == 0 and "still fine" in ok.stdout, (ok.stdout, ok.stderr, _why(w))
+        log = (w.home / "logs" / "homie.log").read_text(errors="replace")
+        assert "Too many open files" not in log, log[-3000:]
+    finally:
+        you.homie("kill", "--all")
