@@ -359,6 +359,8 @@ def parse_manifest(raw) -> list[CkptFile]:
             raise ProtocolError(f"checkpoint: {entry.path!r} listed twice")
         seen.add(entry.path)
         out.append(CkptFile(entry.path, entry.mode, entry.size, entry.sha256, list(chunks)))
+    if sum(f.size for f in out) > MAX_BYTES:  # one chunk sent 9000 times in the list is 9 GiB written
+        raise ProtocolError(f"checkpoint: more than {MAX_BYTES >> 30} GiB")
     return out
 
 

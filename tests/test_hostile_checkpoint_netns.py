@@ -126,6 +126,24 @@ def test_a_worker_cannot_make_the_submitter_write_outside_its_store_with_chunk_n
         outside.rmdir()
 
 
+def test_a_worker_cannot_fill_the_submitters_disk_with_one_chunk_listed_thousands_of_times(tmp_path):
+    """Chunks are deduplicated: a manifest (under the 1 MiB message limit) listing one
+    1 MiB chunk 9216 times would have the submitter write 9 GiB from 1 MiB sent."""
+    data = b"\0" * CHUNK
+    sha = hashlib.sha256(data).hexdigest()
+    n = 9 * 1024
+    whole = hashlib.sha256()
+    for _ in range(n):
+        whole.update(data)
+    entry = {"path": "checkpoint/zeros", "mode": 0o644, "size": n * CHUNK, "sha256": whole.hexdigest(),
+             "chunks": [sha] * n}
+    t = time.monotonic()
+    with pytest.raises(HomieError):
+        _fetch_from_evil(tmp_path, [entry], {sha: data})
+    assert time.monotonic() - t < 10
+    assert not [p for p in tmp_path.rglob("*") if p.is_file() and p.stat().st_size > CHUNK]
+
+
 def test_a_worker_cannot_slip_files_outside_the_checkpoint_paths_into_the_next_attempt(tmp_path):
     """What a worker sends home as a checkpoint is restored over the job's inputs at
     the next attempt (on another friend's machine): only the declared checkpoint
