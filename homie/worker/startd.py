@@ -11,6 +11,7 @@ connections: a dropped link or a closed terminal never stops one.
 from __future__ import annotations
 
 import os
+import random
 import signal
 import socket
 import sys
@@ -203,6 +204,9 @@ class Worker:
 
     def _poll_checkpoint(self, job: WorkerJob) -> None:
         assert job.ckpt is not None
+        # At a random moment of the second: polled on the dot every second, a job that
+        # writes every half second could always be caught writing in the settle pause.
+        time.sleep(random.uniform(0, 0.5))
         try:
             if job.ckpt.poll():
                 self.log.info("job.checkpoint", job_id=job.id, seq=job.ckpt.seq,
