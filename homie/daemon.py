@@ -309,6 +309,21 @@ def settle_process() -> None:
     os.umask(0o077)
 
 
+def _raise_open_files(most: int = 1 << 16) -> None:
+    """The soft limit on open files most daemons start with (1024) is a few
+    jobs' checkpoint snapshots (up to checkpoints.MAX_FILES descriptors each,
+    twice while the next is taken): up to the hard limit, at most `most`."""
+    import resource
+
+    try:
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        want = most if hard == resource.RLIM_INFINITY else min(hard, most)
+        if soft != resource.RLIM_INFINITY and soft < want:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+    except (ValueError, OSError):
+        pass
+
+
 def run(home: Home, config, key: bytes, foreground: bool, ready_fd: int | None = None,
         shutdown_trigger=None) -> int:
     """Run the daemon until shut down. Reports readiness (or the error that
@@ -323,6 +338,7 @@ def run(home: Home, config, key: bytes, foreground: bool, ready_fd: int | None =
                 pass
 
     _limit_malloc_arenas()
+    _raise_open_files()
     try:
         lock = lock_pidfile(home)
     except HomieError as e:

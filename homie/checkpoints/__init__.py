@@ -29,6 +29,7 @@ from homie.checkpoints.rules import (
     CHUNK,
     DEFAULT_DIR,
     FRAME_TIMEOUT,
+    MAX_BYTES,
     MAX_FILES,
     SETTLE,
     TEMP_SUFFIXES,
@@ -40,11 +41,12 @@ from homie.checkpoints.rules import (
     parse_manifest,
     under,
 )
-from homie.checkpoints.snapshot import Snapshot, Watcher, signature, take
+from homie.checkpoints.snapshot import Snapshot, Watcher, sendable, signature, take
 from homie.checkpoints.store import Saved, Store
 
 __all__ = [
-    "CHUNK", "DEFAULT_DIR", "FRAME_TIMEOUT", "MAX_FILES", "SETTLE", "TEMP_SUFFIXES", "CkptFile", "Signature",
-    "is_regular", "is_temporary", "normalize", "parse_manifest", "under", "Snapshot", "Watcher", "signature",
+    "CHUNK", "DEFAULT_DIR", "FRAME_TIMEOUT", "MAX_BYTES", "MAX_FILES", "SETTLE", "TEMP_SUFFIXES", "CkptFile",
+    "Signature", "is_regular", "is_temporary", "normalize", "parse_manifest", "under", "Snapshot", "Watcher",
+    "sendable", "signature",
     "take", "Saved", "Store", "fetch", "serve",
 ]

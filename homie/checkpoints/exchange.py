@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import shutil
 
-from homie.checkpoints.rules import CHUNK, FRAME_TIMEOUT, parse_manifest
+from homie.checkpoints.rules import CHUNK, FRAME_TIMEOUT, parse_manifest, under
 from homie.checkpoints.snapshot import Snapshot, changed_message
 from homie.checkpoints.store import Saved, Store
 from homie.errors import HomieError, ProtocolError
@@ -54,6 +54,9 @@ def fetch(ch, job_id: str, auth: dict, store: Store, attempt: int) -> Saved | No
             return None
         raise HomieError(f"checkpoint: {msg['message']}")
     new = parse_manifest(msg["files"])
+    stray = [f.path for f in new if store.paths is not None and not under(f.path, store.paths)]
+    if stray:  # it would replace an input of the next attempt (a module the job imports)
+        raise ProtocolError(f"checkpoint: {stray[0]!r} is not under the job's checkpoint paths")
     seq, at = msg["seq"], msg["at"]
     need = store.missing(new)
     ch.send("ckpt_want", chunks=need)

@@ -4,6 +4,7 @@ its manifest on the wire (checked like any file list)."""
 from __future__ import annotations
 
 import os
+import re
 import stat
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +16,8 @@ from homie.files.hashing import CHUNK
 # CHUNK (1 MiB) is the unit of change: a 200 MB checkpoint with 1 MB changed sends about 1 MB
 SETTLE = 0.25  # seconds a checkpoint must stay unchanged, just before it is taken
 MAX_FILES = 256  # descriptors one snapshot may hold open (a daemon may run many jobs)
+MAX_BYTES = 8 << 30  # read whole at every change (a sparse file costs the job nothing); its chunk list fits a message
+_SHA256 = re.compile(r"[0-9a-f]{64}")  # chunk names from a worker become file names in the store
 DEFAULT_DIR = "checkpoint"
 TEMP_SUFFIXES = (".tmp", ".part", ".partial", "~")
 FRAME_TIMEOUT = 30.0
@@ -75,12 +78,14 @@ def parse_manifest(raw) -> list[CkptFile]:
         chunks = d.get("chunks")
         want = -(-entry.size // CHUNK)
         if (not isinstance(chunks, list) or len(chunks) != want
-                or not all(isinstance(c, str) and len(c) == 64 for c in chunks)):
+                or not all(isinstance(c, str) and _SHA256.fullmatch(c) for c in chunks)):  # a chunk is a file name here
             raise ProtocolError(f"checkpoint: bad chunk list for {entry.path!r}")
         if entry.path in seen:
             raise ProtocolError(f"checkpoint: {entry.path!r} listed twice")
         seen.add(entry.path)
         out.append(CkptFile(entry.path, entry.mode, entry.size, entry.sha256, list(chunks)))
+    if sum(f.size for f in out) > MAX_BYTES:  # one chunk sent 9000 times in the list is 9 GiB written
+        raise ProtocolError(f"checkpoint: more than {MAX_BYTES >> 30} GiB")
     return out
 
 

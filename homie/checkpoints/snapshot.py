@@ -10,9 +10,19 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from homie.checkpoints.rules import CHUNK, MAX_FILES, SETTLE, CkptFile, Signature, is_temporary, under
+from homie.checkpoints.rules import (
+    CHUNK,
+    MAX_BYTES,
+    MAX_FILES,
+    SETTLE,
+    CkptFile,
+    Signature,
+    is_temporary,
+    under,
+)
 from homie.errors import HomieError, ManifestError
 from homie.files.hashing import sha256_fd
+from homie.files.manifest import check_relpath
 from homie.worker import jobdir
 
 
@@ -88,8 +98,23 @@ class Snapshot:
 
 def signature(root: Path, prefixes: list[str]) -> Signature:
     """The checkpoint files under root as they are now (walked by descriptor, links never followed)."""
-    return {rel: sig for rel, sig in jobdir.scan(root).items()
-            if under(rel, prefixes) and not is_temporary(rel)}
+    def keep(rel: str, is_dir: bool) -> bool:  # only the checkpoint paths are walked, not the whole job directory
+        return under(rel, prefixes) or (is_dir and any(p.startswith(rel + "/") for p in prefixes))
+
+    try:
+        found = jobdir.scan(root, keep, limit=4 * MAX_FILES)
+    except jobdir.TooMany:
+        raise HomieError(f"a checkpoint of more than {MAX_FILES} files is not supported") from None
+    return {rel: sig for rel, sig in found.items() if not is_temporary(rel) and sendable(rel)}
+
+
+def sendable(rel: str) -> bool:
+    """A name no manifest takes (a newline, invalid UTF-8) is left out, not the whole checkpoint with it."""
+    try:
+        check_relpath(rel)
+    except ManifestError:
+        return False
+    return True
 
 
 def take(root: Path, sig: Signature, seq: int, at: float) -> Snapshot | None:
@@ -152,13 +177,17 @@ class Watcher:
         self._taken_at: float | None = None
         self.snapshot: Snapshot | None = None
         self.seq = 0
+        self._closed = False
         self.lock = threading.Lock()
         self._poll_lock = threading.Lock()  # the lending loop and the job's end may both poll
 
     def prime(self) -> None:
         """What the paths hold now (a restored checkpoint) does not count as new."""
         with self._poll_lock:
-            self._taken = self._scan(self.root, self.paths) or None
+            try:
+                self._taken = self._scan(self.root, self.paths) or None
+            except HomieError:
+                self._taken = None  # too many files: poll() says so
 
     def poll(self, final: bool = False) -> bool:
         """Take a new snapshot if one is due; True if it did. final: the job's
@@ -172,6 +201,8 @@ class Watcher:
         sig = self._scan(self.root, self.paths)
         if len(sig) > MAX_FILES:
             raise HomieError(f"a checkpoint of more than {MAX_FILES} files is not supported")
+        if sum(s[0] for s in sig.values()) > MAX_BYTES:
+            raise HomieError(f"a checkpoint of more than {MAX_BYTES >> 30} GiB is not supported")
         if not sig or sig == self._taken:
             return False
         if not final:
@@ -185,6 +216,9 @@ class Watcher:
         if snap is None:
             return False  # it moved while being read
         with self.lock:
+            if self._closed:  # the job was dropped while this one was being read
+                snap.close()
+                return False
             old, self.snapshot = self.snapshot, snap
             self.seq = snap.seq
         if old is not None:
@@ -194,6 +228,7 @@ class Watcher:
 
     def close(self) -> None:
         with self.lock:
+            self._closed = True
             snap, self.snapshot = self.snapshot, None
         if snap is not None:
             snap.close()

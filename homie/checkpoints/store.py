@@ -35,8 +35,9 @@ class Store:
     `v<seq>/` holds its files and `manifest.json`, `CURRENT` names the version.
     Only a rename of CURRENT commits a new one."""
 
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, paths: list[str] | None = None):
         self.root = root
+        self.paths = paths  # the job's checkpoint paths: all a worker may send home (None: anything)
 
     def current(self) -> Saved | None:
         try:

@@ -148,7 +148,8 @@ class Job:
         self.sources: dict[str, Path] = {}
         self.thread: threading.Thread | None = None
         self.channel: Channel | None = None  # the connection a driver hands on (exit -> results)
-        self.ckpt_store = checkpoints.Store(self.dir / "checkpoint")
+        self.ckpt_store = checkpoints.Store(self.dir / "checkpoint",
+                                            [checkpoints.DEFAULT_DIR, *(rec.checkpoints or [])])
         self.ckpt_lock = threading.Lock()
         self.syncer: migration.Syncer | None = None
 

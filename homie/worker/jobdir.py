@@ -20,6 +20,7 @@ import errno
 import hashlib
 import os
 import stat
+from collections.abc import Callable
 from pathlib import Path
 
 from homie import files
@@ -255,23 +256,36 @@ def _empty(top: int) -> None:
 
 
 # -- reading back ---------------------------------------------------------------------------
-def scan(root: Path) -> dict[str, tuple[int, int, int]]:
+class TooMany(HomieError):
+    pass
+
+
+def scan(root: Path, keep: Callable[[str, bool], bool] | None = None,
+         limit: int | None = None) -> dict[str, tuple[int, int, int]]:
     """relpath -> (size, mtime_ns, inode) of every regular file under root,
     walked by descriptor; links are neither listed nor followed; what lies
-    deeper than MAX_DEPTH is not listed."""
+    deeper than MAX_DEPTH is not listed. keep(rel, is_dir): whether to look at
+    (into) rel at all; more than `limit` regular files: TooMany (what runs
+    every second must not cost what a job chooses)."""
     out: dict[str, tuple[int, int, int]] = {}
     try:
         for rel_dir, dfd, subdirs, others in walk(root, on_deep="skip"):
             if not rel_dir and files.RESERVED_DIR in subdirs:
                 subdirs.remove(files.RESERVED_DIR)  # homie's own (the unsandboxed job's TMPDIR)
+            if keep is not None:
+                subdirs[:] = [d for d in subdirs if keep(f"{rel_dir}/{d}" if rel_dir else d, True)]
             for name in others:
+                rel = f"{rel_dir}/{name}" if rel_dir else name
+                if keep is not None and not keep(rel, False):
+                    continue
                 try:
                     st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
                 except OSError:
                     continue
                 if stat.S_ISREG(st.st_mode):
-                    rel = f"{rel_dir}/{name}" if rel_dir else name
                     out[rel] = (st.st_size, st.st_mtime_ns, st.st_ino)
+                    if limit is not None and len(out) > limit:
+                        raise TooMany(f"more than {limit} files")
     except OSError:
         pass
     return out

@@ -11,6 +11,7 @@ connections: a dropped link or a closed terminal never stops one.
 from __future__ import annotations
 
 import os
+import random
 import signal
 import socket
 import sys
@@ -201,25 +202,38 @@ class Worker:
             self.log.info("job.evicted", job_id=job.id, submitter=job.submitter, why=why)
         return n
 
+    def _poll_checkpoint(self, job: WorkerJob) -> None:
+        assert job.ckpt is not None
+        # At a random moment of the second: polled on the dot every second, a job that
+        # writes every half second could always be caught writing in the settle pause.
+        time.sleep(random.uniform(0, 0.5))
+        try:
+            if job.ckpt.poll():
+                self.log.info("job.checkpoint", job_id=job.id, seq=job.ckpt.seq,
+                              bytes=job.ckpt.snapshot.size if job.ckpt.snapshot else 0)
+        except (HomieError, OSError) as e:
+            self.warn("job.checkpoint_failed", "cannot take a checkpoint", job_id=job.id, error=str(e))
+        except Exception:
+            self.log.exception("job.checkpoint_crashed", job_id=job.id)
+
     def lending_loop(self, stop: threading.Event) -> None:
         """About every second: take the checkpoints that are due; every few
         seconds under accept_jobs: idle, see whether the owner is back."""
         owner = OwnerWatch(self.config.idle_threshold)
         next_owner = 0.0
+        polling: dict[str, threading.Thread] = {}
         while not stop.wait(1.0):
             with self.lock:
                 running = [j for j in self.jobs.values() if j.state is WorkerJobState.RUNNING and not j.done.is_set()]
+            polling = {k: t for k, t in polling.items() if t.is_alive()}
             for job in running:
-                if job.ckpt is None or job.evicted_by or (job.proc is not None and job.proc.done):
+                if job.ckpt is None or job.evicted_by or (job.proc is not None and job.proc.done) or job.id in polling:
                     continue
-                try:
-                    if job.ckpt.poll():
-                        self.log.info("job.checkpoint", job_id=job.id, seq=job.ckpt.seq,
-                                      bytes=job.ckpt.snapshot.size if job.ckpt.snapshot else 0)
-                except (HomieError, OSError) as e:
-                    self.warn("job.checkpoint_failed", "cannot take a checkpoint", job_id=job.id, error=str(e))
-                except Exception:
-                    self.log.exception("job.checkpoint_crashed", job_id=job.id)
+                # A thread per job: one whose checkpoint takes long to read (a huge
+                # file) holds up neither the other jobs' checkpoints nor the owner's watch.
+                polling[job.id] = t = threading.Thread(target=self._poll_checkpoint, args=(job,),
+                                                       name=f"ckpt-{job.id}", daemon=True)
+                t.start()
             if self.config.accept_jobs != "idle" or time.monotonic() < next_owner:
                 continue
             next_owner = time.monotonic() + SAMPLE_EVERY

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from homie.worker.startd import Worker
 
 PIDS_MAX = 1024  # processes (threads count too) one job may have at once
+MAX_RESULT_BYTES = 64 << 30  # what a submitter takes (files.validate_manifest): more is never read
 
 
 class Starter:
@@ -240,9 +241,12 @@ class Starter:
         # The job's processes are all gone by now (pid namespace, cgroup, uid
         # sweep), and every open below is by descriptor with O_NOFOLLOW: what a
         # job left as a symlink is skipped, never followed.
+        if job.evicted_by:
+            return []  # its submitter takes only its checkpoint: nothing to read (a sparse TiB costs the job nothing)
         changed = jobdir.changed(job.dir, job.inputs_stat)
         out = []
         seen = set()
+        total = 0
         for rel in changed:
             # A job can create names a manifest refuses; skip those, say so, send the rest.
             try:
@@ -259,7 +263,12 @@ class Starter:
             except (OSError, ManifestError):
                 continue
             try:
+                if total + os.fstat(fd).st_size > MAX_RESULT_BYTES:
+                    job.log.append(protocol.STDERR, f"homie: not sending result {rel!r}: the results would be more"
+                                                    f" than {MAX_RESULT_BYTES >> 30} GiB\n".encode())
+                    continue
                 size, sha, _ = files.sha256_fd(fd)
+                total += size
                 mode = 0o755 if os.fstat(fd).st_mode & 0o100 else 0o644
             except OSError:
                 continue
