@@ -73,10 +73,14 @@ def main(argv: list[str] | None = None) -> None:
     except (Exception, KeyboardInterrupt) as e:
         failed(e)
     # The exit status and the results are home: leave now, without the interpreter's
-    # teardown (nothing of ours is left to run: no atexit handler, no non-daemon thread).
+    # teardown (nothing of ours is left to run: no non-daemon thread). atexit handlers
+    # (none of homie's; an embedding wrapper's) still run.
     try:
         sys.stdout.flush()
         sys.stderr.flush()
     except (Exception, KeyboardInterrupt) as e:
         failed(e)
+    import atexit
+
+    atexit._run_exitfuncs()
     os._exit(code)
