@@ -62,3 +62,57 @@ def test_homie_run_never_loads_click(tmp_path):
                          env={"HOMIE_HOME": str(tmp_path / "h"), "PATH": "/usr/bin:/bin"})
     assert out.stdout.split() == ["2", "False", "False"], out
     assert out.stderr == "error: script not found: nope.py\n"
+
+
+# -- homie map's default in-flight bound ----------------------------------------------------------
+
+
+def test_map_keeps_twice_the_slots_in_flight():
+    from homie.cli.map import default_in_flight
+
+    peers = [{"name": "me", "max_jobs": 2, "status": "idle"}, {"name": "b", "max_jobs": 2, "status": "busy"},
+             {"name": "d", "max_jobs": 4, "status": "idle"}]
+    assert default_in_flight(peers, 1000) == 16
+    assert default_in_flight(peers, 10) == 10  # never more than the inputs
+    assert default_in_flight(peers, 1) == 1
+    # paused peers take nothing; a peer that does not say counts as one slot
+    assert default_in_flight([*peers, {"name": "p", "max_jobs": 8, "status": "paused"}, {"name": "x"}], 1000) == 18
+    # --gpu: only peers with a GPU
+    assert default_in_flight([*peers, {"name": "g", "max_jobs": 1, "gpu": "A100"}], 1000, gpu=True) == 2
+    # nobody (or nobody free to count): the jobs still go to the queue and wait there
+    assert default_in_flight([], 1000) == 2
+    assert default_in_flight([{"name": "p", "max_jobs": 8, "status": "paused"}], 1000) == 2
+    assert default_in_flight([{"max_jobs": None}, {"max_jobs": True}, {"max_jobs": 0}], 1000) == 6
+
+
+def test_map_gate_follows_its_limit():
+    import threading
+    import time
+
+    from homie.cli.map import _Gate
+
+    gate = _Gate(1)
+    inside = []
+    release = threading.Event()
+
+    def one(i):
+        with gate:
+            inside.append(i)
+            release.wait(10)
+
+    threads = [threading.Thread(target=one, args=(i,), daemon=True) for i in range(3)]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + 10
+    while len(inside) < 1 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.1)
+    assert len(inside) == 1
+    gate.set_limit(3)
+    while len(inside) < 3 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert len(inside) == 3
+    release.set()
+    for t in threads:
+        t.join(10)
+    assert gate.held == 0
