@@ -144,13 +144,16 @@ class Pipeline:
     def __init__(self, buffers: int = 8, size: int = protocol.MAX_DATA):
         import queue
 
+        # Buffers are made as they are first needed and the thread starts with the first
+        # chunk: a job of a few small files (most of them) costs one buffer, not 8 MiB
+        # zeroed and a thread per upload.
         self._free: queue.Queue[bytearray] = queue.Queue()
-        for _ in range(buffers):
-            self._free.put(bytearray(size))
+        self._made = 0
+        self._max = buffers
+        self._size = size
         self._work: queue.Queue[tuple[Any, bytearray | None, int] | None] = queue.Queue()
         self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name="pipeline", daemon=True)
-        self._thread.start()
+        self._thread: threading.Thread | None = None
 
     def _run(self) -> None:
         while True:
@@ -173,6 +176,9 @@ class Pipeline:
 
     def buffer(self) -> bytearray:
         self.check()
+        if self._made < self._max and self._free.empty():
+            self._made += 1
+            return bytearray(self._size)
         return self._free.get()
 
     def give_back(self, buf: bytearray) -> None:
@@ -180,6 +186,9 @@ class Pipeline:
 
     def put(self, fn, buf: bytearray | None = None, n: int = 0) -> None:
         """Run fn(view of buf[:n]) (or fn(None)) on the writer thread, in order."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="pipeline", daemon=True)
+            self._thread.start()
         self._work.put((fn, buf, n))
 
     def check(self) -> None:
@@ -188,6 +197,9 @@ class Pipeline:
 
     def drain(self) -> None:
         """Wait until everything queued so far is done; re-raise a writer error."""
+        if self._thread is None:
+            self.check()
+            return
         done = threading.Event()
         self._work.put((lambda _: done.set(), None, 0))
         done.wait()
@@ -200,5 +212,6 @@ class Pipeline:
             pass
 
     def close(self) -> None:
-        self._work.put(None)
-        self._thread.join(5)
+        if self._thread is not None:
+            self._work.put(None)
+            self._thread.join(5)
