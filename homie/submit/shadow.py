@@ -81,7 +81,7 @@ class Shadow(Attempts):
         if job.manifest is None:
             self.intake.collect(job)
         try:
-            ch = self.dial.connect(job.peer_ip, job.peer_port)
+            ch = self.dial.connect_warm(job.peer_ip, job.peer_port)
         except ConnectionClosed as e:
             self._requeue(job, f"could not reach {job.peer_name}: {e}")
             return
