@@ -8,16 +8,17 @@ import threading
 import time
 
 from homie import PROTOCOL_VERSION, __version__
-from homie.errors import EXIT_PEER_LOST, HomieError
+from homie.errors import EXIT_PEER_LOST, HomieError, ProtocolError
 from homie.wire import protocol, waitfd
 from homie.wire.channel import Channel, ConnectionClosed
 from homie.wire.protocol import Conversation
 from homie.wire.trust import SERVER_HOSTNAME
 
 CONNECT_TIMEOUT = 5.0
-# A spare connection (see Dialer.connect_warm) is used within this many seconds or
+# An idle connection (see Dialer.connect_warm) is used within this many seconds or
 # closed: well inside the worker's idle timeout (worker/session.py, 60 s).
 SPARE_TTL = 20.0
+SPARES_PER_PEER = 4
 
 # TLS failures that mean "not our group" rather than "the link broke".
 _KEY_REFUSALS = {"CERTIFICATE_VERIFY_FAILED", "TLSV1_ALERT_UNKNOWN_CA", "TLSV13_ALERT_CERTIFICATE_REQUIRED",
@@ -30,42 +31,69 @@ class Dialer:
     def __init__(self, trust):
         self.trust = trust
         self._lock = threading.Lock()
-        self._spares: dict[tuple[str, int], tuple[Channel, float]] = {}  # (ip, port) -> (channel, dialed at)
+        # (ip, port) -> idle connections to that peer, oldest first, with when they came to rest
+        self._spares: dict[tuple[str, int], list[tuple[Channel, float]]] = {}
         self._dialing: set[tuple[str, int]] = set()
 
     def connect_warm(self, ip: str, port: int, timeout: float = CONNECT_TIMEOUT) -> Channel:
-        """connect(), from a spare connection dialed ahead when there is one, and a new
-        spare dialed in the background for the next job to this peer: its TCP and TLS
-        handshakes and the greeting stay off the job's path. One spare per peer at most,
-        each used within SPARE_TTL or closed."""
+        """connect(), reusing an idle connection to this peer when there is one: one an
+        earlier job handed back (give_back), or a spare dialed ahead. When there was none
+        and this one had to be dialed on the job's path, a spare is dialed in the
+        background for the next job: after a peer's first job, no TCP or TLS handshake
+        and no greeting sits on a job's path. Idle connections are kept SPARE_TTL at most,
+        SPARES_PER_PEER per peer."""
         key = (ip, port)
         ch = self._take_spare(key)
         if ch is None:
             ch = self.connect(ip, port, timeout)
-        self._refill(key)
+            self._refill(key)
         return ch
+
+    def give_back(self, ip: str, port: int, ch: Channel) -> None:
+        """A connection a job is done with: kept for the next job to this peer when its
+        conversation is back at rest (IDLE), else closed."""
+        if ch.closed or ch.conv is None or ch.conv.state != protocol.IDLE:
+            ch.close()
+            return
+        with self._lock:
+            pool = self._spares.setdefault((ip, port), [])
+            if len(pool) < SPARES_PER_PEER:
+                pool.append((ch, time.monotonic()))
+                return
+        try:
+            ch.send("bye")
+        except (ConnectionClosed, OSError, ProtocolError):
+            pass
+        ch.close()
 
     def _take_spare(self, key: tuple[str, int]) -> Channel | None:
         now = time.monotonic()
+        dead = []
+        found = None
         with self._lock:
-            spare = self._spares.pop(key, None)
-            stale = [k for k, (_, at) in self._spares.items() if now - at > SPARE_TTL]
-            dead = [self._spares.pop(k)[0] for k in stale]
+            for k, pool in list(self._spares.items()):
+                keep = [(ch, at) for ch, at in pool if now - at <= SPARE_TTL]
+                dead += [ch for ch, at in pool if now - at > SPARE_TTL]
+                if k == key:
+                    while keep and found is None:
+                        ch, _ = keep.pop()  # the newest
+                        # Anything to read on an idle connection means it is over (the
+                        # worker closed it or restarted): nobody speaks on one at rest.
+                        if _readable(ch):
+                            dead.append(ch)
+                        else:
+                            found = ch
+                if keep:
+                    self._spares[k] = keep
+                else:
+                    del self._spares[k]
         for ch in dead:
             ch.close()
-        if spare is None:
-            return None
-        ch, at = spare
-        # Anything to read on an idle connection means it is over (the worker closed it
-        # or restarted): a channel nobody spoke on has nothing to say.
-        if now - at > SPARE_TTL or _readable(ch):
-            ch.close()
-            return None
-        return ch
+        return found
 
     def _refill(self, key: tuple[str, int]) -> None:
         with self._lock:
-            if key in self._spares or key in self._dialing:
+            if self._spares.get(key) or key in self._dialing:
                 return
             self._dialing.add(key)
         threading.Thread(target=self._dial_spare, args=(key,), name=f"dial-{key[0]}", daemon=True).start()
@@ -79,11 +107,8 @@ class Dialer:
         finally:
             with self._lock:
                 self._dialing.discard(key)
-                old = self._spares.pop(key, None)
-                if ch is not None:
-                    self._spares[key] = (ch, time.monotonic())
-        if old is not None:
-            old[0].close()
+        if ch is not None:
+            self.give_back(*key, ch)
 
     def connect(self, ip: str, port: int, timeout: float = CONNECT_TIMEOUT) -> Channel:
         """A channel in IDLE state, or ConnectionClosed (the link: try again) or
