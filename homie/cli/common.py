@@ -1,13 +1,17 @@
 """What every verb shares: the home, the control-socket client, homie's own lines, tables.
 
-Only the standard library, click and homie's lightest modules are imported here:
-every `homie` command imports this module.
+Only the standard library and homie's lightest modules are imported here, not
+click: every `homie` command imports this module, and `homie run` in its common
+form never loads click (homie.cli.fast).
 """
 
 from __future__ import annotations
 
-import click
+import os
+import sys
+from typing import NoReturn
 
+from homie.errors import EXIT_INTERNAL, HomieError
 from homie.home import Home
 
 ARROW = "→"
@@ -25,14 +29,55 @@ def printable(text: str) -> str:
     return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
+def echo(message: str, err: bool = False) -> None:
+    """click.echo for a line of text, without importing click: the line and a newline,
+    flushed. click strips ANSI escapes when the stream is not a terminal and copes
+    with streams that cannot encode the text: such lines still go through click."""
+    out = sys.stderr if err else sys.stdout
+    if out is None:
+        return
+    if "\x1b" not in message:
+        try:
+            out.write(message + "\n")
+            out.flush()
+            return
+        except UnicodeEncodeError:
+            pass
+    import click
+
+    click.echo(message, err=err)
+
+
 def error_line(message: str) -> None:
     """An error as users see every one: `error: ...`, one line, on stderr."""
-    click.echo(f"error: {printable(message)}", err=True)
+    echo(f"error: {printable(message)}", err=True)
 
 
 def say(text: str) -> None:
     """homie's own lines go to stderr, always: stdout carries the job's output alone."""
-    click.echo(f"{ARROW} {text}", err=True)
+    echo(f"{ARROW} {text}", err=True)
+
+
+def failed(e: BaseException) -> NoReturn:
+    """The one error path of every verb (homie.cli.app's group, homie.cli.fast): any
+    HomieError becomes its one-line message on stderr and its exit code
+    (homie.errors); never a traceback."""
+    if isinstance(e, HomieError):
+        error_line(str(e))
+        sys.exit(e.exit_code)
+    if isinstance(e, KeyboardInterrupt):
+        # Verbs that run jobs handle Ctrl-C themselves; anywhere else nothing is left behind.
+        echo(f"\n{ARROW} interrupted (jobs already queued go on: homie ps)", err=True)
+        sys.exit(130)
+    if isinstance(e, BrokenPipeError):
+        # `homie ps | head`: the reader is gone, which is no error of ours.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(0)
+    if os.environ.get("HOMIE_DEBUG"):
+        raise e
+    echo(f"error: internal error: {type(e).__name__}: {printable(str(e))}"
+         " (HOMIE_DEBUG=1 shows the traceback; please report it)", err=True)
+    sys.exit(EXIT_INTERNAL)
 
 
 def client(timeout: float | None = 10.0, home: Home | None = None):

@@ -9,9 +9,7 @@ from __future__ import annotations
 import os
 import sys
 
-import click
-
-from homie.cli.common import ARROW, client, say, size
+from homie.cli.common import ARROW, client, echo, say, size
 from homie.client import Ended, JobEvent, OutputEvent, deliver  # noqa: F401  (deliver: for jobs, map)
 from homie.errors import EXIT_FAILURE, EXIT_INTERNAL, EXIT_NO_DAEMON, EXIT_TRANSFER, EXIT_USAGE, HomieError
 
@@ -161,7 +159,7 @@ def _finish_run(end, out_dir: str | None, quiet: bool) -> int:
             try:
                 saved = deliver(end.results, end.results_dir, out_dir, end.job_id)
             except OSError as e:
-                click.echo(f"error: cannot save results into {out_dir}: {e.strerror or e}", err=True)
+                echo(f"error: cannot save results into {out_dir}: {e.strerror or e}", err=True)
                 return EXIT_TRANSFER
             if not quiet:
                 for p in saved:
@@ -189,18 +187,18 @@ def _install_interrupt(state: dict) -> None:
         state["interrupts"] += 1
         job = state["job_id"]
         if not job:
-            click.echo(f"\n{ARROW} interrupted before the job was queued: nothing runs", err=True)
+            echo(f"\n{ARROW} interrupted before the job was queued: nothing runs", err=True)
             os._exit(130)
         n = state["interrupts"]
         if state.get("detach") or n > 2:
-            click.echo(f"\n{ARROW} detached; job {job} goes on (homie attach {job} follows it,"
+            echo(f"\n{ARROW} detached; job {job} goes on (homie attach {job} follows it,"
                        f" homie kill {job} stops it)", err=True)
             os._exit(130)
         if n == 1:
-            click.echo(f"\n{ARROW} interrupting job {job} (Ctrl-C again to kill it)", err=True)
+            echo(f"\n{ARROW} interrupting job {job} (Ctrl-C again to kill it)", err=True)
             threading.Thread(target=send, args=(signal.SIGINT,), daemon=True).start()
         else:
-            click.echo(f"\n{ARROW} killing job {job}", err=True)
+            echo(f"\n{ARROW} killing job {job}", err=True)
             threading.Thread(target=send, args=(signal.SIGKILL,), daemon=True).start()
 
     signal.signal(signal.SIGINT, handler)

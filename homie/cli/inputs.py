@@ -6,8 +6,6 @@ from __future__ import annotations
 import os
 import sys
 
-import click
-
 from homie.cli.common import printable, say, size
 from homie.errors import EXIT_USAGE, HomieError
 from homie.home import Home
@@ -46,6 +44,8 @@ def parse_duration(text: str) -> float:
     except ValueError:
         value = -1
     if not value > 0 or value != value or value == float("inf"):
+        import click
+
         raise click.BadParameter(f"{text!r} is not a duration (examples: 30s, 10m, 2h, 1d)")
     return value
 

@@ -92,7 +92,8 @@ kills them. Exit status: 0 when every input succeeded, 4 when any failed,
 @click.option("--over", "pattern", required=True, metavar="GLOB",
               help="Glob of inputs, one job each (quote it: 'data/*.csv').")
 @click.option("-j", "--jobs", "max_jobs", type=click.IntRange(min=0), default=0, metavar="N",
-              help="At most N jobs in flight (default: all; the queue spreads them).")
+              help="At most N jobs in flight (default: twice the job slots of the online peers, this machine's"
+                   " included).")
 @click.option("-f", "--file", "files", multiple=True, metavar="FILE", help="Also send FILE with every job.")
 @click.option("-o", "--output", "out_dir", default="results", show_default=True, metavar="DIR",
               help="Results go to DIR/<input-name>/.")
@@ -124,7 +125,9 @@ def map_cmd(pattern, max_jobs, files, out_dir, gpu, retries, checkpoints, halt, 
         retries = client().request("status").get("retries", 2)
     log = _JobLog(joblog) if joblog else None
     names = _input_names(inputs)
-    gate = threading.Semaphore(max_jobs if max_jobs > 0 else len(inputs))
+    gate = _Gate(max_jobs if max_jobs > 0 else _in_flight_now(gpu, len(inputs)))
+    if max_jobs <= 0:
+        threading.Thread(target=_follow_slots, args=(gate, gpu, len(inputs)), daemon=True).start()
     m = _MapRun(inputs, halt)
     bar = _MapBar(len(inputs)) if (bar if bar is not None else sys.stderr.isatty()) else None
     out_lock = threading.Lock()
@@ -232,6 +235,70 @@ def _map_one(seq, path, name, script, args, files, gpu, retries, out_dir, m, wri
     m.record(path, out)
     if log:
         log.write(seq, out, ["homie", "run", script, *job_args])
+
+
+# Without -j, twice the slots of the peers are in flight: every slot busy, and as many
+# jobs again queued in the daemon, ready the moment a slot frees. More would only sit
+# in the submitting daemon (a thread, a connection and a job record each).
+IN_FLIGHT_PER_SLOT = 2
+SLOTS_EVERY = 5.0  # seconds between looks at the peers' slots while a map runs
+
+
+def default_in_flight(peers: list[dict], inputs: int, gpu: bool = False) -> int:
+    """How many inputs a map keeps in flight without -j: IN_FLIGHT_PER_SLOT per job slot
+    the online peers advertise (max_jobs; this machine is among the peers), paused ones
+    left out, only GPU peers for a --gpu map; at least IN_FLIGHT_PER_SLOT (the jobs
+    wait in the queue for a peer), at most the number of inputs."""
+    slots = 0
+    for p in peers:
+        if p.get("status") == "paused" or (gpu and not p.get("gpu")):
+            continue
+        n = p.get("max_jobs")
+        slots += max(1, n if isinstance(n, int) and not isinstance(n, bool) else 1)
+    return max(1, min(inputs, IN_FLIGHT_PER_SLOT * max(1, slots)))
+
+
+def _in_flight_now(gpu: bool, inputs: int) -> int:
+    res = client().request("peers")
+    return default_in_flight([*res.get("peers", []), *([res["me"]] if res.get("me") else [])], inputs, gpu)
+
+
+def _follow_slots(gate: _Gate, gpu: bool, inputs: int) -> None:
+    """Peers come and go while a map runs: the bound follows their slots."""
+    while True:
+        time.sleep(SLOTS_EVERY)
+        try:
+            gate.set_limit(_in_flight_now(gpu, inputs))
+        except Exception:
+            pass  # the daemon is busy or going: the bound stays as it was
+
+
+class _Gate:
+    """A semaphore whose size can change while threads wait on it."""
+
+    def __init__(self, limit: int):
+        import threading
+
+        self.limit = limit
+        self.held = 0
+        self.cond = threading.Condition()
+
+    def set_limit(self, limit: int) -> None:
+        with self.cond:
+            self.limit = limit
+            self.cond.notify_all()
+
+    def __enter__(self) -> _Gate:
+        with self.cond:
+            while self.held >= self.limit:
+                self.cond.wait()
+            self.held += 1
+        return self
+
+    def __exit__(self, *exc) -> None:
+        with self.cond:
+            self.held -= 1
+            self.cond.notify()
 
 
 class _JobLog:

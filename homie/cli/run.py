@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import json
-import os
 import sys
 
 import click
 
-from homie.cli.common import ARROW, checked_home, client, example
-from homie.cli.follow import check_out_dir, follow_stream
-from homie.cli.inputs import check_args, check_inputs, parse_duration, parse_env, read_stdin, utf8
-from homie.client.events import Ended, typed
-from homie.errors import EXIT_NO_PEER, EXIT_OK, EXIT_USAGE, EXIT_WOULD_WAIT, HomieError
+from homie.cli.common import example
+from homie.cli.inputs import parse_duration
+from homie.cli.runjob import run_job
 
 RUN_HELP = """Run SCRIPT [ARGS]... on the best idle peer; output streams back live.
 
@@ -72,57 +68,10 @@ says nothing but errors. Piped or redirected stdin is forwarded to the job.
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
 def run(peer, files, directory, out_dir, gpu, env_pairs, env_file, timeout, label, quiet, no_stdin, executor,
         scheduler, checkpoints, retries, detach, explain, as_json, script, args):
-    if as_json and not (detach or explain):
-        raise HomieError("--json goes with --detach or --explain (a running job's output is not JSON)", EXIT_USAGE)
-    check_inputs(script, files, directory)
-    check_args(list(args))
-    env = parse_env(env_pairs, env_file)
-    if label is not None:
-        utf8("--name", label)
-    if not explain and not detach:
-        check_out_dir(out_dir)
-    req = client(timeout=None).run_request(
-        script, list(args), cwd=utf8("this directory", os.getcwd()), files=list(files), directory=directory,
-        peer=peer, gpu=gpu, executor=executor, scheduler=scheduler, detach=detach, explain=explain, env=env,
-        timeout=timeout, name=label, retries=retries,
-        checkpoint=[utf8("--checkpoint", c) for c in checkpoints] or None)
-    if explain:
-        _explain(req, as_json)
-        return
-    conn = client(timeout=None).connect()  # NoDaemon (69) now, before stdin is read
-    req["stdin_file"] = None if no_stdin else read_stdin(checked_home())
-    try:
-        if detach:
-            job_id = None
-            for ev in typed(conn.stream("run", **req)):
-                if isinstance(ev, Ended):
-                    job_id = ev.info.job_id
-            click.echo(json.dumps({"job_id": job_id}) if as_json else job_id)
-            return
-        code = follow_stream(typed(conn.stream("run", **req)), out_dir, quiet=quiet)
-    finally:
-        if req["stdin_file"] and os.path.exists(req["stdin_file"]):
-            os.unlink(req["stdin_file"])  # the daemon did not take it: the job was refused
-    sys.exit(code)
-
-
-def _explain(req: dict, as_json: bool) -> None:
-    res = client(timeout=None).request("run", **req)
-    code = EXIT_OK if res["chosen"] else (EXIT_WOULD_WAIT if res.get("verdict") == "wait" else EXIT_NO_PEER)
-    if as_json:
-        click.echo(json.dumps(res, indent=2))
-        sys.exit(code)
-    for p in res["peers"]:
-        mark = "eligible" if p["eligible"] else "not eligible: " + "; ".join(p["reasons"])
-        who = p["name"] + (" (this machine)" if p["local"] else "")
-        click.echo(f"{who:24} {p['ip']:16} {mark}")
-    if res["chosen"]:
-        click.echo(f"{ARROW} would run on {res['chosen']}")
-    elif res.get("verdict") == "wait":
-        click.echo(f"{ARROW} the job would wait: {res.get('why') or 'no peer is free now'}")
-    else:
-        click.echo(f"{ARROW} the job cannot run: {res.get('why') or 'no peer can take it'}")
-    sys.exit(code)
+    sys.exit(run_job(script, list(args), peer=peer, files=files, directory=directory, out_dir=out_dir, gpu=gpu,
+                     env_pairs=env_pairs, env_file=env_file, timeout=timeout, label=label, quiet=quiet,
+                     no_stdin=no_stdin, executor=executor, scheduler=scheduler, checkpoints=checkpoints,
+                     retries=retries, detach=detach, explain=explain, as_json=as_json))
 
 
 COMMANDS = (run,)

@@ -352,7 +352,9 @@ class Handlers:
             if p and time.monotonic() - last_progress > PROGRESS_EVERY:
                 last_progress = time.monotonic()
                 ch.send("event", kind="progress", job_id=job.id, **p)
-            recs = read_records(job.log.path, offset)
+            # Nothing past what the log says it wrote: no file to open (this loop turns
+            # every FOLLOW_POLL for every job followed).
+            recs = read_records(job.log.path, offset) if offset < job.log.end else []
             for stream, end, data in recs:
                 ch.send_output(stream, end, data)
                 offset = end
@@ -364,7 +366,7 @@ class Handlers:
             if not live and offset >= job.log.end:
                 self._end(job)
                 return
-            job.log.wait(offset, FOLLOW_POLL)
+            _wait_for_more(job, offset)
 
     def _end(self, job) -> None:
         """The last message of a follow: how the job ended (or where it is, if not over)."""
@@ -401,6 +403,17 @@ class Handlers:
             raise HomieError(f"job {job.id} is still {job.state}", EXIT_USAGE)
         self.services.submitter.forget(job)
         self.reply(replies.Forgotten(forgotten=job.id))
+
+
+def _wait_for_more(job, offset: int) -> None:
+    """Until the job's log grows past offset or the job ends, FOLLOW_POLL at most (state
+    changes are looked at that often). Its log is finished from the job's exit until its
+    results are home: JobLog.wait would return at once all that time, and the follow
+    loop would spin. Ending the job finishes its log again, which wakes this."""
+    log = job.log
+    with log.cond:
+        if log.end <= offset and not job.terminal:
+            log.cond.wait(FOLLOW_POLL)
 
 
 def job_wait(job) -> None:

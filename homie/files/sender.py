@@ -36,9 +36,12 @@ class Sender:
     def __init__(self, ch, *, buffers: int = 4, frame: int = FRAME):
         self.ch = ch
         self._frame = frame
+        # Buffers are made as first needed: most jobs are a few small files, and a
+        # map of tiny inputs should not zero 4 MiB per job.
         self._free: queue.Queue[_Slot] = queue.Queue()
-        for _ in range(buffers):
-            self._free.put(_Slot(frame))
+        self._made = 0
+        self._max = buffers
+        self._made_lock = threading.Lock()
         self.sent = 0
 
     def send(self, items: Iterable[Outgoing], *, progress: Callable[[int], None] | None = None,
@@ -90,6 +93,11 @@ class Sender:
                 self._free.put(rest[0])
 
     def _slot(self, stop: threading.Event) -> _Slot | None:
+        if self._free.empty():
+            with self._made_lock:
+                if self._made < self._max:
+                    self._made += 1
+                    return _Slot(self._frame)
         while not stop.is_set():
             try:
                 return self._free.get(timeout=0.1)

@@ -20,6 +20,8 @@ from homie.submit.intake import Intake
 from homie.submit.job import Job, JobRecord, JobState
 from homie.submit.shadow import Me, Shadow
 
+REAP_EVERY = 0.5  # seconds between looks for stale attempts to stop
+
 
 class Submitter:
     def __init__(self, config, log, store, home, me: Me, dial, peers, local_peer: Callable[[], Peer], karma):
@@ -32,6 +34,12 @@ class Submitter:
         self.local_peer = local_peer
         self.outbox = Path(home.outbox)
         self.jobs: dict[str, Job] = {}
+        # The jobs not yet over, which the queue looks at on every turn: the table keeps
+        # every job ever sent (homie ps --all), and a big map leaves thousands behind.
+        # An ended job never runs again (restart makes a new one), so ended ones are
+        # dropped from here lazily (_live_jobs).
+        self._live: dict[str, Job] = {}
+        self._reaped_at = 0.0
         self.lock = threading.Lock()
         self.wake = threading.Condition()
         self.dispatcher = Dispatcher(config, me.name, me.started)
@@ -50,6 +58,7 @@ class Submitter:
             # not when their request arrived (hashing inputs takes a while).
             job.update(created=time.time())
             self.jobs[job.id] = job
+            self._live[job.id] = job
         self.save(job)
         self.log.info("job.submitted", job_id=job.id, script=job.script, files=len(job.manifest or []))
         self.kick()
@@ -86,6 +95,8 @@ class Submitter:
             job = Job(JobRecord.from_doc(doc), self.outbox)
             with self.lock:
                 self.jobs[job.id] = job
+                if not job.terminal:
+                    self._live[job.id] = job
             if not job.terminal:
                 job.ckpt_store.cleanup()  # a checkpoint fetch cut short by the restart
             if job.state == JobState.UPLOADING:
@@ -108,6 +119,12 @@ class Submitter:
         with self.wake:
             self.wake.notify_all()
 
+    def _live_jobs(self) -> list[Job]:
+        with self.lock:
+            for job_id in [i for i, j in self._live.items() if j.terminal]:
+                del self._live[job_id]
+            return list(self._live.values())
+
     def dispatch_loop(self, stop: threading.Event) -> None:
         """Assign queued jobs to peers in submission order."""
         while not stop.is_set():
@@ -116,7 +133,11 @@ class Submitter:
             except Exception:
                 self.log.exception("dispatch.failed")
             try:
-                self.reap_stale()
+                # Stale attempts are a matter of seconds (migration.Reaper): a look every
+                # REAP_EVERY is enough, not one per kick (every job start and end).
+                if time.monotonic() - self._reaped_at >= REAP_EVERY:
+                    self._reaped_at = time.monotonic()
+                    self.reap_stale()
             except Exception:
                 self.log.exception("dispatch.reap_failed")
             with self.wake:
@@ -125,15 +146,13 @@ class Submitter:
     def candidates(self) -> list[Peer]:
         """Online peers (this machine first) with the free slots we can count on."""
         ours: dict[str, int] = {}
-        with self.lock:
-            for j in self.jobs.values():
-                if j.state in (JobState.UPLOADING, JobState.RUNNING) and j.peer_instance:
-                    ours[j.peer_instance] = ours.get(j.peer_instance, 0) + 1
+        for j in self._live_jobs():
+            if j.state in (JobState.UPLOADING, JobState.RUNNING) and j.peer_instance:
+                ours[j.peer_instance] = ours.get(j.peer_instance, 0) + 1
         return self.dispatcher.candidates([self.local_peer(), *self.peers.snapshot()], ours)
 
     def _dispatch_once(self) -> None:
-        with self.lock:
-            queued = {j.id: j for j in self.jobs.values() if j.state == JobState.QUEUED}
+        queued = {j.id: j for j in self._live_jobs() if j.state == JobState.QUEUED}
         if not queued:
             return
         asks = [Ask(job_id=j.id, script=j.script or "", created=j.created, gpu=j.gpu, peer=j.peer,
@@ -197,6 +216,7 @@ class Submitter:
     def forget(self, job: Job) -> None:
         with self.lock:
             self.jobs.pop(job.id, None)
+            self._live.pop(job.id, None)
         self.store.delete_job(job.id)
         job.log.close()
         shutil.rmtree(job.dir, ignore_errors=True)

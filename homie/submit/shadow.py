@@ -80,7 +80,7 @@ class Shadow(Attempts):
         if job.manifest is None:
             self.intake.collect(job)
         try:
-            ch = self.dial.connect(job.peer_ip, job.peer_port)
+            ch = self.dial.connect_warm(job.peer_ip, job.peer_port)
         except ConnectionClosed as e:
             self._requeue(job, f"could not reach {job.peer_name}: {e}")
             return
@@ -100,8 +100,9 @@ class Shadow(Attempts):
                     # It will never take this job (no GPU, no such executor...): ask others.
                     why = f"{job.peer_name}: {reply['reason']}"
                     job.update(refusals={**(job.refusals or {}), job.peer_instance: why})
-                self._requeue(job, reply["reason"])
-                ch.close()
+                at = (job.peer_ip, job.peer_port)
+                self._requeue(job, reply["reason"])  # forgets the peer
+                self.dial.give_back(*at, ch)  # at rest after a refusal: the next job's
                 return
             if reply.t == "error":
                 ch.close()
@@ -303,12 +304,13 @@ class Shadow(Attempts):
         while True:
             try:
                 ch, job.channel = job.channel, None
+                at = (job.peer_ip, job.peer_port)
                 if ch is None or ch.closed:
-                    ch = self.dial.connect(job.peer_ip, job.peer_port)
+                    ch = self.dial.connect(*at)
                 try:
                     transfer.download(job, ch, self.save)
                 finally:
-                    ch.close()
+                    self.dial.give_back(*at, ch)  # back at rest (IDLE): the next job's, else closed
                 break
             except Lost as e:
                 self._lost(job, f"results are gone from {job.peer_name}: {e}")

@@ -111,4 +111,3 @@ def download(job: Job, ch: Channel, save) -> None:
     save(job)
     ch.send("ack", job_id=job.wire_id, **_auth(job))
     ch.recv_msg("ok", "error", timeout=10)
-    ch.send("bye")

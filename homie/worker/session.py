@@ -308,9 +308,11 @@ class Session:
         if job is not None and not job.answers_to(peer, msg.get("token")):
             ch.send("error", message=f"job {job.id} on {self.w.me.name} is {job.submitter}'s", code="forbidden")
             return
-        if job is not None and job.done.is_set():
-            self.w.drop(job, "delivered")
         ch.send("ok")
+        if job is not None and job.done.is_set():
+            # After the answer: the submitter has its results, and removing the job
+            # directory is this machine's business, not something its job waits for.
+            self.w.drop(job, "delivered")
 
     def _on_signal(self, ch, msg, peer, ip) -> None:
         with self.w.lock:

@@ -1,0 +1,118 @@
+"""homie.cli.fast: `homie run` parsed without click must mean exactly what click makes of
+the same command line, and hand everything else to click."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from homie.cli.fast import parse_run
+from homie.cli.run import run as click_run
+
+SERVED = [
+    ["hello.py"],
+    ["hello.py", "--epochs", "10", "-n", "x"],
+    ["-n", "b", "hello.py"],
+    ["--peer=b", "--gpu", "-q", "hello.py", "a", "--", "b"],
+    ["-f", "data.csv", "--file", "*.txt", "-e", "A=1", "--env=B=2", "-o", "out", "--name", "exp 1",
+     "--no-stdin", "-d", ".", "train.py", "-x"],
+    ["-n", "a", "-n", "b", "--quiet", "--output=", "t.py"],
+    ["--name", "", "t.py", "--help"],
+]
+
+REFUSED = [
+    [], ["-h"], ["--help"], ["-n"], ["-n", "b"], ["--", "t.py"], ["-nb", "t.py"], ["--peeer", "b", "t.py"],
+    ["--gpu=1", "t.py"], ["-n", "-q", "t.py"], ["--detach", "t.py"], ["--explain", "t.py"], ["--timeout", "1m", "t.py"],
+    ["--checkpoint", "c", "t.py"], ["--retries", "2", "t.py"], ["--env-file", "e", "t.py"], ["-qn", "b", "t.py"],
+    ["-", "t.py"], ["-"],
+]
+
+
+@pytest.mark.parametrize("argv", SERVED)
+def test_fast_path_parses_as_click_does(argv):
+    parsed = parse_run(argv)
+    assert parsed is not None
+    script, args, opts = parsed
+    ctx = click_run.make_context("run", list(argv))
+    p = ctx.params
+    assert script == p["script"] and args == list(p["args"])
+    defaults = {"peer": None, "files": (), "directory": None, "out_dir": "results", "gpu": False, "env_pairs": (),
+                "label": None, "quiet": False, "no_stdin": False}
+    for key, default in defaults.items():
+        assert opts.get(key, default) == p[key], key
+    # what the fast path cannot take stays at click's defaults
+    for key in ("env_file", "timeout", "executor", "scheduler", "retries"):
+        assert p[key] is None
+    assert p["checkpoints"] == () and not p["detach"] and not p["explain"] and not p["as_json"]
+
+
+@pytest.mark.parametrize("argv", REFUSED)
+def test_fast_path_leaves_the_rest_to_click(argv):
+    assert parse_run(argv) is None
+
+
+def test_homie_run_never_loads_click(tmp_path):
+    """The fast path up to where it needs the daemon: no click, no rich."""
+    code = ("import sys; sys.argv = ['homie', 'run', 'nope.py']; from homie.cli import main\n"
+            "try:\n    main()\nexcept SystemExit as e:\n"
+            "    print(e.code, 'click' in sys.modules, 'rich' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path,
+                         env={"HOMIE_HOME": str(tmp_path / "h"), "PATH": "/usr/bin:/bin"})
+    assert out.stdout.split() == ["2", "False", "False"], out
+    assert out.stderr == "error: script not found: nope.py\n"
+
+
+# -- homie map's default in-flight bound ----------------------------------------------------------
+
+
+def test_map_keeps_twice_the_slots_in_flight():
+    from homie.cli.map import default_in_flight
+
+    peers = [{"name": "me", "max_jobs": 2, "status": "idle"}, {"name": "b", "max_jobs": 2, "status": "busy"},
+             {"name": "d", "max_jobs": 4, "status": "idle"}]
+    assert default_in_flight(peers, 1000) == 16
+    assert default_in_flight(peers, 10) == 10  # never more than the inputs
+    assert default_in_flight(peers, 1) == 1
+    # paused peers take nothing; a peer that does not say counts as one slot
+    assert default_in_flight([*peers, {"name": "p", "max_jobs": 8, "status": "paused"}, {"name": "x"}], 1000) == 18
+    # --gpu: only peers with a GPU
+    assert default_in_flight([*peers, {"name": "g", "max_jobs": 1, "gpu": "A100"}], 1000, gpu=True) == 2
+    # nobody (or nobody free to count): the jobs still go to the queue and wait there
+    assert default_in_flight([], 1000) == 2
+    assert default_in_flight([{"name": "p", "max_jobs": 8, "status": "paused"}], 1000) == 2
+    assert default_in_flight([{"max_jobs": None}, {"max_jobs": True}, {"max_jobs": 0}], 1000) == 6
+
+
+def test_map_gate_follows_its_limit():
+    import threading
+    import time
+
+    from homie.cli.map import _Gate
+
+    gate = _Gate(1)
+    inside = []
+    release = threading.Event()
+
+    def one(i):
+        with gate:
+            inside.append(i)
+            release.wait(10)
+
+    threads = [threading.Thread(target=one, args=(i,), daemon=True) for i in range(3)]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + 10
+    while len(inside) < 1 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.1)
+    assert len(inside) == 1
+    gate.set_limit(3)
+    while len(inside) < 3 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert len(inside) == 3
+    release.set()
+    for t in threads:
+        t.join(10)
+    assert gate.held == 0
