@@ -144,6 +144,24 @@ def test_after_any_failure_the_pool_is_whole_and_the_receiver_still_works(pair):
         t.join(5)
 
 
+def test_a_frame_bigger_than_the_receivers_buffers_cannot_desynchronise_the_stream(pair):
+    """The receiving pool's buffers must hold any DATA frame the wire allows:
+    a smaller buffer would take part of a frame and read the rest of its
+    payload as the next frame header (the sender chooses those bytes)."""
+    evil, victim = pair
+    try:
+        rx = engine.Receiver(victim, timeout=2, frame=4096)
+    except ValueError:
+        return  # refused up front: the defence
+    with rx:
+        inner = protocol.encode_msg("upload_done")
+        payload = b"\0" * 4096 + inner  # what lies past the buffer is a whole frame of the attacker's
+        evil.send_data(payload)
+        with pytest.raises((engine.TransferError, ProtocolError)):
+            # 4096 bytes announced and hashed: only a frame cut to the buffer would match them
+            rx.receive(4096, sha(payload[:4096]), Recording())
+
+
 def test_a_peer_that_stops_mid_frame_times_out_and_the_threads_end(pair):
     """Half a frame, then nothing: the receiving thread gives up after its
     timeout, the write thread lets go of the sink, close() joins both."""

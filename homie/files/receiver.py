@@ -51,6 +51,10 @@ class Receiver:
     (or close()): it owns a hash thread and a write thread."""
 
     def __init__(self, ch, *, buffers: int = BUFFERS, frame: int = FRAME, timeout: float = FRAME_TIMEOUT):
+        if frame < FRAME:
+            # Channel.recv(into=) fills the buffer it is given: a smaller one would take
+            # part of a frame and read the rest of its payload (the sender's bytes) as frames.
+            raise ValueError(f"receiving buffers must hold a whole DATA frame ({FRAME} bytes)")
         self.ch = ch
         self.timeout = timeout
         self._free: queue.Queue[_Slot] = queue.Queue()
