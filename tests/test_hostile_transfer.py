@@ -485,6 +485,36 @@ def test_a_result_head_that_differs_from_the_manifest_is_refused(tmp_path):
         assert not job.results_dir.exists()
 
 
+def test_a_corrupted_result_never_becomes_a_result_and_its_staged_bytes_go(tmp_path):
+    """Bytes that fail their hash are refused, and are not kept in the
+    staging directory either (a worker could otherwise leave up to the
+    manifest's 64 GiB of junk behind until the job ends)."""
+    data = os.urandom(3 * FRAME)
+    e = entry("out.bin", data)
+    job, err = download_from(tmp_path, serve_results([e], [(e, os.urandom(3 * FRAME))]))
+    assert isinstance(err, HomieError) and "corrupted" in str(err)
+    assert not job.results_dir.exists()
+    staged = [p for p in (job.dir / ".incoming").rglob("*") if p.is_file()] if (job.dir / ".incoming").exists() else []
+    assert staged == [], f"corrupted bytes kept: {staged}"
+
+
+def test_a_result_cut_short_leaves_no_result(tmp_path):
+    data = os.urandom(2 * FRAME)
+    e = entry("out.bin", data)
+
+    def worker(ch, job):
+        serve_results([e], [], end=False)(ch, job)
+        ch.send("blob", sha256=e["sha256"], size=e["size"])
+        frames(ch, data[:FRAME])
+        ch.close()
+
+    job, err = download_from(tmp_path, worker)
+    assert isinstance(err, (ConnectionClosed, ProtocolError)), err
+    assert not job.results_dir.exists()
+    staged = [p for p in (job.dir / ".incoming").rglob("*") if p.is_file()] if (job.dir / ".incoming").exists() else []
+    assert staged == [], f"partial bytes kept: {staged}"
+
+
 def test_a_symlink_planted_in_staging_mid_download_is_not_followed(tmp_path):
     """Not possible from the wire; played as a race: after the `want`, a link
     appears at staging/d. Writing d/x must fail, not land in the link's target."""
