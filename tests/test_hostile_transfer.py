@@ -595,3 +595,36 @@ def test_a_bad_checkpoint_chunk_leaves_the_store_as_it_was(tmp_path, attack):
     store = _fetch_checkpoint(tmp_path, m, send)
     assert store.current() is None
     assert not store.root.exists() or os.listdir(store.root) == [], listing(store.root)
+
+
+def test_failed_uploads_cannot_grow_the_cache_past_its_cap(tmp_path):
+    """Each upload stores good blobs, then sends one bad: the job never runs,
+    so no job's eviction follows. Repeated, that would fill the worker's disk
+    (64 GiB a try); the cache must be back under its cap after each failure."""
+    cap = 2 * FRAME
+    cache = BlobCache(tmp_path / "blobs", max_bytes=cap, fsync=False)
+    w = SimpleNamespace(blobs=cache, root=tmp_path, me=SimpleNamespace(name="w"))
+    for attempt in range(3):
+        good = [os.urandom(FRAME) for _ in range(3)]
+        bad = os.urandom(100)
+        entries = [SimpleNamespace(sha256=sha(d), size=len(d)) for d in [*good, bad]]
+        a, b = socket.socketpair()
+        evil, victim = Channel(a), Channel(b)
+
+        def submitter(evil=evil, good=good, bad=bad):
+            evil.recv_msg("need")
+            for d in good:
+                evil.send("blob", sha256=sha(d), size=len(d))
+                frames(evil, d)
+            evil.send("blob", sha256=sha(bad), size=len(bad))
+            frames(evil, b"\0" * len(bad))
+            evil.recv_msg("error")
+            evil.close()
+
+        t = play(submitter)
+        with pytest.raises(ConnectionClosed):
+            worker_session.Session(w)._accept(victim, SimpleNamespace(), entries, "evil", "10.0.0.1")
+        t.join(5)
+        victim.close()
+        assert cache.total_bytes() <= cap, f"try {attempt}: {cache.total_bytes() // FRAME} MiB cached, cap 2 MiB"
+        assert os.listdir(cache._tmp) == []
