@@ -9,7 +9,7 @@ import threading
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from homie.files.streams import BUFFERS, FRAME, FRAME_TIMEOUT, Corrupted, CutShort, TooLong, _Slot
+from homie.files.streams import BUFFERS, FRAME, FRAME_TIMEOUT, Corrupted, CutShort, TooLong, TransferError, _Slot
 from homie.wire.protocol import Data
 
 
@@ -136,6 +136,11 @@ class Receiver:
                     self._free.put(slot)
                     raise CutShort(f"{what} cut short ({got} of {size} bytes)")
                 n = len(ev.data)
+                if not n:
+                    # Never sent by the engine; 5 bytes each to the sender, a round of
+                    # all three threads here, and the stream gets no closer to its end.
+                    self._free.put(slot)
+                    raise TransferError(f"{what}: an empty data frame")
                 if got + n > size:
                     self._free.put(slot)
                     raise TooLong(f"{what} longer than announced")
