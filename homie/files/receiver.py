@@ -9,7 +9,7 @@ import threading
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from homie.files.streams import BUFFERS, FRAME, FRAME_TIMEOUT, Corrupted, CutShort, TooLong, _Slot
+from homie.files.streams import BUFFERS, FRAME, FRAME_TIMEOUT, Corrupted, CutShort, TooLong, TransferError, _Slot
 from homie.wire.protocol import Data
 
 
@@ -51,6 +51,10 @@ class Receiver:
     (or close()): it owns a hash thread and a write thread."""
 
     def __init__(self, ch, *, buffers: int = BUFFERS, frame: int = FRAME, timeout: float = FRAME_TIMEOUT):
+        if frame < FRAME:
+            # Channel.recv(into=) fills the buffer it is given: a smaller one would take
+            # part of a frame and read the rest of its payload (the sender's bytes) as frames.
+            raise ValueError(f"receiving buffers must hold a whole DATA frame ({FRAME} bytes)")
         self.ch = ch
         self.timeout = timeout
         # Buffers are made as first needed and the threads start with the first frame:
@@ -146,6 +150,11 @@ class Receiver:
                     self._free.put(slot)
                     raise CutShort(f"{what} cut short ({got} of {size} bytes)")
                 n = len(ev.data)
+                if not n:
+                    # Never sent by the engine; 5 bytes each to the sender, a round of
+                    # all three threads here, and the stream gets no closer to its end.
+                    self._free.put(slot)
+                    raise TransferError(f"{what}: an empty data frame")
                 if got + n > size:
                     self._free.put(slot)
                     raise TooLong(f"{what} longer than announced")

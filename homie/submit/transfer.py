@@ -89,21 +89,27 @@ def download(job: Job, ch: Channel, save) -> None:
         if job.progress is not None:
             job.progress["done"] += n
 
-    with engine.Receiver(ch, timeout=STREAM_TIMEOUT) as rx:
-        for entry in entries:
-            head = ch.recv_msg("blob", "error", timeout=30)
-            if head.t == "error":
-                raise HomieError(f"{job.peer_name}: {head['message']}", EXIT_TRANSFER)
-            if head["sha256"] != entry.sha256 or head["size"] != entry.size:
-                raise ProtocolError("result file does not match its manifest")
-            sink = engine.FileSink(writer.open_new(entry.path, entry.mode))
-            try:
-                rx.receive(entry.size, entry.sha256, sink, progress=got, what=f"result {entry.path}")
-            except (engine.CutShort, engine.TooLong) as e:
-                raise ProtocolError(str(e)) from None
-            except engine.Corrupted as e:
-                raise HomieError(str(e), EXIT_TRANSFER) from None
-    ch.recv_msg("results_done", timeout=30)
+    try:
+        with engine.Receiver(ch, timeout=STREAM_TIMEOUT) as rx:
+            for entry in entries:
+                head = ch.recv_msg("blob", "error", timeout=30)
+                if head.t == "error":
+                    raise HomieError(f"{job.peer_name}: {head['message']}", EXIT_TRANSFER)
+                if head["sha256"] != entry.sha256 or head["size"] != entry.size:
+                    raise ProtocolError("result file does not match its manifest")
+                sink = engine.FileSink(writer.open_new(entry.path, entry.mode))
+                try:
+                    rx.receive(entry.size, entry.sha256, sink, progress=got, what=f"result {entry.path}")
+                except (engine.CutShort, engine.TooLong) as e:
+                    raise ProtocolError(str(e)) from None
+                except engine.Corrupted as e:
+                    raise HomieError(str(e), EXIT_TRANSFER) from None
+        ch.recv_msg("results_done", timeout=30)
+    except BaseException:
+        # Bytes that failed their hash, or a file cut short, are not kept either:
+        # otherwise a worker leaves up to a manifest's worth of junk until the job ends.
+        _clear(staging)
+        raise
     # Every file arrived whole: only now do they appear under their final names.
     os.rename(staging, results)
     job.progress = None

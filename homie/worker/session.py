@@ -106,20 +106,29 @@ class Session:
     def _accept(self, ch: Channel, msg: Message, entries: list, peer: str, ip: str) -> None:
         sizes = {e.sha256: e.size for e in entries}
         shas = sorted(sizes)
-        need = [s for s in shas if not self._have(s, sizes[s])]
-        ch.send("need", hashes=need)
-        with self.w.blobs.pinned(shas):
-            try:
-                self._receive_blobs(ch, set(need), sizes)
-            except OSError as e:
-                ch.send("error", message=f"{self.w.me.name} cannot store the upload: {e.strerror or e}", code="disk")
-                self._discard_rest(ch)
-                return
-            except ManifestError as e:
-                ch.send("error", message=str(e), code="bad_upload")
-                self._discard_rest(ch)
-                return
-            job = self._materialize(ch, msg, entries, peer, ip)
+        job = None
+        try:
+            # Pinned before "have it" is decided: an eviction in between would lose it.
+            with self.w.blobs.pinned(shas):
+                need = [s for s in shas if not self._have(s, sizes[s])]
+                ch.send("need", hashes=need)
+                try:
+                    self._receive_blobs(ch, set(need), sizes)
+                except OSError as e:
+                    ch.send("error", message=f"{self.w.me.name} cannot store the upload: {e.strerror or e}",
+                            code="disk")
+                    self._discard_rest(ch)
+                    return
+                except ManifestError as e:
+                    ch.send("error", message=str(e), code="bad_upload")
+                    self._discard_rest(ch)
+                    return
+                job = self._materialize(ch, msg, entries, peer, ip)
+        finally:
+            if job is None:
+                # No job evicts for this upload: what it stored must not leave the cache over
+                # its cap (a submitter failing upload after upload would fill the disk).
+                self.w.blobs.evict()
         if job is None:
             return
         self._stream(ch, job, 0)
