@@ -354,7 +354,10 @@ class _SlicedSocket:
         self.stops = sorted({c % (len(data) + 1) for c in cuts} | {len(data)})
 
     def settimeout(self, t) -> None:
-        pass
+        self.timeout = t
+
+    def gettimeout(self):
+        return getattr(self, "timeout", None)
 
     def recv_into(self, view, nbytes: int = 0) -> int:
         if self.pos >= len(self.data):

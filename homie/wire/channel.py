@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import socket
 import threading
+import time
 
 from homie.errors import ProtocolError
 from homie.wire import protocol
@@ -71,10 +72,17 @@ class Channel:
             self._sendall(frame)
 
     # -- receiving ---------------------------------------------------------
-    def _recv_into(self, view: memoryview) -> None:
+    def _recv_into(self, view: memoryview, deadline: float | None) -> None:
         got = 0
         n = len(view)
         while got < n:
+            if deadline is not None:
+                # The timeout bounds a whole frame, not each gap between bytes: a peer
+                # dribbling a byte every few seconds must not hold a slot for ever.
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError("the peer sent too slowly (one frame took longer than the timeout)")
+                self.sock.settimeout(left)
             try:
                 r = self.sock.recv_into(view[got:], n - got)
             except TimeoutError:
@@ -92,17 +100,23 @@ class Channel:
         or into `into` when given, so a pipelined writer can own it."""
         if timeout is not None:
             self.sock.settimeout(timeout)
-        hv = memoryview(self._hdr)
-        self._recv_into(hv)
-        length, ftype = protocol.parse_header(bytes(self._hdr))
-        if into is not None and ftype == protocol.DATA:
-            target = into
-        else:
-            if length > len(self._buf):
-                self._buf = bytearray(length)  # at most the frame cap: parse_header checked it
-            target = self._buf
-        view = memoryview(target)[:length]
-        self._recv_into(view)
+        budget = self.sock.gettimeout()
+        deadline = None if budget is None else time.monotonic() + budget
+        try:
+            hv = memoryview(self._hdr)
+            self._recv_into(hv, deadline)
+            length, ftype = protocol.parse_header(bytes(self._hdr))
+            if into is not None and ftype == protocol.DATA:
+                target = into
+            else:
+                if length > len(self._buf):
+                    self._buf = bytearray(length)  # at most the frame cap: parse_header checked it
+                target = self._buf
+            view = memoryview(target)[:length]
+            self._recv_into(view, deadline)
+        finally:
+            if budget is not None:
+                self.sock.settimeout(budget)  # the next frame gets the whole budget again
         event = protocol.decode_payload(ftype, view)
         if self.conv:
             self.conv.receive(event)
