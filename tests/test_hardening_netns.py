@@ -676,7 +676,7 @@ def test_200_simulated_peers(cluster, recorder):
     sim = cluster.add_host("sim")
     proc = sim.spawn(PY, "-c", SIM.replace("REPO", repr(str(REPO))), str(victim.home / "key"), victim.ip, "200", "26")
     want = {f"sim-{i:03d}" for i in range(200)} | {"other"}
-    wait_until(lambda: peer_names(victim) >= want, 10, msg="all 200 simulated peers listed")
+    wait_until(lambda: peer_names(victim) >= want, 30, msg="all 200 simulated peers listed")
     time.sleep(2)
     stats = ProcStats(daemon_pid(victim))
     c0, t0 = stats.cpu(), time.monotonic()
