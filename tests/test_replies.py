@@ -67,3 +67,23 @@ def test_replies_are_frozen():
     r = replies.Forgotten(forgotten="ab12")
     with pytest.raises(dataclasses.FrozenInstanceError):
         r.forgotten = "cd34"  # type: ignore[misc]
+
+
+def test_the_clients_table_is_what_the_classes_declare():
+    """homie.control.shapes (what `homie run` checks, without importing dataclasses)
+    must say exactly what the reply classes declare."""
+    from homie.control import shapes
+
+    derived = {req: tuple((cls.__name__, replies._schema(cls)) for cls in classes)
+               for req, classes in replies.FOR.items()}
+    assert shapes.TABLE == derived, "homie/control/shapes.py is out of date with homie/control/replies.py"
+
+
+def test_checking_a_reply_does_not_import_dataclasses():
+    import subprocess
+    import sys
+
+    code = ("import sys; from homie.control import shapes; shapes.check('forget', {'forgotten': 'x'});"
+            " print('dataclasses' in sys.modules, 'homie.control.replies' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["False", "False"], out

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import socket
 
-from homie.control import replies
+from homie.control import shapes
 from homie.errors import EXIT_NO_DAEMON, HomieError, NoDaemon, error_for
 
 
@@ -37,7 +37,7 @@ class Connection:
         self.ch.close()
         if msg.t == "fail":
             raise error_for(msg["message"], msg.get("exit_code", 1))
-        return replies.check(t, msg.body)
+        return shapes.check(t, msg.body)
 
     def stream(self, t: str, timeout: float | None = None, **fields):
         """Yield the daemon's events and output frames (homie.wire.protocol objects) until
@@ -60,7 +60,7 @@ class Connection:
                     if ev.t == "fail":
                         raise error_for(ev["message"], ev.get("exit_code", 1))
                     if ev.t == "reply":
-                        replies.check(t, ev.body)
+                        shapes.check(t, ev.body)
                         yield ev
                         return
                 yield ev

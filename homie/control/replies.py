@@ -15,7 +15,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any
 
-from homie.errors import ProtocolError
+from homie.control import shapes
 from homie.wire.schema import field_types
 
 
@@ -174,31 +174,12 @@ def _schema(cls: type[Reply]) -> dict[str, tuple[type, ...]]:
 
 
 def _mismatch(cls: type[Reply], body: dict[str, Any]) -> str | None:
-    for name, allowed in _schema(cls).items():
-        if name not in body:
-            return f"no {name!r}"
-        v = body[name]
-        if (isinstance(v, bool) and bool not in allowed) or not isinstance(v, allowed):
-            return f"{name!r} is {type(v).__name__}"
-    return None
+    return shapes._mismatch(_schema(cls), body)
 
 
 def check(request: str, body: Any) -> dict[str, Any]:
-    """The reply to `request` as sent, if it is one of the replies that request may get;
-    a ProtocolError naming what is wrong otherwise."""
-    kinds = FOR.get(request)
-    if kinds is None:
-        raise ProtocolError(f"no reply is defined for {request!r}")
-    if not isinstance(body, dict):
-        raise ProtocolError(f"the reply to {request!r} is not an object")
-    problems = []
-    for cls in kinds:
-        why = _mismatch(cls, body)
-        if why is None:
-            return body
-        problems.append(f"{cls.__name__}: {why}")
-    raise ProtocolError(f"the daemon's reply to {request!r} does not fit ({'; '.join(problems)}):"
-                        " is the daemon another version of homie? (homie down; homie up)")
+    """The reply to `request` as sent, if it fits (homie.control.shapes, what the client runs)."""
+    return shapes.check(request, body)
 
 
 def parse(request: str, body: Any) -> Reply:
