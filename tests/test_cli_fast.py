@@ -116,3 +116,26 @@ def test_map_gate_follows_its_limit():
     for t in threads:
         t.join(10)
     assert gate.held == 0
+
+
+def test_the_verb_table_names_every_command_of_every_module():
+    """homie.cli.app loads a verb's module only when asked: its table must be complete."""
+    import importlib
+
+    from homie.cli.app import VERBS
+
+    found = {}
+    for module in set(VERBS.values()):
+        for command in importlib.import_module(f"homie.cli.{module}").COMMANDS:
+            found[command.name] = module
+    assert found == VERBS
+
+
+def test_homie_peers_loads_neither_the_jobs_verbs_nor_map():
+    import subprocess
+    import sys
+
+    code = ("import sys; from homie.cli.app import main; main.get_command(None, 'peers');"
+            " print(sorted(m for m in ('homie.cli.jobs', 'homie.cli.map', 'homie.cli.net') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "['homie.cli.net']", out

@@ -6,22 +6,46 @@ never does (homie.cli.fast).
 
 from __future__ import annotations
 
+import importlib
 import sys
 
 import click
 
 from homie import __version__
-from homie.cli import jobs, keys, net, owner, run, service
-from homie.cli import map as map_
 from homie.cli.common import example, failed
 from homie.errors import EXIT_USAGE
 
-__all__ = ["main"]
+__all__ = ["main", "VERBS"]
+
+# verb -> the module of homie.cli that defines it (in its COMMANDS). A verb's module is
+# imported only when that verb runs (or for --help): `homie peers` must not pay for
+# the modules of `ps` and `map`. tests/test_cli_fast.py keeps this table complete.
+VERBS = {
+    "init": "keys", "join": "keys", "key": "keys",
+    "up": "service", "down": "service", "service": "service",
+    "status": "net", "peers": "net", "top": "net", "doctor": "net",
+    "run": "run",
+    "ps": "jobs", "kill": "jobs", "wait": "jobs", "restart": "jobs", "clean": "jobs", "attach": "jobs",
+    "logs": "jobs", "results": "jobs",
+    "pause": "owner", "resume": "owner", "plugins": "owner", "karma": "owner",
+    "map": "map",
+}
 
 
 class _Group(click.Group):
     """The one error path: any HomieError, from any verb, becomes its one-line
-    message on stderr and its exit code (homie.errors); never a traceback."""
+    message on stderr and its exit code (homie.errors); never a traceback.
+    Verbs are loaded from their modules as they are asked for (VERBS)."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(set(VERBS) | set(self.commands))
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name not in self.commands and name in VERBS:
+            module = importlib.import_module(f"homie.cli.{VERBS[name]}")
+            for command in module.COMMANDS:
+                self.add_command(command)
+        return self.commands.get(name)
 
     def invoke(self, ctx: click.Context):
         try:
@@ -42,8 +66,3 @@ class _Group(click.Group):
 @click.version_option(__version__, prog_name="homie")
 def main():
     """Lend idle machines to friends on the same network."""
-
-
-for _module in (keys, service, net, run, jobs, owner, map_):
-    for _command in _module.COMMANDS:
-        main.add_command(_command)
