@@ -1,4 +1,4 @@
-"""Messages are dataclasses (homie.wire.messages, homie.wire.schema): the table the decoder checks is
+"""Messages are dataclasses (homie.wire.classes, homie.wire.schema): the table the decoder checks is
 derived from them, and a validated message turns into its class."""
 
 import dataclasses
@@ -6,7 +6,7 @@ import dataclasses
 import pytest
 
 from homie.errors import ProtocolError
-from homie.wire import messages, schema
+from homie.wire import classes, messages, schema
 from homie.wire.protocol import Message
 
 
@@ -34,7 +34,7 @@ def test_typed_gives_the_class_with_absent_fields_defaulted_and_unknown_ones_dro
     body = {"job_id": "j1", "offset": 42, "from_the_future": 1}
     messages.validate("attach", body)
     a = schema.typed(Message("attach", body))
-    assert isinstance(a, messages.Attach)
+    assert isinstance(a, classes.Attach)
     assert (a.job_id, a.offset, a.token) == ("j1", 42, None)
     assert not hasattr(a, "from_the_future")
 
@@ -45,3 +45,21 @@ def test_a_name_cannot_be_registered_twice():
         @dataclasses.dataclass(frozen=True)
         class Again:
             pass
+
+
+def test_the_decoders_table_is_what_the_classes_declare():
+    """homie.wire.messages validates against a plain table (the CLI must not build every
+    class at start-up): it must say exactly what homie.wire.classes declares."""
+    assert messages.ALL == classes.ALL, "regenerate the tables in homie/wire/messages.py from homie/wire/classes.py"
+    assert messages.PEER.keys() == classes.PEER.keys()
+
+
+def test_validating_a_message_does_not_import_dataclasses():
+    import subprocess
+    import sys
+
+    code = ("import sys; from homie.wire import messages; messages.validate('attach', {'job_id': 'a', 'offset': 0});"
+            " print('dataclasses' in sys.modules, 'homie.wire.classes' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["False", "False"], out
+

@@ -14,7 +14,7 @@ from homie import __version__, plugins
 from homie.control import replies
 from homie.errors import EXIT_FAILURE, EXIT_USAGE, HomieError
 from homie.joblog import read_records
-from homie.wire import messages
+from homie.wire import classes as messages
 
 if TYPE_CHECKING:
     from homie.discovery.peers import Peer, PeerTable

@@ -79,7 +79,7 @@ class ControlServer:
 
     def _handle(self, conn: socket.socket) -> None:
         from homie.control.handlers import Handlers
-        from homie.wire import schema
+        from homie.wire import classes
         from homie.wire.channel import Channel, ConnectionClosed
 
         ch = Channel(conn)
@@ -90,7 +90,7 @@ class ControlServer:
             if handler is None:
                 ch.send("fail", message=f"unknown request {msg.t!r}", exit_code=2)
                 return
-            handler(schema.typed(msg))
+            handler(classes.typed(msg))
         except HomieError as e:
             try:
                 ch.send("fail", message=printable(str(e)), exit_code=e.exit_code)

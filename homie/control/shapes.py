@@ -1,7 +1,7 @@
 """The shape of every control reply, as the client checks it: a plain table, so
 that checking a reply costs `homie run` no import of dataclasses (the classes in
 homie.control.replies are the source; tests/test_replies.py keeps this table equal
-to what they declare, and prints the new table when they change)."""
+to what they declare)."""
 
 from __future__ import annotations
 
