@@ -166,7 +166,7 @@ def _map(bench, mp) -> tuple[list, list]:
         goals.append([f"`homie map` of {n} tiny inputs vs `parallel -S` through ssh ControlMasters", ips(h),
                       ips(pcm), _fmt_ratio(_ratio(h, pcm)), "(report)", ""])
     user = bench.user.name if bench.user else "?"
-    names = {"homie": "`homie map task.py --over 'in/*.txt'` on a (default: every input in flight)",
+    names = {"homie": "`homie map task.py --over 'in/*.txt'` on a (default: twice the online peers' job slots in flight)",
              "homie_j": f"`homie map -j {mp.get('homie_j')} task.py --over 'in/*.txt'` on a",
              "parallel_ssh": f"`parallel -S {','.join(f'{v}/{user}@{k}' for k, v in mp['hosts'].items())}` "
                              "(a fresh ssh login per input)",

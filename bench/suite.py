@@ -461,8 +461,8 @@ class Bench:
                 return go
 
             methods["homie"] = {"warm": homie_map(warm_dir, "warm", []), "run": homie_map(in_dir, "run", [])}
-            # homie map's default puts every input in flight at once; -j 2×slots keeps a next job
-            # queued for every slot without a thousand control connections.
+            # homie map's default keeps twice the online peers' slots in flight, followed as peers
+            # come and go; -j 2×slots fixes the same bound from the bench's count of the slots.
             jn = ["-j", str(2 * total)]
             methods["homie_j"] = {"warm": homie_map(warm_dir, "warm-j", jn), "run": homie_map(in_dir, "run-j", jn)}
             res["homie_j"] = 2 * total
