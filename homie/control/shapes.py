@@ -11,240 +11,89 @@ from homie.errors import ProtocolError
 
 None_ = type(None)
 
-# request -> the replies it may end with: (name, field -> the types it may hold)
-TABLE: dict[str, tuple[tuple[str, dict[str, tuple[type, ...]]], ...]] = {
-    "status": (
-        (
-            "Status",
-            {
-                "running": (bool,),
-                "name": (str,),
-                "pid": (int,),
-                "version": (str,),
-                "uptime": (
-                    int,
-                    float,
-                ),
-                "address": (str,),
-                "port": (int,),
-                "discovery_port": (int,),
-                "peers": (int,),
-                "status": (str,),
-                "jobs_here": (int,),
-                "jobs_out": (int,),
-                "discovery": (list,),
-                "broadcast": (list,),
-                "home": (str,),
-                "key_fingerprint": (str,),
-                "instance": (str,),
-                "retries": (int,),
-                "sandbox": (str,),
-                "sandbox_reason": (
-                    str,
-                    None_,
-                ),
-            },
-        ),
-    ),
-    "peers": (("Peers", {"peers": (list,), "me": (dict,)}),),
-    "down": (("Stopping", {"stopping": (bool,), "name": (str,)}),),
-    "pause": (
-        (
-            "Paused",
-            {
-                "status": (str,),
-                "suspended": (bool,),
-                "evicted": (int,),
-                "grace": (
-                    int,
-                    float,
-                ),
-            },
-        ),
-    ),
-    "resume": (("Resumed", {"status": (str,)}),),
-    "plugins": (("Plugins", {"plugins": (list,)}),),
-    "karma": (("KarmaBook", {"ledger": (list,), "totals": (dict,), "entries": (list,)}),),
-    "doctor": (("Findings", {"findings": (list,)}),),
-    "ps": (
-        (
-            "Listed",
-            {
-                "now": (
-                    int,
-                    float,
-                )
-            },
-        ),
-    ),
-    "kill": (("Signalled", {"message": (str,)}),),
+Shape = tuple[str, dict[str, tuple[type, ...]]]  # a reply: its name, and field -> the types it may hold
+
+STATUS: Shape = (
+    "Status",
+    {
+        "running": (bool,),
+        "name": (str,),
+        "pid": (int,),
+        "version": (str,),
+        "uptime": (int, float),
+        "address": (str,),
+        "port": (int,),
+        "discovery_port": (int,),
+        "peers": (int,),
+        "status": (str,),
+        "jobs_here": (int,),
+        "jobs_out": (int,),
+        "discovery": (list,),
+        "broadcast": (list,),
+        "home": (str,),
+        "key_fingerprint": (str,),
+        "instance": (str,),
+        "retries": (int,),
+        "sandbox": (str,),
+        "sandbox_reason": (str, None_),
+    },
+)
+PEERS: Shape = ("Peers", {"peers": (list,), "me": (dict,)})
+STOPPING: Shape = ("Stopping", {"stopping": (bool,), "name": (str,)})
+PAUSED: Shape = ("Paused", {"status": (str,), "suspended": (bool,), "evicted": (int,), "grace": (int, float)})
+RESUMED: Shape = ("Resumed", {"status": (str,)})
+PLUGINS: Shape = ("Plugins", {"plugins": (list,)})
+KARMABOOK: Shape = ("KarmaBook", {"ledger": (list,), "totals": (dict,), "entries": (list,)})
+FINDINGS: Shape = ("Findings", {"findings": (list,)})
+LISTED: Shape = ("Listed", {"now": (int, float)})
+SIGNALLED: Shape = ("Signalled", {"message": (str,)})
+DETACHED: Shape = ("Detached", {"job_id": (str,), "detached": (bool,)})
+EXPLAINED: Shape = ("Explained", {"chosen": (str, None_), "verdict": (str,), "why": (str, None_), "peers": (list,)})
+ENDED: Shape = (
+    "Ended",
+    {
+        "job_id": (str,),
+        "state": (str,),
+        "exit_code": (int, None_),
+        "code": (int, None_),
+        "signal": (int, None_),
+        "reason": (str, None_),
+        "message": (str, None_),
+        "peer": (str, None_),
+        "results": (list,),
+        "results_dir": (str,),
+        "offset": (int,),
+        "terminal": (bool,),
+    },
+)
+RESULTS: Shape = ("Results", {"job_id": (str,), "results": (list,), "results_dir": (str,)})
+FORGOTTEN: Shape = ("Forgotten", {"forgotten": (str,)})
+
+# request -> the replies it may end with
+TABLE: dict[str, tuple[Shape, ...]] = {
+    "status": (STATUS,),
+    "peers": (PEERS,),
+    "down": (STOPPING,),
+    "pause": (PAUSED,),
+    "resume": (RESUMED,),
+    "plugins": (PLUGINS,),
+    "karma": (KARMABOOK,),
+    "doctor": (FINDINGS,),
+    "ps": (LISTED,),
+    "kill": (SIGNALLED,),
     "run": (
-        ("Detached", {"job_id": (str,), "detached": (bool,)}),
-        (
-            "Explained",
-            {
-                "chosen": (
-                    str,
-                    None_,
-                ),
-                "verdict": (str,),
-                "why": (
-                    str,
-                    None_,
-                ),
-                "peers": (list,),
-            },
-        ),
-        (
-            "Ended",
-            {
-                "job_id": (str,),
-                "state": (str,),
-                "exit_code": (
-                    int,
-                    None_,
-                ),
-                "code": (
-                    int,
-                    None_,
-                ),
-                "signal": (
-                    int,
-                    None_,
-                ),
-                "reason": (
-                    str,
-                    None_,
-                ),
-                "message": (
-                    str,
-                    None_,
-                ),
-                "peer": (
-                    str,
-                    None_,
-                ),
-                "results": (list,),
-                "results_dir": (str,),
-                "offset": (int,),
-                "terminal": (bool,),
-            },
-        ),
+        DETACHED,
+        EXPLAINED,
+        ENDED,
     ),
     "restart": (
-        ("Detached", {"job_id": (str,), "detached": (bool,)}),
-        (
-            "Ended",
-            {
-                "job_id": (str,),
-                "state": (str,),
-                "exit_code": (
-                    int,
-                    None_,
-                ),
-                "code": (
-                    int,
-                    None_,
-                ),
-                "signal": (
-                    int,
-                    None_,
-                ),
-                "reason": (
-                    str,
-                    None_,
-                ),
-                "message": (
-                    str,
-                    None_,
-                ),
-                "peer": (
-                    str,
-                    None_,
-                ),
-                "results": (list,),
-                "results_dir": (str,),
-                "offset": (int,),
-                "terminal": (bool,),
-            },
-        ),
+        DETACHED,
+        ENDED,
     ),
-    "follow": (
-        (
-            "Ended",
-            {
-                "job_id": (str,),
-                "state": (str,),
-                "exit_code": (
-                    int,
-                    None_,
-                ),
-                "code": (
-                    int,
-                    None_,
-                ),
-                "signal": (
-                    int,
-                    None_,
-                ),
-                "reason": (
-                    str,
-                    None_,
-                ),
-                "message": (
-                    str,
-                    None_,
-                ),
-                "peer": (
-                    str,
-                    None_,
-                ),
-                "results": (list,),
-                "results_dir": (str,),
-                "offset": (int,),
-                "terminal": (bool,),
-            },
-        ),
-    ),
-    "job": (
-        (
-            "Ended",
-            {
-                "job_id": (str,),
-                "state": (str,),
-                "exit_code": (
-                    int,
-                    None_,
-                ),
-                "code": (
-                    int,
-                    None_,
-                ),
-                "signal": (
-                    int,
-                    None_,
-                ),
-                "reason": (
-                    str,
-                    None_,
-                ),
-                "message": (
-                    str,
-                    None_,
-                ),
-                "peer": (
-                    str,
-                    None_,
-                ),
-                "results": (list,),
-                "results_dir": (str,),
-                "offset": (int,),
-                "terminal": (bool,),
-            },
-        ),
-    ),
-    "get_results": (("Results", {"job_id": (str,), "results": (list,), "results_dir": (str,)}),),
-    "forget": (("Forgotten", {"forgotten": (str,)}),),
+    "follow": (ENDED,),
+    "job": (ENDED,),
+    "get_results": (RESULTS,),
+    "forget": (FORGOTTEN,),
 }
 
 
