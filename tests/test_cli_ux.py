@@ -407,7 +407,7 @@ def test_map_halt_joblog_json_exit_code(loop):
     r = loop.homie("map", "--over", "data/*.txt", "--joblog", "jobs.tsv", "--json", "job.py", "{}")
     assert r.returncode == 4, r.stdout + r.stderr  # some input failed: not a count colliding with 69-73
     doc = json.loads(r.stdout)
-    assert (doc["inputs"], doc["ok"], doc["failed"]) == (4, 3, 1)
+    assert (doc["inputs"], doc["ok"], doc["failed"]) == (4, 3, 1), r.stderr
     assert [j["state"] for j in doc["jobs"]] == ["ok", "failed", "ok", "ok"]
     log = (loop.proj / "jobs.tsv").read_text().splitlines()
     assert log[0].split("\t") == ["Seq", "Host", "Starttime", "JobRuntime", "Send", "Receive", "Exitval",

@@ -339,6 +339,57 @@ def test_blob_cache_threads(tmp_path):
     assert all(cache.has(sha(p)) for p in payloads)
 
 
+def test_a_blob_arriving_twice_never_takes_its_name_from_a_job_linking_it(tmp_path):
+    """Four jobs of a map upload the same script at once, and each commits it.
+    Replacing the cached inode under a concurrent link() made that link fail
+    with ENOENT (the kernel will not link an inode whose last name just went):
+    CI saw "cannot prepare the job directory: No such file or directory". A
+    name given to a blob keeps its inode; the later copies are dropped."""
+    cache = BlobCache(tmp_path / "blobs", 10**9, fsync=False)
+    data = os.urandom(2000)
+    h = put(cache, data)
+    first = os.stat(cache.path(h)).st_ino
+    jobs = tmp_path / "jobs"
+    jobs.mkdir()
+    stop = threading.Event()
+    errors: list[OSError] = []
+
+    def link_like_a_job():
+        i = 0
+        while not stop.is_set():
+            i += 1
+            dst = jobs / f"job{i}.py"
+            try:
+                os.link(cache.path(h), dst)
+            except OSError as e:
+                errors.append(e)
+                return
+            os.unlink(dst)
+
+    t = threading.Thread(target=link_like_a_job)
+    t.start()
+    try:
+        for _ in range(3000):
+            put(cache, data)
+    finally:
+        stop.set()
+        t.join()
+    assert errors == []
+    assert os.stat(cache.path(h)).st_ino == first
+    assert cache.path(h).read_bytes() == data and cache.total_bytes() == 2000
+    assert os.listdir(tmp_path / "blobs" / "tmp") == []  # the later copies left nothing behind
+
+
+def test_a_cached_blob_of_the_wrong_size_is_replaced_by_a_verified_upload(tmp_path):
+    cache = BlobCache(tmp_path, 10**6, fsync=False)
+    h = put(cache, b"right content")
+    p = cache.path(h)
+    p.chmod(0o644)
+    p.write_bytes(b"torn")  # what a crash or a careless hand leaves
+    put(cache, b"right content")
+    assert p.read_bytes() == b"right content" and cache.total_bytes() == 13
+
+
 # --------------------------------------------------------------------------
 # HashCache
 # --------------------------------------------------------------------------

@@ -4,6 +4,7 @@ they get their name, LRU-evicted."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
 import stat
@@ -16,6 +17,9 @@ from typing import IO
 
 from homie.errors import ManifestError
 from homie.files.manifest import _HEX, _check_sha
+
+# link() failures that mean "no hard links here", not "no such blob".
+_NO_LINK_ERRNOS = {errno.EPERM, errno.EMLINK, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV}
 
 
 class BlobCache:
@@ -161,9 +165,27 @@ class BlobCache:
     def _commit(self, tmp: str, sha: str, size: int) -> None:
         final = self.path(sha)
         final.parent.mkdir(mode=0o700, exist_ok=True)
-        # rename is atomic: readers see no blob or the whole verified blob.
-        # Replacing an identical blob written concurrently is harmless.
-        os.replace(tmp, final)
+        # The blob gets its name by link(), which never replaces: readers see no
+        # blob or the whole verified one, and a name once given keeps its inode.
+        # Replacing it (rename) when the same file arrived through two uploads at
+        # once made a job's concurrent link() of the old inode fail with ENOENT.
+        try:
+            os.link(tmp, final)
+        except FileExistsError:
+            try:
+                intact = os.stat(final, follow_symlinks=False).st_size == size
+            except OSError:
+                intact = False
+            if not intact:  # torn or changed behind our back: the verified upload wins
+                os.replace(tmp, final)
+        except OSError as e:
+            if e.errno not in _NO_LINK_ERRNOS:
+                raise
+            os.replace(tmp, final)  # a filesystem without hard links
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
         with self._lock:
             old = self._index.get(sha)
             if old is not None:

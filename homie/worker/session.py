@@ -212,6 +212,8 @@ class Session:
         except (OSError, HomieError) as e:
             self.w.identities.release(job_id)
             why = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+            # The submitter hears the reason; the owner's log also names the path.
+            self.w.log.warning("job.prepare_failed", job_id=job_id, error=repr(e))
             ch.send("error", message=f"{self.w.me.name} cannot prepare the job directory: {why}", code="disk")
             return None
         job = WorkerJob(
