@@ -81,7 +81,7 @@ def _breakdown(bench, bd) -> list[str]:
         [f"`{bench.plain_py} -c pass` (the baselines' plain interpreter)", _stats(bd["plain_pass"])],
         *([[f"`{bd['base']} -c pass` (the venv's base interpreter on its own, with its own site-packages; no bench command uses it)", _stats(bd["base_pass"])]]
           if bd.get("base") else []),
-        ["`.venv/bin/python -c \"import homie.cli\"`", _stats(bd["import_cli"])],
+        [f"`{bench.py} -c \"import homie.cli\"`", _stats(bd["import_cli"])],
         ["→ importing homie.cli alone (difference of medians)", _ms(None if imp is None or vp is None else imp - vp)],
         ["→ the venv's start-up over the plain interpreter's (difference of medians)",
          _ms(None if vp is None or pp is None else vp - pp)],
