@@ -38,34 +38,32 @@ def _venv_python() -> Path:
 INSTALL = REPO / ".bench-venv"
 
 
+def _output(cmd: list[str], cwd: Path | None = None) -> str:
+    """A set-up command's stdout; BenchError with its last words if it fails."""
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=cwd)
+    if r.returncode != 0:
+        raise BenchError(f"{' '.join(cmd[:4])} failed: {(r.stderr or r.stdout).strip()[-300:]}")
+    return r.stdout.strip()
+
+
 def regular_install(log) -> Path:
     """homie as users install it (`pipx install .`): a wheel of this checkout in a
     venv of its own, not the repo's editable install, whose import hook (a .pth that
     site loads) costs every interpreter start ~8 ms that no user pays. Its
     dependencies come from the repo's venv through a plain path line (free)."""
-    venv_py = _venv_python()
-    base = subprocess.run([str(venv_py), "-c", "import sys; print(sys._base_executable)"],
-                          capture_output=True, text=True, check=True).stdout.strip()
-    deps = subprocess.run([str(venv_py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                          capture_output=True, text=True, check=True).stdout.strip()
+    venv_py = str(_venv_python())
+    purelib = "import sysconfig; print(sysconfig.get_paths()['purelib'])"
+    base = _output([venv_py, "-c", "import sys; print(sys._base_executable)"])
+    deps = _output([venv_py, "-c", purelib])
     shutil.rmtree(INSTALL, ignore_errors=True)
     with tempfile.TemporaryDirectory(prefix="homie-wheel-") as wheels:
-        steps = [[str(venv_py), "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", wheels,
-                  str(REPO)],
-                 [base, "-m", "venv", "--without-pip", str(INSTALL)]]
-        for cmd in steps:
-            r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=REPO)
-            if r.returncode != 0:
-                raise BenchError(f"{' '.join(cmd[:4])} failed: {(r.stderr or r.stdout).strip()[-300:]}")
-        py = INSTALL / "bin" / "python"
-        purelib = subprocess.run([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                                 capture_output=True, text=True, check=True).stdout.strip()
-        Path(purelib, "_homie_bench_deps.pth").write_text(deps + "\n")
+        _output([venv_py, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", wheels, str(REPO)],
+                cwd=REPO)
+        _output([base, "-m", "venv", "--without-pip", str(INSTALL)])
+        py = str(INSTALL / "bin" / "python")
+        Path(_output([py, "-c", purelib]), "_homie_bench_deps.pth").write_text(deps + "\n")
         wheel = next(Path(wheels).glob("homie-*.whl"))
-        r = subprocess.run([str(venv_py), "-m", "pip", "--python", str(py), "install", "--no-deps", "--no-index",
-                            "-q", str(wheel)], capture_output=True, text=True, timeout=300)
-        if r.returncode != 0:
-            raise BenchError(f"installing {wheel.name} failed: {(r.stderr or r.stdout).strip()[-300:]}")
+        _output([venv_py, "-m", "pip", "--python", py, "install", "--no-deps", "--no-index", "-q", str(wheel)])
     log(f"homie installed from a wheel into {INSTALL}")
     return INSTALL
 

@@ -4,7 +4,6 @@ they get their name, LRU-evicted."""
 from __future__ import annotations
 
 import contextlib
-import errno
 import hashlib
 import os
 import stat
@@ -17,9 +16,7 @@ from typing import IO
 
 from homie.errors import ManifestError
 from homie.files.manifest import _HEX, _check_sha
-
-# link() failures that mean "no hard links here", not "no such blob".
-_NO_LINK_ERRNOS = {errno.EPERM, errno.EMLINK, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV}
+from homie.files.safewrite import _NO_LINK_ERRNOS
 
 
 class BlobCache:
