@@ -31,7 +31,7 @@ class BlobCache:
     def __init__(self, dir: str | os.PathLike, max_bytes: int, *, fsync: bool = True):
         self.dir = Path(dir)
         self.max_bytes = max_bytes
-        # fsync before the rename: after a power cut a blob must be whole or
+        # fsync before the blob gets its name: after a power cut a blob must be whole or
         # absent, since a truncated one would be served to every later job.
         self.fsync = fsync
         self._lock = threading.Lock()
