@@ -300,6 +300,28 @@ def test_a_bad_blob_never_gets_its_name_and_its_staging_file_goes(worker, pair, 
     assert_cache_clean(worker)
 
 
+def test_a_wrong_size_for_a_cached_blob_never_takes_it_from_a_job(worker, pair):
+    """A submitter declaring a cached file with another size must not make the worker drop
+    the cached copy while another job is being built from it (that job failed with
+    "cannot prepare the job directory"): it is asked for the file, its upload fails the
+    hash check, and the cached blob is still there, whole."""
+    evil, victim = pair
+    with worker.blobs.writer(BLOB_SHA, len(BLOB)) as w:
+        w.write(BLOB)
+    s = worker_session.Session(worker)
+    with worker.blobs.pinned([BLOB_SHA]):  # another job's build holds it
+        assert s._have(BLOB_SHA, len(BLOB)) is True
+        assert s._have(BLOB_SHA, len(BLOB) - 1) is False  # so the liar has to send it
+        t = play(lambda: (evil.send("blob", sha256=BLOB_SHA, size=len(BLOB) - 1), frames(evil, BLOB[:-1]),
+                          evil.send("upload_done")))
+        with pytest.raises(ManifestError):
+            receive_upload(worker, victim, {BLOB_SHA: len(BLOB) - 1})
+        t.join(5)
+        assert worker.blobs.has(BLOB_SHA)
+        assert worker.blobs.path(BLOB_SHA).read_bytes() == BLOB
+    assert_cache_clean(worker, allowed={BLOB_SHA})
+
+
 @pytest.mark.parametrize("head", [
     {"sha256": "../../../../escape" + "0" * 46, "size": 4},
     {"sha256": "/tmp/" + "0" * 59, "size": 4},

@@ -163,15 +163,17 @@ class Session:
         return None
 
     def _have(self, sha: str, size: int) -> bool:
+        """A cached blob of this content and size. A size that disagrees is asked for
+        again, and the cached copy is left alone: the submitter may be lying (its
+        upload then fails the hash check), and another job may be built from it
+        right now; a verified upload replaces a copy that really is torn
+        (BlobCache._commit)."""
         if not self.w.blobs.has(sha):
             return False
         try:
-            if os.stat(self.w.blobs.path(sha)).st_size == size:
-                return True
+            return os.stat(self.w.blobs.path(sha)).st_size == size
         except OSError:
-            pass
-        self.w.blobs.discard(sha)
-        return False
+            return False
 
     def _receive_blobs(self, ch: Channel, need: set, sizes: dict) -> None:
         with engine.Receiver(ch, timeout=FRAME_TIMEOUT) as rx:
