@@ -6,14 +6,9 @@ import os
 import select
 import sys
 
+from homie.cli.peerlist import shown_status
 from homie.discovery.peers import balance
 from homie.fmt import age as _age
-
-
-def shown_status(p: dict) -> str:
-    from homie.cli.net import shown_status as shown
-
-    return shown(p)
 
 
 def snapshot(client_factory) -> dict:

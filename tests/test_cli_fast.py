@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -62,6 +63,42 @@ def test_homie_run_never_loads_click(tmp_path):
                          env={"HOMIE_HOME": str(tmp_path / "h"), "PATH": "/usr/bin:/bin"})
     assert out.stdout.split() == ["2", "False", "False"], out
     assert out.stderr == "error: script not found: nope.py\n"
+
+
+# Modules the fast paths must not import before they reach the daemon: each costs a
+# `homie run` 3-10 ms of start-up on the bench machine (docs/benchmarks.md).
+HEAVY = ("click", "rich", "dataclasses", "typing", "inspect", "pathlib", "socket", "threading", "tempfile", "yaml",
+         "cryptography", "psutil")
+
+
+def _fast(tmp_path, *argv: str, site: bool = False) -> subprocess.CompletedProcess:
+    code = (f"import sys; sys.argv = ['homie', *{list(argv)!r}]; from homie.cli import main\n"
+            "try:\n    main()\nexcept SystemExit as e:\n"
+            f"    print(e.code, *[m for m in {HEAVY!r} if m in sys.modules])")
+    (tmp_path / "hello.py").write_text("print('hello')\n")
+    # -S: no site-packages, so no .pth file (an editable install's import hook loads pathlib)
+    # imports anything first; the fast paths need nothing but the standard library and homie.
+    return subprocess.run([sys.executable, *([] if site else ["-S"]), "-c", code], capture_output=True, text=True,
+                          cwd=tmp_path, env={"HOMIE_HOME": str(tmp_path / "h"), "PATH": "/usr/bin:/bin",
+                               "PYTHONPATH": str(Path(__file__).resolve().parent.parent)})
+
+
+@pytest.mark.parametrize("argv", [["run", "hello.py"], ["run", "-n", "b", "-f", "hello.py", "hello.py", "x"],
+                                  ["peers"], ["peers", "--json"]])
+def test_fast_paths_reach_the_daemon_without_heavy_imports(tmp_path, argv):
+    out = _fast(tmp_path, *argv)
+    # No daemon runs for this home: the fast path got as far as connecting (exit 69), with none of HEAVY loaded.
+    assert out.stdout.split() == ["69"], out
+    assert out.stderr == "error: homie is not running; start it with: homie up\n"
+
+
+def test_peers_options_the_fast_path_does_not_know_go_to_click(tmp_path):
+    out = _fast(tmp_path, "peers", "--help", site=True)
+    code, *loaded = out.stdout.splitlines()[-1].split()
+    assert code == "0" and "click" in loaded and "homie peers --json" in out.stdout, out
+    out = _fast(tmp_path, "peers", "--jsn", site=True)
+    code, *loaded = out.stdout.splitlines()[-1].split()
+    assert code == "2" and "click" in loaded and "Did you mean '--json'?" in out.stderr, out
 
 
 # -- homie map's default in-flight bound ----------------------------------------------------------

@@ -1,11 +1,12 @@
-"""`homie run` without click: its common command lines parsed by hand.
+"""`homie run` and `homie peers` without click: their common command lines parsed by hand.
 
 click costs about as much start-up time as the rest of a `homie run hello.py`
-on the client side, so `homie run SCRIPT [ARGS]...` with the everyday options
-is parsed here and run by the same body as the click command (homie.cli.runjob).
-Anything this parser does not fully understand (--help, a misspelled or rarer
-option, a missing value, -nb style values, `--`...) goes to click, which
-behaves as documented: same parsing, messages and exit codes either way.
+on the client side, so `homie run SCRIPT [ARGS]...` with the everyday options,
+and `homie peers [--json]`, are parsed here and run by the same bodies as the
+click commands (homie.cli.runjob, homie.cli.peerlist). Anything this parser does
+not fully understand (--help, a misspelled or rarer option, a missing value,
+-nb style values, `--`...) goes to click, which behaves as documented: same
+parsing, messages and exit codes either way.
 """
 
 from __future__ import annotations
@@ -55,24 +56,43 @@ def parse_run(argv: list[str]) -> tuple[str, list[str], dict] | None:
     return argv[i], argv[i + 1:], opts
 
 
+def _body(argv: list[str]):
+    """What serves this command line (a function returning the exit status), or None when click should."""
+    if argv[:1] == ["run"]:
+        parsed = parse_run(argv[1:])
+        if parsed is None:
+            return None
+        script, args, opts = parsed
+
+        def run() -> int:
+            from homie.cli.runjob import run_job
+
+            return run_job(script, args, **opts)
+
+        return run
+    if argv[:1] == ["peers"] and argv[1:] in ([], ["--json"]):
+        def peers() -> int:
+            from homie.cli.peerlist import show_peers
+
+            show_peers(as_json=argv[1:] == ["--json"])
+            return 0
+
+        return peers
+    return None
+
+
 def main(argv: list[str] | None = None) -> None:
-    """Serve `homie run ...` and exit, or return at once when click should."""
-    argv = sys.argv[1:] if argv is None else argv
-    if not argv or argv[0] != "run":
+    """Serve `homie run ...` or `homie peers [--json]` and exit, or return at once when click should."""
+    body = _body(sys.argv[1:] if argv is None else argv)
+    if body is None:
         return
-    parsed = parse_run(argv[1:])
-    if parsed is None:
-        return
-    script, args, opts = parsed
     from homie.cli.common import failed
 
     try:
-        from homie.cli.runjob import run_job
-
-        code = run_job(script, args, **opts)
+        code = body()
     except (Exception, KeyboardInterrupt) as e:
         failed(e)
-    # The exit status and the results are home: leave now, without the interpreter's
+    # The work is done (for run: the exit status and the results are home): leave now, without the interpreter's
     # teardown (nothing of ours is left to run: no non-daemon thread). atexit handlers
     # (none of homie's; an embedding wrapper's) still run.
     try:
