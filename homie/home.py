@@ -4,16 +4,35 @@ from __future__ import annotations
 
 import os
 import stat
-from pathlib import Path
 
 from homie.errors import UnsafeHomeError
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from pathlib import Path
+
 
 class Home:
+    """The home's paths (pathlib.Path), made on first use: `homie run` needs only
+    the control socket's path and the safety check, which work on the plain
+    string, so it does not import pathlib (~4 ms at start-up)."""
+
     def __init__(self, root: str | os.PathLike | None = None):
         if root is None:
-            root = os.environ.get("HOMIE_HOME") or Path.home() / ".homie"
-        self.root = Path(root).expanduser().absolute()
+            root = os.environ.get("HOMIE_HOME") or os.path.join(os.path.expanduser("~"), ".homie")
+        root = os.path.expanduser(os.fspath(root))
+        # As Path.absolute(): joined to the working directory, not normalised (no .. folding).
+        self.path = root if os.path.isabs(root) else os.path.join(os.getcwd(), root)
+
+    @property
+    def root(self) -> Path:
+        from pathlib import Path
+
+        return Path(self.path)
+
+    @property
+    def socket_path(self) -> str:
+        return os.path.join(self.path, "homie.sock")
 
     @property
     def config(self) -> Path:
@@ -67,12 +86,12 @@ class Home:
         group drive the daemon with HOMIE_HOME=/var/lib/homie.
         A home that does not exist yet is fine: ensure() creates it private."""
         try:
-            st = os.lstat(self.root)
+            st = os.lstat(self.path)
         except FileNotFoundError:
             return
         except OSError:
             return  # unreachable (a group member without search permission): the commands say so themselves
-        _check_home(self.root, st, owned)
+        _check_home(self.path, st, owned)
 
     def ensure(self) -> None:
         self.check()
@@ -96,6 +115,8 @@ class Home:
             os.close(fd)
         # Older versions left these to the umask (state.db 0644: every job's
         # arguments readable by any local user once the home was made passable).
+        from pathlib import Path
+
         for p in (self.db, Path(f"{self.db}-wal"), Path(f"{self.db}-shm"), self.pidfile, self.log,
                   self.root / "logs" / "daemon.err", self.root / "logs", self.outbox):
             tighten(p)
@@ -135,7 +156,7 @@ def tighten(path: str | os.PathLike) -> None:
         os.close(fd)
 
 
-def _check_home(root: Path, st: os.stat_result, owned: bool) -> None:
+def _check_home(root: str | Path, st: os.stat_result, owned: bool) -> None:
     if stat.S_ISLNK(st.st_mode):
         raise UnsafeHomeError(f"unsafe home {root}: it is a symlink (set HOMIE_HOME to the directory itself)")
     if not stat.S_ISDIR(st.st_mode):
@@ -149,7 +170,7 @@ def _check_home(root: Path, st: os.stat_result, owned: bool) -> None:
                               f" {stat.S_IMODE(st.st_mode):04o}; fix: chmod go-w {root})")
     # Whoever can write to the parent can rename the home away and put their own
     # in its place, unless the sticky bit (as on /tmp) stops them.
-    parent = root.parent
+    parent = os.path.dirname(os.path.normpath(root))
     try:
         pst = os.stat(parent)
     except OSError:

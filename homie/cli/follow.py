@@ -175,7 +175,6 @@ def _install_interrupt(state: dict) -> None:
     """Ctrl-C: the first interrupts the remote job, a second kills it; when
     attached to an existing job, Ctrl-C only detaches (the job goes on)."""
     import signal
-    import threading
 
     def send(sig):
         try:
@@ -194,6 +193,8 @@ def _install_interrupt(state: dict) -> None:
             echo(f"\n{ARROW} detached; job {job} goes on (homie attach {job} follows it,"
                        f" homie kill {job} stops it)", err=True)
             os._exit(130)
+        import threading  # here, not above: `homie run` would pay for it on every job
+
         if n == 1:
             echo(f"\n{ARROW} interrupting job {job} (Ctrl-C again to kill it)", err=True)
             threading.Thread(target=send, args=(signal.SIGINT,), daemon=True).start()

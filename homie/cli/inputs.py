@@ -91,7 +91,6 @@ def read_stdin(home: Home) -> str | None:
     """What is piped or redirected into `homie run`, saved for the daemon to send
     as the job's stdin; None on a terminal or /dev/null (nothing to forward)."""
     import stat
-    import tempfile
 
     try:
         mode = os.fstat(0).st_mode
@@ -104,6 +103,8 @@ def read_stdin(home: Home) -> str | None:
     if not stat.S_ISREG(mode) and not select.select([0], [], [], 3.0)[0]:
         # A pipe nobody writes to (a caller's inherited stdin) would hang here silently.
         say("reading stdin for the job until it closes (--no-stdin sends none)")
+    import tempfile
+
     d = home.root / "stdin"
     d.mkdir(mode=0o700, exist_ok=True)
     fd, path = tempfile.mkstemp(prefix="stdin-", dir=d)
@@ -117,8 +118,6 @@ def read_stdin(home: Home) -> str | None:
 
 
 def check_inputs(script: str, files: tuple[str, ...], directory: str | None) -> None:
-    import glob
-
     utf8("the script's path", script)
     if not os.path.isfile(script):
         hint = " (options go before SCRIPT; `homie run --help` lists them)" if script.startswith("-") else ""
@@ -132,6 +131,8 @@ def check_inputs(script: str, files: tuple[str, ...], directory: str | None) -> 
         if first != b"#!":
             raise HomieError(f"{script} is not a .py file and has no #! line, so no machine can tell how to run"
                              " it: add one (e.g. #!/bin/sh) as its first line", EXIT_USAGE)
+    if files:
+        import glob
     for f in files:
         utf8("-f", f)
         if os.path.isdir(f):

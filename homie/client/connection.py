@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import socket
+import _socket  # the socket module's C core: socket's own import costs each `homie run` ~3 ms (its enums)
 
 from homie.control import shapes
 from homie.errors import EXIT_NO_DAEMON, HomieError, NoDaemon, error_for
@@ -18,10 +18,10 @@ class Connection:
     def __init__(self, home, timeout: float | None = 10.0):
         from homie.wire.channel import Channel
 
-        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
         s.settimeout(timeout)
         try:
-            s.connect(str(home.socket))
+            s.connect(home.socket_path)
         except (FileNotFoundError, ConnectionRefusedError):
             s.close()
             raise NoDaemon("homie is not running; start it with: homie up") from None

@@ -1,21 +1,25 @@
-"""A followed job's events, typed: OutputEvent, JobEvent and, last, Ended."""
+"""A followed job's events, typed: OutputEvent, JobEvent and, last, Ended.
+
+Plain classes, like homie.client.records (and for the same start-up reason)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from dataclasses import dataclass
-from dataclasses import fields as _fields
+from homie.client.records import JobInfo, _Record
 
-from homie.client.records import JobInfo
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Iterator
 
 
-@dataclass
-class OutputEvent:
+class OutputEvent(_Record):
     """A chunk of a job's output, as it arrives."""
 
-    stream: int            # 1: stdout, 2: stderr
-    data: bytes
-    offset: int            # the job's log offset just past this chunk (resume a stream from here)
+    __slots__ = ("stream", "data", "offset")
+
+    def __init__(self, stream: int, data: bytes, offset: int):
+        self.stream = stream   # 1: stdout, 2: stderr
+        self.data = data
+        self.offset = offset   # the job's log offset just past this chunk (resume a stream from here)
 
     @property
     def text(self) -> str:
@@ -27,39 +31,46 @@ class OutputEvent:
         return self.stream == 2
 
 
-@dataclass
-class JobEvent:
+class JobEvent(_Record):
     """A change in a job's life while it is followed.
 
     kind: "job" (its id), "queued" (why), "sending" (peer, via, files, bytes), "resumed"
     (peer, attempt, checkpoint_at: it runs again after its peer was lost), "started" (peer),
     "progress" (phase, done, total: bytes of an upload or download)."""
 
-    kind: str
-    job_id: str | None = None
-    peer: str | None = None
-    why: str | None = None
-    via: str | None = None
-    files: int | None = None
-    bytes: int | None = None
-    attempt: int | None = None
-    checkpoint_at: float | None = None
-    phase: str | None = None
-    done: int | None = None
-    total: int | None = None
+    __slots__ = ("kind", "job_id", "peer", "why", "via", "files", "bytes", "attempt", "checkpoint_at", "phase",
+                 "done", "total")
+
+    def __init__(self, kind: str, job_id: str | None = None, peer: str | None = None, why: str | None = None,
+                 via: str | None = None, files: int | None = None, bytes: int | None = None,
+                 attempt: int | None = None, checkpoint_at: float | None = None, phase: str | None = None,
+                 done: int | None = None, total: int | None = None):
+        self.kind = kind
+        self.job_id = job_id
+        self.peer = peer
+        self.why = why
+        self.via = via
+        self.files = files
+        self.bytes = bytes
+        self.attempt = attempt
+        self.checkpoint_at = checkpoint_at
+        self.phase = phase
+        self.done = done
+        self.total = total
 
     @classmethod
     def from_dict(cls, d: dict) -> JobEvent:
-        known = {f.name for f in _fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in known})
+        return cls(**cls._known(d))
 
 
-@dataclass
-class Ended:
+class Ended(_Record):
     """The last event of a stream: how the job ended (or, for a stream that does not
     follow live, where it stands: info.terminal is then False)."""
 
-    info: JobInfo
+    __slots__ = ("info",)
+
+    def __init__(self, info: JobInfo):
+        self.info = info
 
 
 Event = OutputEvent | JobEvent | Ended

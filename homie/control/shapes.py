@@ -5,9 +5,11 @@ to what they declare)."""
 
 from __future__ import annotations
 
-from typing import Any
-
 from homie.errors import ProtocolError
+
+TYPE_CHECKING = False  # typing costs `homie run` ~4 ms to import; annotations need it only for checkers
+if TYPE_CHECKING:
+    from typing import Any
 
 None_ = type(None)
 

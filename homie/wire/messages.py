@@ -12,9 +12,11 @@ ProtocolError. Validation never raises anything else, whatever the input.
 
 from __future__ import annotations
 
-from typing import Any
-
 from homie.errors import ProtocolError
+
+TYPE_CHECKING = False  # typing costs `homie run` ~4 ms to import; annotations need it only for checkers
+if TYPE_CHECKING:
+    from typing import Any
 
 Schema = dict[str, tuple[tuple[type, ...], bool]]  # field -> (types, required)
 
