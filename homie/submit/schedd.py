@@ -39,6 +39,11 @@ class Submitter:
         # An ended job never runs again (restart makes a new one), so ended ones are
         # dropped from here lazily (_live_jobs).
         self._live: dict[str, Job] = {}
+        # Jobs holding attempts given up on (Job.stale), which reap_stale looks at twice a
+        # second: kept by save(), through which every change of a job goes, so that look
+        # is not a walk over every job ever sent (0.1 s of a daemon's CPU per 10 s of a
+        # map after a few thousand jobs).
+        self._stale: dict[str, Job] = {}
         self._reaped_at = 0.0
         self.lock = threading.Lock()
         self.wake = threading.Condition()
@@ -76,6 +81,14 @@ class Submitter:
 
     def save(self, job: Job) -> None:
         self.store.save_job(job.doc)
+        self._index_stale(job)
+
+    def _index_stale(self, job: Job) -> None:
+        with self.lock:
+            if job.rec.stale:
+                self._stale[job.id] = job
+            else:
+                self._stale.pop(job.id, None)
 
     # -- lookup -----------------------------------------------------------------------------
     def find(self, prefix: str) -> list[Job]:
@@ -97,6 +110,7 @@ class Submitter:
                 self.jobs[job.id] = job
                 if not job.terminal:
                     self._live[job.id] = job
+            self._index_stale(job)
             if not job.terminal:
                 job.ckpt_store.cleanup()  # a checkpoint fetch cut short by the restart
             if job.state == JobState.UPLOADING:
@@ -184,7 +198,7 @@ class Submitter:
     def reap_stale(self) -> None:
         """Attempts given up on whose worker is back: stop them, drop what they made."""
         with self.lock:
-            jobs = [j for j in self.jobs.values() if j.stale]
+            jobs = [j for j in self._stale.values() if j.rec.stale]
         now = time.time()
         for job in jobs:
             entries = [migration.Stale.from_dict(d) for d in job.stale]
@@ -217,6 +231,7 @@ class Submitter:
         with self.lock:
             self.jobs.pop(job.id, None)
             self._live.pop(job.id, None)
+            self._stale.pop(job.id, None)
         self.store.delete_job(job.id)
         job.log.close()
         shutil.rmtree(job.dir, ignore_errors=True)
