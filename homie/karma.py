@@ -11,30 +11,32 @@ class Karma:
         self.store = store
         self.own_name = own_name
         self._lock = threading.Lock()
-        self._totals: dict | None = None
+        # CPU seconds given and taken, summed from the ledger once and then kept up to
+        # date by record(): every heartbeat carries them, and summing the whole ledger
+        # after each job was the largest part of a lending daemon's sqlite time in a map
+        # (it grows with every job ever run).
+        self._sums: dict[str, float] | None = None
 
     def record(self, peer: str, given: bool, cpu_s: float, wall_s: float, gpu_s: float, job_id: str) -> None:
         if peer == self.own_name:
             return  # running one's own job locally is neither giving nor taking
-        self.store.record(job_id, peer, "given" if given else "taken", cpu_s, gpu_s, wall_s)
-        with self._lock:
-            self._totals = None
+        direction = "given" if given else "taken"
+        with self._lock:  # the row and the sums change together: totals() never sees one without the other
+            replaced = self.store.record(job_id, peer, direction, cpu_s, gpu_s, wall_s)
+            if replaced is None:
+                self._sums = None  # not written (a full disk): sum the ledger again next time
+            elif self._sums is not None:
+                self._sums[direction] += cpu_s - replaced
 
     def totals(self) -> dict:
         """CPU seconds given and taken in all, as the heartbeat carries them."""
         with self._lock:
-            if self._totals is not None:
-                return self._totals
-        given = taken = 0.0
-        for row in self.store.ledger():
-            if row["direction"] == "given":
-                given += row["cpu_s"]
-            else:
-                taken += row["cpu_s"]
-        totals = {"given": round(given, 1), "taken": round(taken, 1)}
-        with self._lock:
-            self._totals = totals
-        return totals
+            if self._sums is None:
+                sums = {"given": 0.0, "taken": 0.0}
+                for row in self.store.ledger():
+                    sums["given" if row["direction"] == "given" else "taken"] += row["cpu_s"]
+                self._sums = sums
+            return {"given": round(self._sums["given"], 1), "taken": round(self._sums["taken"], 1)}
 
     def per_peer(self) -> list[dict]:
         """One row per friend: given and taken (cpu, gpu, wall seconds, jobs) and the balance."""
