@@ -11,19 +11,40 @@ from __future__ import annotations
 import os
 import struct
 import threading
+from typing import BinaryIO
 
 REC = struct.Struct("!BI")
 MAX_CHUNK = 256 * 1024
 
 
 class JobLog:
-    def __init__(self, path: os.PathLike | str):
+    """ended: the log of a job that is over (a submitting daemon keeps every job it ever
+    sent): no descriptor is held for it, and its file is not scanned, since nothing
+    was being appended to it. close() gives the descriptor back the same way; a log
+    appended to again later opens one again (never through a symlink); read() only
+    ever reads through the descriptor held (read_records reads by path)."""
+
+    def __init__(self, path: os.PathLike | str, ended: bool = False):
         self.path = os.fspath(path)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
-        self._f = os.fdopen(fd, "ab", buffering=0)
+        self.cond = threading.Condition()
+        self._f: BinaryIO | None = None
+        if ended:
+            try:
+                self.end = os.lstat(self.path).st_size
+            except FileNotFoundError:
+                self.end = 0
+            self.finished = True
+            return
+        self._file()
         self.end = self._valid_end()
         self.finished = False
-        self.cond = threading.Condition()
+
+    def _file(self) -> BinaryIO:
+        """The descriptor appends and reads go through, opened if the log has none."""
+        if self._f is None:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+            self._f = os.fdopen(fd, "ab", buffering=0)
+        return self._f
 
     def _valid_end(self) -> int:
         # A crash mid-write can leave a torn last record: cut it so offsets stay aligned.
@@ -44,7 +65,7 @@ class JobLog:
         with self.cond:
             for i in range(0, len(data), MAX_CHUNK):
                 piece = data[i : i + MAX_CHUNK]
-                self._f.write(REC.pack(stream, len(piece)) + piece)
+                self._file().write(REC.pack(stream, len(piece)) + piece)
                 self.end += REC.size + len(piece)
             self.cond.notify_all()
             return self.end
@@ -67,17 +88,26 @@ class JobLog:
             self.finished = False
 
     def close(self) -> None:
-        self.finish()
-        try:
-            self._f.close()
-        except OSError:
-            pass
+        """Finished, and its descriptor given back (read_records reads it by path)."""
+        with self.cond:
+            self.finished = True
+            self.cond.notify_all()
+            f, self._f = self._f, None
+        if f is not None:
+            try:
+                f.close()
+            except OSError:
+                pass
 
     def read(self, offset: int = 0, max_bytes: int = 1 << 20, until: int | None = None):
         """Records from `offset`, read through the descriptor this log holds
         (never reopened by path), and never past what this log wrote."""
         end = self.end if until is None else min(until, self.end)
-        return _parse(lambda pos, n: os.pread(self._f.fileno(), n, pos), offset, end, max_bytes)
+        f = self._f
+        if f is None:
+            return []  # closed (the job was dropped): nothing is read by path here
+        fd = f.fileno()
+        return _parse(lambda pos, n: os.pread(fd, n, pos), offset, end, max_bytes)
 
     def wait(self, offset: int, timeout: float) -> bool:
         """Wait until there is data past `offset` or the log is finished."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import time
 from pathlib import Path
@@ -369,6 +370,15 @@ def test_map_spreads_over_all_workers(farm):
     assert sum(map(int, counts.values())) == 12
     check_results(proj, 12)
     print(f"map of 12 inputs over 3 workers in {took:.2f}s: {summary}")
+    # A finished job keeps no descriptor in the submitting daemon, which keeps every job it
+    # sent: twelve more jobs leave its open files where the first twelve did (its
+    # connections to the workers are pooled by now).
+    fds = lambda: len(os.listdir(f"/proc/{daemon_pid(you)}/fd"))  # noqa: E731
+    after_first = fds()
+    shutil.rmtree(proj / "results")
+    r = you.homie("map", "--over", "data/*.txt", "job.py", "0", "{}", cwd=proj, timeout=60)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    assert fds() <= after_first + 2, f"{fds()} open files after 24 jobs, {after_first} after 12"
 
 
 def test_map_without_inputs(farm):

@@ -222,3 +222,49 @@ def test_read_goes_through_the_held_descriptor(tmp_path):
     os.rename(log.path, tmp_path / "moved.log")  # whatever lies at the path now is not read
     (tmp_path / "out.log").write_bytes(b"\1\0\0\0\5xxxxx\1\0\0\0\5yyyyy")
     assert [d for _, _, d in log.read(0)] == [b"hello"]
+
+
+def _open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_a_finished_jobs_log_holds_no_descriptor(tmp_path):
+    """A submitting daemon keeps every job it ever sent: their logs must not each hold a
+    descriptor (a daemon had 9,800 open after a few thousand map inputs)."""
+    before = _open_fds()
+    logs = []
+    for i in range(50):
+        lg = JobLog(tmp_path / f"{i}.log")
+        lg.append(STDOUT, b"out\n")
+        lg.close()  # the job ended
+        logs.append(lg)
+    again = [JobLog(tmp_path / f"{i}.log", ended=True) for i in range(50)]  # the daemon restarted
+    assert _open_fds() == before
+    assert all(lg.end == REC.size + 4 and lg.finished for lg in again)
+    assert read_records(again[7].path) == [(STDOUT, REC.size + 4, b"out\n")]
+    # Written to again (a late line): a descriptor opens, the record lands after the old ones.
+    assert again[7].append(STDERR, b"late\n") == 2 * REC.size + 9
+    assert [r[2] for r in read_records(again[7].path)] == [b"out\n", b"late\n"]
+    again[7].close()
+    assert _open_fds() == before
+
+
+def test_a_closed_log_is_not_read_by_path_or_recreated(tmp_path):
+    lg = JobLog(tmp_path / "job.log")
+    lg.append(STDOUT, b"x")
+    lg.close()
+    os.unlink(lg.path)  # the worker drops the job
+    assert lg.read(0) == []
+    assert not os.path.exists(lg.path)
+
+
+def test_a_log_never_opens_through_a_symlink(tmp_path):
+    target = tmp_path / "elsewhere"
+    target.write_bytes(b"")
+    os.symlink(target, tmp_path / "job.log")
+    with pytest.raises(OSError):
+        JobLog(tmp_path / "job.log")
+    lg = JobLog(tmp_path / "job.log", ended=True)
+    with pytest.raises(OSError):
+        lg.append(STDOUT, b"into the link")
+    assert target.read_bytes() == b""

@@ -141,9 +141,7 @@ class Job:
         self.rec = rec
         self.dir = outbox / rec.id
         self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        self.log = JobLog(self.dir / "output.log")
-        if rec.state.terminal:
-            self.log.finish()
+        self.log = JobLog(self.dir / "output.log", ended=rec.state.terminal)
         self.cond = threading.Condition()
         self.progress: dict | None = None
         self.manifest: list[files.FileEntry] | None = None

@@ -334,7 +334,7 @@ class Shadow(Attempts):
             job.syncer = None
         fields.setdefault("finished_at", time.time())
         job.update(state=state, **fields)
-        job.log.finish()
+        job.log.close()  # finished: its descriptor goes back (the daemon keeps every job it sent)
         self.save(job)
         self.log.info("job.finished", job_id=job.id, state=state, exit_code=job.exit_code, message=job.message)
 
