@@ -419,3 +419,61 @@ def test_what_a_venv_build_may_read_is_what_requirements_name():
     """
     assert _relative_refs(text) == ["./dist/pkg-0.1-py3-none-any.whl", "more.txt", "pins.txt", ".", "wheels/",
                                     "sub/project"]
+
+
+# -- hard links to files the job does not own --------------------------------------------------
+# Without a sandbox and with fs.protected_hardlinks off, a job's own uid can hard-link any file
+# of the machine into its directory; the daemon reads results and checkpoints as root. Here the
+# test (root) makes the links the hostile job would have made.
+
+@pytest.fixture
+def linked_job(tmp_path):
+    if os.geteuid() != 0:
+        pytest.skip("needs root: files of another owner and the job's own uid")
+    from types import SimpleNamespace
+
+    from homie.worker.job import WorkerJob
+    from homie.worker.starter import Starter
+
+    uid = 62041
+    secret = tmp_path / "secret"
+    secret.write_text("root's only\n")
+    secret.chmod(0o600)
+    jd = tmp_path / "job"
+    jd.mkdir()
+    blob = tmp_path / "blob"  # an input: a hard link into the blob cache, owned by the daemon
+    blob.write_text("input\n")
+    os.link(blob, jd / "data.csv")
+    os.chown(jd, uid, uid)
+    job = WorkerJob(id="j1", submitter="raj", submitter_ip="10.0.0.2", script="t.py", args=[], files=[],
+                    executor="subprocess", gpu=False, dir=jd, log=JobLog(tmp_path / "j1.log"),
+                    ident=Identity(uid, uid, "homie-job"))
+    job.inputs_stat = jobdir.scan(jd)
+    # What the job does: a result of its own, the secret linked in, its input renamed.
+    (jd / "out.txt").write_text("mine\n")
+    os.chown(jd / "out.txt", uid, uid)
+    os.link(secret, jd / "loot.txt")
+    os.rename(jd / "data.csv", jd / "renamed.csv")
+    worker = SimpleNamespace(blobs=SimpleNamespace(has=lambda sha: False))
+    return SimpleNamespace(job=job, starter=Starter(worker), dir=jd, uid=uid, secret=secret)
+
+
+def test_a_result_hard_linked_to_a_file_the_job_does_not_own_stays_there(linked_job):
+    results = linked_job.starter._results(linked_job.job)
+    assert sorted(r["path"] for r in results) == ["out.txt", "renamed.csv"]
+    said = _text(linked_job.job.log)
+    assert "not sending result 'loot.txt': it is a hard link to a file the job does not own" in said
+
+
+def test_a_checkpoint_hard_linked_to_a_file_the_job_does_not_own_is_not_taken(linked_job):
+    from homie import checkpoints
+
+    jd, uid = linked_job.dir, linked_job.uid
+    inputs = {ino for _, _, ino in linked_job.job.inputs_stat.values()}
+    sig = checkpoints.signature(jd, ["loot.txt"])
+    assert checkpoints.take(jd, sig, 1, 0.0, uid=uid, inputs=inputs) is None
+    # the job's own file, and its own input (a checkpoint restored from an earlier attempt is one)
+    for rel in ("out.txt", "renamed.csv"):
+        snap = checkpoints.take(jd, checkpoints.signature(jd, [rel]), 1, 0.0, uid=uid, inputs=inputs)
+        assert snap is not None and [f.path for f in snap.files] == [rel]
+        snap.close()

@@ -7,7 +7,7 @@ import hashlib
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 
 from homie.checkpoints.rules import (
@@ -117,8 +117,11 @@ def sendable(rel: str) -> bool:
     return True
 
 
-def take(root: Path, sig: Signature, seq: int, at: float) -> Snapshot | None:
-    """Open and hash every file of sig; None if any changed on the way (it is taken later)."""
+def take(root: Path, sig: Signature, seq: int, at: float, uid: int | None = None,
+         inputs: Collection[int] = ()) -> Snapshot | None:
+    """Open and hash every file of sig; None if any changed on the way (it is taken later)
+    or is a hard link to a file that uid (the job's) does not own, other than the job's own
+    inputs (jobdir.linked_in: a restored checkpoint is one)."""
     fds: dict[str, int] = {}
     out: list[CkptFile] = []
     try:
@@ -128,6 +131,8 @@ def take(root: Path, sig: Signature, seq: int, at: float) -> Snapshot | None:
             st = os.fstat(fd)
             if (st.st_size, st.st_mtime_ns, st.st_ino) != sig[rel]:
                 raise _Changed
+            if uid is not None and jobdir.linked_in(st, uid, inputs):
+                raise ManifestError(f"checkpoint file {rel} is a hard link to a file the job does not own")
         for rel in sorted(sig):
             fd = fds[rel]
             size = sig[rel][0]

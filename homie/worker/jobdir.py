@@ -20,7 +20,7 @@ import errno
 import hashlib
 import os
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 
 from homie import files
@@ -321,3 +321,13 @@ def open_beneath(root: Path, rel: str) -> int:
         os.close(ffd)
         raise ManifestError(f"{rel!r} is not a regular file")
     return ffd
+
+
+def linked_in(st: os.stat_result, uid: int, inputs: Collection[int] = ()) -> bool:
+    """A file a job holds through a hard link to someone else's file (more than one
+    name, another owner), other than its own inputs (`inputs`: their inodes; they are
+    hard links into the blob cache). Sent home as a result or checkpoint, it would
+    carry what the job may not read: without a sandbox and with fs.protected_hardlinks
+    off, a job's own uid can link /etc/shadow into its directory, and the daemon,
+    reading as root, would ship it."""
+    return st.st_nlink > 1 and st.st_uid != uid and st.st_ino not in inputs

@@ -225,10 +225,12 @@ class Session:
             timeout=msg.get("timeout"), stdin=msg.get("stdin"),
             token_sha=hashlib.sha256(msg["token"].encode()).hexdigest() if msg.get("token") else None,
         )
-        job.ckpt = checkpoints.Watcher(jd, checkpoints.normalize(msg.get("checkpoints")),
-                                       interval=max(1.0, float(msg.get("checkpoint_interval") or 60.0)))
-        job.ckpt.prime()  # a checkpoint restored from an earlier attempt is not a new one
         job.inputs_stat = jobdir.scan(jd)
+        inputs = frozenset(ino for _, _, ino in job.inputs_stat.values())
+        job.ckpt = checkpoints.Watcher(jd, checkpoints.normalize(msg.get("checkpoints")),
+                                       interval=max(1.0, float(msg.get("checkpoint_interval") or 60.0)),
+                                       taker=functools.partial(checkpoints.take, uid=ident.uid, inputs=inputs))
+        job.ckpt.prime()  # a checkpoint restored from an earlier attempt is not a new one
         with self.w.lock:
             self.w.jobs[job_id] = job
         self.w.book.hold(job_id)  # the job itself holds the slot from here on

@@ -244,6 +244,7 @@ class Starter:
         if job.evicted_by:
             return []  # its submitter takes only its checkpoint: nothing to read (a sparse TiB costs the job nothing)
         changed = jobdir.changed(job.dir, job.inputs_stat)
+        inputs = {ino for _, _, ino in job.inputs_stat.values()}
         out = []
         seen = set()
         total = 0
@@ -263,7 +264,12 @@ class Starter:
             except (OSError, ManifestError):
                 continue
             try:
-                if total + os.fstat(fd).st_size > MAX_RESULT_BYTES:
+                st = os.fstat(fd)
+                if job.ident is not None and jobdir.linked_in(st, job.ident.uid, inputs):
+                    job.log.append(protocol.STDERR, f"homie: not sending result {rel!r}: it is a hard link to a"
+                                                    " file the job does not own\n".encode())
+                    continue
+                if total + st.st_size > MAX_RESULT_BYTES:
                     job.log.append(protocol.STDERR, f"homie: not sending result {rel!r}: the results would be more"
                                                     f" than {MAX_RESULT_BYTES >> 30} GiB\n".encode())
                     continue
