@@ -40,8 +40,13 @@ def recv_into(self, buf, *a):
             T.setdefault("control socket: job output received", now)
     return r
 _S.connect, _S.sendall, _S.recv_into = connect, sendall, recv_into
-import _socket
-_socket.socket = _S  # homie's client makes its control socket with _socket (no socket-module import): stamp it too
+import types, _socket as _real_socket
+# homie's client makes its control socket with _socket (no socket-module import): hand it a
+# _socket whose socket is the stamped class (socket.py keeps its own reference to the real one).
+_shim = types.ModuleType("_socket")
+_shim.__getattr__ = lambda name: getattr(_real_socket, name)
+_shim.socket = _S
+sys.modules["_socket"] = _shim
 def _dump():
     T["atexit"] = time.time()
     with open(os.environ["HOMIE_BENCH_PROBE"], "w") as f:
