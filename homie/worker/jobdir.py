@@ -323,6 +323,11 @@ def open_beneath(root: Path, rel: str) -> int:
     return ffd
 
 
+def inodes(scanned: dict[str, tuple[int, int, int]]) -> frozenset[int]:
+    """The inodes of a scan() (a job's inputs, for linked_in)."""
+    return frozenset(ino for _, _, ino in scanned.values())
+
+
 def linked_in(st: os.stat_result, uid: int, inputs: Collection[int] = ()) -> bool:
     """A file a job holds through a hard link to someone else's file (more than one
     name, another owner), other than its own inputs (`inputs`: their inodes; they are

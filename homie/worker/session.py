@@ -226,10 +226,10 @@ class Session:
             token_sha=hashlib.sha256(msg["token"].encode()).hexdigest() if msg.get("token") else None,
         )
         job.inputs_stat = jobdir.scan(jd)
-        inputs = frozenset(ino for _, _, ino in job.inputs_stat.values())
         job.ckpt = checkpoints.Watcher(jd, checkpoints.normalize(msg.get("checkpoints")),
                                        interval=max(1.0, float(msg.get("checkpoint_interval") or 60.0)),
-                                       taker=functools.partial(checkpoints.take, uid=ident.uid, inputs=inputs))
+                                       taker=functools.partial(checkpoints.take, uid=ident.uid,
+                                                               inputs=jobdir.inodes(job.inputs_stat)))
         job.ckpt.prime()  # a checkpoint restored from an earlier attempt is not a new one
         with self.w.lock:
             self.w.jobs[job_id] = job

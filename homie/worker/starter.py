@@ -244,7 +244,7 @@ class Starter:
         if job.evicted_by:
             return []  # its submitter takes only its checkpoint: nothing to read (a sparse TiB costs the job nothing)
         changed = jobdir.changed(job.dir, job.inputs_stat)
-        inputs = {ino for _, _, ino in job.inputs_stat.values()}
+        inputs = jobdir.inodes(job.inputs_stat)
         out = []
         seen = set()
         total = 0
@@ -275,7 +275,7 @@ class Starter:
                     continue
                 size, sha, _ = files.sha256_fd(fd)
                 total += size
-                mode = 0o755 if os.fstat(fd).st_mode & 0o100 else 0o644
+                mode = 0o755 if st.st_mode & 0o100 else 0o644
             except OSError:
                 continue
             finally:
