@@ -477,3 +477,49 @@ def test_a_checkpoint_hard_linked_to_a_file_the_job_does_not_own_is_not_taken(li
         snap = checkpoints.take(jd, checkpoints.signature(jd, [rel]), 1, 0.0, uid=uid, inputs=inputs)
         assert snap is not None and [f.path for f in snap.files] == [rel]
         snap.close()
+
+
+# -- the submitter's environment never reaches a process running as root ---------------------
+
+def test_an_unsandboxed_jobs_ld_preload_never_runs_as_root(passable):
+    """`homie run -e LD_PRELOAD=./x.so` with x.so among the job's files: the library must load
+    only into the job's own processes (its uid), never into a helper the root daemon starts
+    before the uid drop (the daemon once started jobs through a root setpriv with the job's env)."""
+    import shutil
+    import subprocess
+
+    if os.geteuid() != 0:
+        pytest.skip("needs root: a job uid of its own")
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        pytest.skip("needs a C compiler to build the preloaded library")
+    tmp_path = passable
+    marks = tmp_path / "marks"
+    marks.mkdir(mode=0o777)
+    marks.chmod(0o777)
+    src = tmp_path / "x.c"
+    src.write_text(textwrap.dedent(f"""
+        #include <stdio.h>
+        #include <unistd.h>
+        __attribute__((constructor)) static void mark(void) {{
+            char p[256];
+            snprintf(p, sizeof p, "{marks}/%d-%d", (int)getuid(), (int)getpid());
+            FILE *f = fopen(p, "w");
+            if (f) fclose(f);
+        }}
+    """))
+    lib = tmp_path / "x.so"
+    subprocess.run([cc, "-shared", "-fPIC", "-o", str(lib), str(src)], check=True)
+    lib.chmod(0o755)
+    job = tmp_path / "job"
+    job.mkdir()
+    uid = 62042
+    jobdir.give(job, uid, uid)
+    log = JobLog(tmp_path / "out.log")
+    la = Launch(argv=["/bin/true"], cwd=str(job), env={"PATH": "/usr/bin:/bin", "LD_PRELOAD": str(lib)},
+                user=Identity(uid, uid, "t"), uid_sweep=uid)
+    p = JobProcess("t" + os.urandom(4).hex(), la, log, Limits())
+    p.start()
+    assert p.wait(10) is not None
+    uids = {int(m.name.split("-")[0]) for m in marks.iterdir()}
+    assert uids == {uid}, f"the preloaded library ran as uid(s) {sorted(uids)}"

@@ -74,15 +74,18 @@ class Launch:
         return self.info_fd is not None
 
 
-def _as_user(argv: list[str], user: Identity) -> tuple[list[str], dict[str, Any]]:
+def _as_user(argv: list[str], user: Identity, sandboxed: bool) -> tuple[list[str], dict[str, Any]]:
     """How to start argv as user: the command and Popen's extra arguments.
 
     Popen(user=...) must fork() the whole daemon, not vfork() it (CPython does not
     vfork when it changes ids), which cost ~4 ms per job for a 60 MB daemon with a
     few dozen threads; a root daemon vforks util-linux's setpriv instead, which
     drops to the uid, gid and no supplementary groups (its capabilities go with
-    root, as with Popen) and then execs argv: ~2 ms in all."""
-    setpriv = _setpriv() if os.geteuid() == 0 else None
+    root, as with Popen) and then execs argv: ~2 ms in all. Only for bubblewrap,
+    whose environment is the daemon's own: setpriv runs as root with the
+    environment it is given, and an unsandboxed job's is the submitter's
+    (`-e LD_PRELOAD=./x.so` would load the submitter's code into a root process)."""
+    setpriv = _setpriv() if sandboxed and os.geteuid() == 0 else None
     if setpriv is None:
         return argv, {"user": user.uid, "group": user.gid, "extra_groups": []}
     return [setpriv, f"--reuid={user.uid}", f"--regid={user.gid}", "--clear-groups", "--", *argv], {}
@@ -126,7 +129,7 @@ class JobProcess:
         kw: dict[str, Any] = {}
         argv = la.argv
         if la.user is not None and la.user.differs:
-            argv, kw = _as_user(argv, la.user)
+            argv, kw = _as_user(argv, la.user, la.sandboxed)
         self._started = time.monotonic()
         try:
             self.proc = subprocess.Popen(
