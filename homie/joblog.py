@@ -102,12 +102,22 @@ class JobLog:
     def read(self, offset: int = 0, max_bytes: int = 1 << 20, until: int | None = None):
         """Records from `offset`, read through the descriptor this log holds
         (never reopened by path), and never past what this log wrote."""
-        end = self.end if until is None else min(until, self.end)
-        f = self._f
-        if f is None:
-            return []  # closed (the job was dropped): nothing is read by path here
-        fd = f.fileno()
-        return _parse(lambda pos, n: os.pread(fd, n, pos), offset, end, max_bytes)
+        with self.cond:
+            end = self.end if until is None else min(until, self.end)
+            if self._f is None:
+                return []  # closed (the job was dropped): nothing is read by path here
+            # A descriptor of our own: close() on another thread must not free the number
+            # for the next file the daemon opens (another job's log) while we read.
+            fd = os.dup(self._f.fileno())
+        try:
+            return _parse(lambda pos, n: os.pread(fd, n, pos), offset, end, max_bytes)
+        finally:
+            os.close(fd)
+
+    @property
+    def closed(self) -> bool:
+        """Its descriptor given back (close()): read() has nothing more to give."""
+        return self._f is None
 
     def wait(self, offset: int, timeout: float) -> bool:
         """Wait until there is data past `offset` or the log is finished."""

@@ -268,3 +268,15 @@ def test_a_log_never_opens_through_a_symlink(tmp_path):
     with pytest.raises(OSError):
         lg.append(STDOUT, b"into the link")
     assert target.read_bytes() == b""
+
+
+def test_a_read_uses_a_descriptor_of_its_own(tmp_path):
+    """read() parses from its own duplicate: a close() on another thread cannot free the number
+    for the next file opened (another job's log) in the middle of a read."""
+    lg = JobLog(tmp_path / "job.log")
+    lg.append(STDOUT, b"x" * 10)
+    before = _open_fds()
+    assert [d for _, _, d in lg.read(0)] == [b"x" * 10]
+    assert _open_fds() == before
+    lg.close()
+    assert lg.closed and lg.read(0) == []

@@ -449,10 +449,23 @@ def linked_job(tmp_path):
                     executor="subprocess", gpu=False, dir=jd, log=JobLog(tmp_path / "j1.log"),
                     ident=Identity(uid, uid, "homie-job"))
     job.inputs_stat = jobdir.scan(jd)
-    # What the job does: a result of its own, the secret linked in, its input renamed.
+    # What the job does: a result of its own (and a second name for it), the secret linked
+    # in, another user's file linked in and then renamed over at its home (so the job's name
+    # is its only one), a setuid binary linked in, its input renamed.
     (jd / "out.txt").write_text("mine\n")
     os.chown(jd / "out.txt", uid, uid)
+    os.link(jd / "out.txt", jd / "out2.txt")
     os.link(secret, jd / "loot.txt")
+    alices = tmp_path / "alices"
+    alices.write_text("alice's only\n")
+    os.chown(alices, 62043, 62043)
+    alices.chmod(0o600)
+    os.link(alices, jd / "rotated.txt")
+    alices.unlink()
+    suid = tmp_path / "suid"
+    suid.write_bytes(b"#!/bin/sh\n")
+    suid.chmod(0o4755)
+    os.link(suid, jd / "suid")
     os.rename(jd / "data.csv", jd / "renamed.csv")
     worker = SimpleNamespace(blobs=SimpleNamespace(has=lambda sha: False))
     return SimpleNamespace(job=job, starter=Starter(worker), dir=jd, uid=uid, secret=secret)
@@ -460,18 +473,27 @@ def linked_job(tmp_path):
 
 def test_a_result_hard_linked_to_a_file_the_job_does_not_own_stays_there(linked_job):
     results = linked_job.starter._results(linked_job.job)
-    assert sorted(r["path"] for r in results) == ["out.txt", "renamed.csv"]
+    assert sorted(r["path"] for r in results) == ["out.txt", "out2.txt", "renamed.csv"]
     said = _text(linked_job.job.log)
     assert "not sending result 'loot.txt': it is a hard link to a file the job does not own" in said
+
+
+def test_taking_a_directory_back_leaves_what_the_job_linked_in_as_it_was(linked_job):
+    jobdir.give(linked_job.dir, os.geteuid(), os.getegid(), shared_blobs=False, only_from=linked_job.uid)
+    st = {name: os.stat(linked_job.dir / name) for name in ("out.txt", "rotated.txt", "suid", "loot.txt")}
+    assert st["out.txt"].st_uid == os.geteuid()  # the job's own: back to the daemon
+    assert st["rotated.txt"].st_uid == 62043 and st["rotated.txt"].st_mode & 0o777 == 0o600
+    assert st["suid"].st_mode & 0o7777 == 0o4755  # a chown would have cleared the setuid bit
 
 
 def test_a_checkpoint_hard_linked_to_a_file_the_job_does_not_own_is_not_taken(linked_job):
     from homie import checkpoints
 
     jd, uid = linked_job.dir, linked_job.uid
-    inputs = {ino for _, _, ino in linked_job.job.inputs_stat.values()}
-    sig = checkpoints.signature(jd, ["loot.txt"])
-    assert checkpoints.take(jd, sig, 1, 0.0, uid=uid, inputs=inputs) is None
+    inputs = jobdir.inodes(linked_job.job.inputs_stat)
+    for foreign in ("loot.txt", "rotated.txt"):
+        sig = checkpoints.signature(jd, [foreign])
+        assert checkpoints.take(jd, sig, 1, 0.0, uid=uid, inputs=inputs) is None
     # the job's own file, and its own input (a checkpoint restored from an earlier attempt is one)
     for rel in ("out.txt", "renamed.csv"):
         snap = checkpoints.take(jd, checkpoints.signature(jd, [rel]), 1, 0.0, uid=uid, inputs=inputs)

@@ -120,8 +120,8 @@ def sendable(rel: str) -> bool:
 def take(root: Path, sig: Signature, seq: int, at: float, uid: int | None = None,
          inputs: Collection[int] = ()) -> Snapshot | None:
     """Open and hash every file of sig; None if any changed on the way (it is taken later)
-    or is a hard link to a file that uid (the job's) does not own, other than the job's own
-    inputs (jobdir.linked_in: a restored checkpoint is one)."""
+    or is a file that uid (the job's) does not own, other than the job's own inputs
+    (jobdir.not_the_jobs: a restored checkpoint is one)."""
     fds: dict[str, int] = {}
     out: list[CkptFile] = []
     try:
@@ -131,8 +131,8 @@ def take(root: Path, sig: Signature, seq: int, at: float, uid: int | None = None
             st = os.fstat(fd)
             if (st.st_size, st.st_mtime_ns, st.st_ino) != sig[rel]:
                 raise _Changed
-            if uid is not None and jobdir.linked_in(st, uid, inputs):
-                raise ManifestError(f"checkpoint file {rel} is a hard link to a file the job does not own")
+            if uid is not None and jobdir.not_the_jobs(st, uid, inputs):
+                raise ManifestError(f"checkpoint file {rel} is a file the job does not own")
         for rel in sorted(sig):
             fd = fds[rel]
             size = sig[rel][0]

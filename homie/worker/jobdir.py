@@ -171,15 +171,18 @@ def walk(root: Path, on_deep: str = "raise"):
         os.close(top)
 
 
-def give(root: Path, uid: int, gid: int, *, shared_blobs: bool = True, strip_modes: bool = False) -> None:
+def give(root: Path, uid: int, gid: int, *, shared_blobs: bool = True, strip_modes: bool = False,
+         only_from: int | None = None) -> None:
     """chown a tree to uid:gid without following a link, walking by descriptor.
 
     shared_blobs: files with more than one link (cache blobs hard-linked into
     a job directory) stay the daemon's: a job may read them but never change a
     cached input for the next job. Off when taking a tree back from a job,
-    where a link count is the job's to choose. strip_modes: no setuid/setgid/
-    sticky bits and no group/other write survive (what a job built and hands
-    back to be shared, a venv)."""
+    where a link count is the job's to choose. only_from: taking a tree back
+    from that uid, only what it owns changes hands: a file of someone else's a
+    job hard-linked in keeps its owner (and a setuid binary its bit).
+    strip_modes: no setuid/setgid/sticky bits and no group/other write survive
+    (what a job built and hands back to be shared, a venv)."""
     for rel, dfd, subdirs, others in walk(root):
         if not rel:
             os.fchown(dfd, uid, gid)
@@ -188,6 +191,8 @@ def give(root: Path, uid: int, gid: int, *, shared_blobs: bool = True, strip_mod
         for name in subdirs + others:
             st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
             if shared_blobs and stat.S_ISREG(st.st_mode) and st.st_nlink > 1:
+                continue
+            if only_from is not None and st.st_uid != only_from:
                 continue
             os.chown(name, uid, gid, dir_fd=dfd, follow_symlinks=False)
             if strip_modes and (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)):
@@ -324,15 +329,16 @@ def open_beneath(root: Path, rel: str) -> int:
 
 
 def inodes(scanned: dict[str, tuple[int, int, int]]) -> frozenset[int]:
-    """The inodes of a scan() (a job's inputs, for linked_in)."""
+    """The inodes of a scan() (a job's inputs, for not_the_jobs)."""
     return frozenset(ino for _, _, ino in scanned.values())
 
 
-def linked_in(st: os.stat_result, uid: int, inputs: Collection[int] = ()) -> bool:
-    """A file a job holds through a hard link to someone else's file (more than one
-    name, another owner), other than its own inputs (`inputs`: their inodes; they are
-    hard links into the blob cache). Sent home as a result or checkpoint, it would
-    carry what the job may not read: without a sandbox and with fs.protected_hardlinks
-    off, a job's own uid can link /etc/shadow into its directory, and the daemon,
-    reading as root, would ship it."""
-    return st.st_nlink > 1 and st.st_uid != uid and st.st_ino not in inputs
+def not_the_jobs(st: os.stat_result, uid: int, inputs: Collection[int] = ()) -> bool:
+    """A file in a job's directory that the job did not make and was not given: another
+    owner than the job's uid, and not one of its inputs (`inputs`: their inodes; they
+    are the daemon's, hard-linked from the blob cache). Sent home as a result or
+    checkpoint it would carry what the job may not read: without a sandbox and with
+    fs.protected_hardlinks off, a job's uid can link /etc/shadow into its directory
+    (and keep it after a rename leaves it that one name), and the daemon reads as root.
+    Asked while the job's files are still its own (before its directory is taken back)."""
+    return st.st_uid != uid and st.st_ino not in inputs

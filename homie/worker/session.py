@@ -261,6 +261,10 @@ class Session:
             if recs:
                 last = time.monotonic()
                 continue
+            if job.log.closed:
+                # Dropped (acked) while this stream was behind: nothing more will come.
+                ch.send("error", message=f"job {job.id} is gone from {self.w.me.name}", code="unknown_job")
+                return
             if job.done.is_set() and offset >= job.log.end:
                 o = job.outcome or Outcome()
                 ch.send("exit", job_id=job.id, code=o.code, signal=o.signal, reason=o.reason,

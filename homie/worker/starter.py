@@ -193,13 +193,15 @@ class Starter:
             job.cgroup.kill()  # nothing of the job may outlive it, whatever it did
             job.cgroup.remove()
             job.cgroup = None
-        self._reclaim(job)
         try:
+            # Before the directory is taken back: whose each file is tells the job's own from
+            # what it linked in (jobdir.not_the_jobs).
             job.results = self._results(job)
         except Exception as e:
             self.w.log.exception("job.results_failed", job_id=job.id)
             if not outcome.reason:
                 outcome.reason = f"could not collect results: {e}"
+        self._reclaim(job)
         job.outcome = outcome
         job.finished_at = time.time()
         job.state = WorkerJobState.EXITED
@@ -231,7 +233,7 @@ class Starter:
         if not (self.w.identities.per_job and job.ident and job.ident.differs):
             return
         try:
-            jobdir.give(job.dir, os.geteuid(), os.getegid(), shared_blobs=False)
+            jobdir.give(job.dir, os.geteuid(), os.getegid(), shared_blobs=False, only_from=job.ident.uid)
         except (OSError, HomieError) as e:
             self.w.log.warning("job.reclaim_failed", job_id=job.id, error=str(e))
             return
@@ -265,7 +267,7 @@ class Starter:
                 continue
             try:
                 st = os.fstat(fd)
-                if job.ident is not None and jobdir.linked_in(st, job.ident.uid, inputs):
+                if job.ident is not None and jobdir.not_the_jobs(st, job.ident.uid, inputs):
                     job.log.append(protocol.STDERR, f"homie: not sending result {rel!r}: it is a hard link to a"
                                                     " file the job does not own\n".encode())
                     continue
