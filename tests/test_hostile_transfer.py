@@ -706,3 +706,37 @@ def test_a_peer_dribbling_a_frame_a_byte_at_a_time_is_cut_off(pair):
     victim.close()
     t.join(5)
     assert time.monotonic() - t0 < 2, "a frame took far longer than the receiver's timeout"
+
+
+def test_a_stream_behind_a_dropped_job_ends(tmp_path):
+    """A submitter attaches to a finished job with a lot of output, stops reading, and acks on a
+    second connection, so the worker drops the job (its log closed and removed) while the stream
+    is behind: the stream ends with unknown_job instead of spinning a core for ever."""
+    from homie.joblog import JobLog
+
+    log = JobLog(tmp_path / "j.log")
+    for _ in range(3):
+        log.append(1, b"x" * (1 << 20))  # the stream sends 1 MiB per read
+    log.finish()
+    done = threading.Event()
+    done.set()
+    job = SimpleNamespace(id="j3", start_offset=0, pid=1, gpu_index=None, ckpt=None, done=done, log=log,
+                          outcome=None, results=[], evicted_by=None, gpu=False)
+    sent = []
+
+    class Slow:
+        def send_output(self, stream, end, data):
+            sent.append("out")
+            if sent.count("out") == 1:  # what Worker.drop does, on the other connection
+                log.close()
+                os.unlink(log.path)
+
+        def send(self, t, **kw):
+            sent.append((t, kw.get("code")))
+
+    s = worker_session.Session(SimpleNamespace(me=SimpleNamespace(name="w")))
+    t = threading.Thread(target=s._stream, args=(Slow(), job, 0), daemon=True)
+    t.start()
+    t.join(5)
+    assert not t.is_alive(), f"the stream still runs after the job was dropped: {sent[-3:]}"
+    assert sent[-1] == ("error", "unknown_job"), sent
