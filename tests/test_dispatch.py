@@ -135,3 +135,48 @@ def test_the_local_machine_is_the_last_resort():
     me = peer("me", idle=100.0, local=True)
     out = plan(d, [ask("a", 1.0), ask("b", 2.0)], [me, peer("raj", idle=5.0)])
     assert out["a"].peer.name == "raj" and out["b"].peer.name == "me"
+
+
+def test_while_every_slot_is_taken_queued_jobs_wait_unjudged_until_the_rejudge():
+    from homie.submit.dispatch import REJUDGE_EVERY
+
+    clock = Clock()
+    d = settled(clock)
+    raj = peer("raj", slots=1)
+    first = plan(d, [ask("a", 1.0), ask("b", 2.0)], [raj])
+    assert first["a"].peer.name == "raj"
+    assert first["b"].judged and "busy" in first["b"].why  # the pass that judged everyone
+    # Same moment, raj still full (our reservation): nobody is judged, nobody fails.
+    again = plan(d, [ask("b", 2.0), ask("c", 3.0, peer="zed")], [raj])
+    assert not again["b"].judged and again["b"].peer is None and again["b"].fail is None
+    assert not again["c"].judged and again["c"].fail is None
+    clock.t += REJUDGE_EVERY
+    later = plan(d, [ask("b", 2.0), ask("c", 3.0, peer="zed")], [raj])
+    assert later["b"].judged and "busy" in later["b"].why
+    assert later["c"].fail == "peer 'zed' is not online"
+
+
+def test_a_slot_that_frees_is_used_at_once_not_at_the_next_rejudge():
+    clock = Clock()
+    d = settled(clock)
+    raj = peer("raj", slots=1)
+    assert plan(d, [ask("a", 1.0)], [raj])["a"].peer.name == "raj"
+    assert not plan(d, [ask("b", 2.0)], [raj])["b"].judged
+    d.release("a")  # a started: the next heartbeat's free slot is ours again
+    out = plan(d, [ask("b", 2.0), ask("c", 3.0)], [raj])
+    assert out["b"].peer.name == "raj"
+    assert not out["c"].judged  # b took the last slot: c waits unjudged
+
+
+def test_a_pass_is_worth_making_only_with_a_free_slot_or_a_rejudge_due():
+    from homie.submit.dispatch import REJUDGE_EVERY
+
+    clock = Clock()
+    d = settled(clock)
+    raj = peer("raj", slots=1)
+    assert d.worth_a_pass(d.candidates([raj], {}))
+    plan(d, [ask("a", 1.0)], [raj])  # takes raj's slot, and judges everyone
+    assert not d.worth_a_pass(d.candidates([raj], {}))
+    clock.t += REJUDGE_EVERY
+    assert d.worth_a_pass(d.candidates([raj], {}))
+    assert d.worth_a_pass([])  # no peer at all: a pass fails what can never run

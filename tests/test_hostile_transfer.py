@@ -392,11 +392,11 @@ def test_a_data_frame_where_a_blob_head_belongs_is_refused(worker, pair):
 
 def fake_job(tmp_path: Path):
     d = tmp_path / "home" / "jobs" / "j1"
-    d.mkdir(parents=True)
+    d.mkdir(parents=True, exist_ok=True)
     rec: dict = {}
     return SimpleNamespace(
         wire_id="j1", token=None, peer_name="evil", dir=d, results_dir=d / "results", progress=None,
-        update=rec.update, rec=rec,
+        update=rec.update, rec=rec, results_told=None,
     )
 
 
@@ -409,8 +409,9 @@ def _results_pair():
     return server, client
 
 
-def download_from(tmp_path: Path, evil_worker, timeout: float = 2.0):
+def download_from(tmp_path: Path, evil_worker, timeout: float = 2.0, results_told: int | None = None):
     job = fake_job(tmp_path)
+    job.results_told = results_told
     server, client = _results_pair()
     t = play(lambda: evil_worker(server, job))
     old = transfer.STREAM_TIMEOUT
@@ -560,6 +561,26 @@ def test_zero_length_results_arrive(tmp_path):
     assert err is None
     assert (job.results_dir / "empty").stat().st_size == 0
     assert os.stat(job.results_dir / "dir" / "also-empty").st_mode & 0o777 == 0o755
+
+
+def test_a_job_its_worker_said_made_no_result_costs_only_the_ack(tmp_path):
+    seen = []
+
+    def worker(ch: Channel, job) -> None:
+        # Straight from rest: a fetch here would be refused by this end's state machine.
+        seen.append(ch.recv_msg("fetch", "ack").t)
+        ch.send("ok")
+
+    old = tmp_path / "home" / "jobs" / "j1" / "results"
+    old.mkdir(parents=True)
+    (old / "from-before").write_text("x")
+    job, err = download_from(tmp_path, worker, results_told=0)
+    assert err is None and seen == ["ack"]
+    assert job.rec["results"] == [] and not job.results_dir.exists()
+    # Unknown (a restart in between) or some: the whole fetch, as before.
+    e = entry("r", b"data")
+    job, err = download_from(tmp_path / "again", serve_results([e], [(e, b"data")]), results_told=None)
+    assert err is None and (job.results_dir / "r").read_bytes() == b"data"
 
 
 # ----------------------------------------------------------------------------- a malicious worker (checkpoints)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 import sys
 import textwrap
 import time
@@ -545,3 +546,37 @@ def test_an_unsandboxed_jobs_ld_preload_never_runs_as_root(passable):
     assert p.wait(10) is not None
     uids = {int(m.name.split("-")[0]) for m in marks.iterdir()}
     assert uids == {uid}, f"the preloaded library ran as uid(s) {sorted(uids)}"
+
+
+@needs_root
+def test_a_root_daemon_caps_its_jobs_processes_by_inheritance_not_itself(tmp_path):
+    """Without a pids cgroup, a root daemon with per-job uids holds RLIMIT_NPROC at PIDS_MAX
+    as its own, so that every job inherits it without a prlimit exec: the daemon's own
+    threads go past it (root is exempt), a job's uid stops at it."""
+    from homie.worker import starter
+
+    if not starter._first_user_namespace():
+        pytest.skip("root of a user namespace: the daemon keeps prlimit per job")
+    script = tmp_path / "daemonish.py"
+    script.write_text(textwrap.dedent(f"""
+        import os, subprocess, sys, threading
+        from homie.worker import starter
+        assert starter.cap_nproc_for_jobs() and starter.nproc_inherited()
+        stop = threading.Event()
+        threads = [threading.Thread(target=stop.wait) for _ in range(starter.PIDS_MAX + 100)]
+        for t in threads:
+            t.start()  # a capped daemon would fail here: "can't start new thread"
+        stop.set()
+        bomb = ("import os, time\\nn = 0\\ntry:\\n    while n < 5000:\\n        if os.fork() == 0:\\n"
+                "            time.sleep(3); os._exit(0)\\n        n += 1\\n    print('unbounded', n)\\n"
+                "except OSError as e:\\n    print('capped at', n)\\n")
+        out = subprocess.run(["setpriv", "--reuid=62033", "--regid=62033", "--clear-groups", "--",
+                              {PY!r}, "-c", bomb], capture_output=True, text=True, timeout=120)
+        print(out.stdout.strip(), len(threads))
+    """))
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=180,
+                         cwd=Path(__file__).parent.parent)
+    assert out.returncode == 0, out.stderr
+    words = out.stdout.split()
+    assert words[:2] == ["capped", "at"], out.stdout
+    assert int(words[2]) <= 1024 and int(words[3]) == 1124, out.stdout

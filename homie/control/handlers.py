@@ -235,7 +235,8 @@ class Handlers:
 
     def do_run(self, req: messages.Run) -> None:
         # The submitter reads the request as a dict of the fields that were given.
-        body = {k: v for k, v in dataclasses.asdict(req).items() if v is not None}
+        # Shallow: asdict's deep copy of every argument and file name was a tenth of a map job's intake.
+        body = {f.name: v for f in dataclasses.fields(req) if (v := getattr(req, f.name)) is not None}
         if body.get("explain"):
             self._explain(body)
             return

@@ -25,8 +25,10 @@ def _is_inside(path: str, root: str) -> bool:
 
 
 def _rel_to(path: str, root: str) -> str | None:
-    """path relative to root (posix) if inside it, lexically or after resolving links."""
-    for p, r in ((os.path.abspath(path), os.path.abspath(root)), (os.path.realpath(path), os.path.realpath(root))):
+    """path relative to root (posix) if inside it, lexically or after resolving links
+    (only when lexically it is not: a realpath is an lstat per path component)."""
+    for resolve in (os.path.abspath, os.path.realpath):
+        p, r = resolve(path), resolve(root)
         if _is_inside(p, r) and p != r:
             return Path(os.path.relpath(p, r)).as_posix()
     return None

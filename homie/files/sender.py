@@ -49,6 +49,8 @@ class Sender:
         """Send every item in order: its head message, then its bytes. progress(n)
         after each frame; every=(k, fn): fn() after each k frames (the upload
         checks there whether the worker refused it)."""
+        if isinstance(items, (list, tuple)) and not items:
+            return  # nothing the worker lacks (a map's inputs cached): no reader thread for it
         work: queue.Queue[tuple] = queue.Queue()
         stop = threading.Event()
         reader = threading.Thread(target=self._read, args=(iter(items), work, stop), name="send-read", daemon=True)

@@ -20,6 +20,9 @@ if TYPE_CHECKING:
 
 # Reasons a peer gives that pass with time: a job waits for them instead of failing.
 TEMPORARY = ("busy", "paused", "in use")
+# While every slot is taken, a pass judges no job (none could go anywhere): waiting jobs'
+# reasons, and failures for want of any peer, are brought up to date this often.
+REJUDGE_EVERY = 0.5
 
 
 @dataclass
@@ -44,6 +47,7 @@ class Decision:
     peer: Peer | None = None  # send it there now
     fail: str | None = None  # no peer can ever take it: the job fails with this
     why: str | None = None  # it waits, for this reason
+    judged: bool = True  # False: it waits, not looked at this pass (no slot free anywhere)
 
 
 class Dispatcher:
@@ -56,6 +60,7 @@ class Dispatcher:
         self._lock = threading.Lock()  # drivers release while the dispatch thread plans
         self._pending: dict[str, set[str]] = {}  # peer instance -> jobs sent there not yet seen started
         self._refused: dict[str, float] = {}  # peer instance -> until when not to try it
+        self._judged_at = float("-inf")  # the last pass that judged every queued job
 
     # -- what the drivers report ----------------------------------------------------------
     def reserve(self, instance: str, job_id: str) -> None:
@@ -104,11 +109,27 @@ class Dispatcher:
                                      peer=ask.peer, scheduler=ask.scheduler or "auto",
                                      executor=ask.executor or "auto", queued_at=ask.created)
 
+    def worth_a_pass(self, candidates: list[Peer]) -> bool:
+        """Whether plan() would judge any job: a slot is free somewhere, or a rejudge is due
+        (the queue need not even be looked at otherwise)."""
+        return not _full(candidates) or self.clock() - self._judged_at >= REJUDGE_EVERY
+
     def plan(self, queued: list[Ask], candidates: list[Peer]) -> list[Decision]:
         """One decision per queued job, oldest first; a job given a peer takes one of its
-        slots (reserved here) before the next job is considered."""
+        slots (reserved here) before the next job is considered. Once no candidate has a
+        slot free, the rest wait unjudged, but for a pass every REJUDGE_EVERY: a map keeps
+        twice the slots queued, and judging each against every peer on each pass (a
+        heartbeat, a job's start or end) was most of a submitting daemon's dispatch CPU,
+        and its reason, "busy (3/4 jobs)", changed with every count."""
+        now = self.clock()
+        rejudge = now - self._judged_at >= REJUDGE_EVERY
+        if rejudge:
+            self._judged_at = now
         out = []
         for ask in sorted(queued, key=lambda a: a.created):
+            if not rejudge and _full(candidates):
+                out.append(Decision(ask.job_id, judged=False))
+                continue
             req = self.request(ask)
             refused = set(ask.refused_by)
             cands = [p for p in candidates if p.instance not in refused | ask.lost_on]
@@ -143,3 +164,8 @@ class Dispatcher:
             return None
         detail = "; ".join(f"{p.name}: {', '.join(r)}" for p, r in verdicts)
         return f"no peer can take this job ({detail})"
+
+
+def _full(candidates: list[Peer]) -> bool:
+    """No candidate has a slot free: the built-in eligibility calls each busy, so no job can go."""
+    return bool(candidates) and all(p.slots_free is not None and p.slots_free <= 0 for p in candidates)

@@ -116,14 +116,17 @@ class Intake:
             raise HomieError(str(e), EXIT_USAGE) from None
         entries = []
         sources = {}
-        script_rel = None
         for rel, path in collected.files:
             size, sha = self.hashes.sha256_of(path)
             mode = 0o755 if os.stat(path).st_mode & 0o100 else 0o644
             entries.append(files.FileEntry(rel, mode, size, sha))
             sources[sha] = path
-            if Path(path).resolve() == script_path.resolve():
-                script_rel = rel
+        # By name first (script_path is resolved, and so is the path collected for it
+        # unless a link leads there): a resolve per input was most of the intake of a map's job.
+        script_rel = next((rel for rel, path in collected.files if path == script_path), None)
+        if script_rel is None:
+            real = os.path.realpath(script_path)
+            script_rel = next((rel for rel, path in collected.files if os.path.realpath(path) == real), None)
         if script_rel is None:
             raise HomieError(f"the script {script_path} is excluded by an ignore rule", EXIT_USAGE)
         if job.stdin:

@@ -152,6 +152,9 @@ class Job:
                                             [checkpoints.DEFAULT_DIR, *(rec.checkpoints or [])])
         self.ckpt_lock = threading.Lock()
         self.syncer: migration.Syncer | None = None
+        # How many result files the worker's exit message said this attempt made (None: not
+        # heard since this daemon started, as after a restart in FETCHING): 0 spares the fetch.
+        self.results_told: int | None = None
 
     def __getattr__(self, name: str):
         # Read access to the record's fields (job.state, job.peer_name...); writes go through update().

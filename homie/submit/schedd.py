@@ -169,18 +169,21 @@ class Submitter:
         queued = {j.id: j for j in self._live_jobs() if j.state == JobState.QUEUED}
         if not queued:
             return
+        candidates = self.candidates()
+        if not self.dispatcher.worth_a_pass(candidates):
+            return
         asks = [Ask(job_id=j.id, script=j.script or "", created=j.created, gpu=j.gpu, peer=j.peer,
                     scheduler=j.scheduler or "auto", executor=j.executor or "auto",
                     refused_by=dict(j.refusals or {}), lost_on=frozenset(j.lost_peers or ()),
                     may_return=j.checkpointed) for j in queued.values()]
-        for d in self.dispatcher.plan(asks, self.candidates()):
+        for d in self.dispatcher.plan(asks, candidates):
             job = queued[d.job_id]
             if d.fail:
                 self.shadow._finish(job, JobState.FAILED, message=d.fail, exit_code=EXIT_NO_PEER)
             elif d.peer is None:
-                if job.why != d.why:
+                if d.judged and job.why != d.why:
+                    # Not saved: a reason to wait is worked out again after a restart.
                     job.update(why=d.why)
-                    self.save(job)
             else:
                 p = d.peer
                 now = time.time()

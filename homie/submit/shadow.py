@@ -246,6 +246,7 @@ class Shadow(Attempts):
                     job.update(state=JobState.FETCHING, code=code, signal=ev.get("signal"), reason=ev.get("reason"),
                                cpu_s=ev.get("cpu_s", 0.0), wall_s=ev.get("wall_s", 0.0),
                                gpu_s=ev.get("gpu_s", 0.0))
+                    job.results_told = ev.get("results")
                     job.log.finish()
                 self.save(job)
                 self.karma.record(job.peer_name, given=False, cpu_s=ev.get("cpu_s", 0.0),

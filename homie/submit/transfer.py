@@ -64,6 +64,13 @@ def _opener(path):
 
 
 def download(job: Job, ch: Channel, save) -> None:
+    if job.results_told == 0:
+        # The worker said at exit that the job made no result file: no fetch, results and want
+        # round trips (most of a tiny map input's path home), only the ack that lets it drop the job.
+        _clear(job.results_dir)
+        job.update(results=[])
+        _ack(job, ch)
+        return
     ch.send("fetch", job_id=job.wire_id, **_auth(job))
     msg = ch.recv_msg("results", "error", timeout=30)
     if msg.t == "error":
@@ -115,5 +122,9 @@ def download(job: Job, ch: Channel, save) -> None:
     job.progress = None
     job.update(results=[e.path for e in entries])
     save(job)
+    _ack(job, ch)
+
+
+def _ack(job: Job, ch: Channel) -> None:
     ch.send("ack", job_id=job.wire_id, **_auth(job))
     ch.recv_msg("ok", "error", timeout=10)

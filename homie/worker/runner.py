@@ -292,6 +292,11 @@ class JobProcess:
 
     def _watch(self) -> None:
         max_cpu = 0.0
+        # The first look one interval after the start, not at once: at once the tree is only
+        # bubblewrap starting, and a look walks every process on the machine (psutil's
+        # children() reads all of /proc), ~2 ms of the daemon's CPU that a job shorter than
+        # an interval paid for nothing (its CPU comes from wait4's rusage in _reap).
+        self._exited.wait(WATCH_INTERVAL)
         while not self._exited.is_set():
             rss, cpu = self._sample()
             max_cpu = max(max_cpu, cpu)

@@ -198,7 +198,9 @@ _EXEC_FROM_FD = ("import os, sys\n"
 
 def _memfd(items: list[str], name: str) -> int:
     fd = os.memfd_create(name, 0)  # not inheritable: pass_fds hands it over
-    data = b"".join(os.fsencode(a) + b"\0" for a in items)
+    # One encode for all (os.fsencode's own codec, utf-8 with surrogateescape on Linux), not
+    # one per argument: a job's bubblewrap options are about a hundred.
+    data = "".join(a + "\0" for a in items).encode(sys.getfilesystemencoding(), "surrogateescape")
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view):]

@@ -33,7 +33,7 @@ from homie.worker.proctree import enable_subreaper, processes_of_job, processes_
 from homie.worker.server import Server
 from homie.worker.session import Session
 from homie.worker.slots import SlotBook, Waiting
-from homie.worker.starter import Starter
+from homie.worker.starter import Starter, cap_nproc_for_jobs
 
 
 class Worker:
@@ -69,6 +69,8 @@ class Worker:
         finally:
             os.umask(old)
         self.starter = Starter(self)
+        if self.identities.per_job:
+            cap_nproc_for_jobs()
         mode = sandbox.Mode(getattr(self.config, "sandbox", "auto"))
         self.sandbox = sandbox.probe(mode, self.identities.probe_uid(), self.ctx.python,
                                      self.starter.private_paths())

@@ -26,6 +26,38 @@ PIDS_MAX = 1024  # processes (threads count too) one job may have at once
 MAX_RESULT_BYTES = 64 << 30  # what a submitter takes (files.validate_manifest): more is never read
 
 
+def cap_nproc_for_jobs() -> bool:
+    """A root daemon whose jobs each get a uid of their own: every job's RLIMIT_NPROC is
+    PIDS_MAX, whatever else the machine runs. The daemon sets it as its own, soft and hard,
+    and every job inherits it, instead of a prlimit exec per job (~0.7 ms of CPU each).
+    Root in the first user namespace is exempt from its own RLIMIT_NPROC (the kernel skips
+    the check for it), so the daemon's threads are not capped; elsewhere (root of a
+    container) the daemon would be, and this does nothing. True once set."""
+    import resource
+
+    if os.geteuid() != 0 or not _first_user_namespace():
+        return False
+    try:
+        resource.setrlimit(resource.RLIMIT_NPROC, (PIDS_MAX, PIDS_MAX))
+    except (OSError, ValueError):
+        return False
+    return True
+
+
+def nproc_inherited() -> bool:
+    import resource
+
+    return resource.getrlimit(resource.RLIMIT_NPROC) == (PIDS_MAX, PIDS_MAX) and os.geteuid() == 0
+
+
+def _first_user_namespace() -> bool:
+    try:
+        with open("/proc/self/uid_map", encoding="ascii") as f:
+            return f.read().split() == ["0", "0", "4294967295"]
+    except OSError:
+        return False
+
+
 class Starter:
     def __init__(self, worker: Worker):
         self.w = worker
@@ -47,7 +79,8 @@ class Starter:
             cg = job.cgroup = self.w.cgroups.create(job.id, mem, PIDS_MAX)
         cg = cg if cg is not None and cg.dirs else None
         prefix: list[str] = []
-        if cg is None or self.w.cgroups is None or "pids" not in self.w.cgroups.limits:
+        if (cg is None or self.w.cgroups is None or "pids" not in self.w.cgroups.limits) and not (
+                per_job_uid and nproc_inherited()):
             # No pids cgroup: RLIMIT_NPROC, which counts every process of the uid,
             # the owner's own included when jobs share the daemon's uid.
             base = 0 if per_job_uid else len(processes_of_uid(ident.uid))
