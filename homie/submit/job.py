@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import operator
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -204,3 +205,15 @@ class Job:
             "attempt": d["attempt"], "attempts": list(d["history"]), "checkpoint_at": d["ckpt_at"],
             "checkpoint_seq": d["ckpt_seq"], "stale": len(d["stale"]),
         }
+
+
+def _record_property(name: str) -> property:
+    return property(operator.attrgetter(f"rec.{name}"), doc=f"The record's {name}: read-only, changed by update().")
+
+
+# Reads of the record's fields are a daemon's most frequent attribute lookups (about 170 for
+# each job of a map): as properties, found by the normal lookup, they skip a Python-level
+# __getattr__ call each. __getattr__ stays for type checkers and for names no field has.
+for _name in _NAMES:
+    if not hasattr(Job, _name):
+        setattr(Job, _name, _record_property(_name))

@@ -50,8 +50,8 @@ def upload_blobs(job: Job, ch: Channel, need: list, by_sha: dict, quiet: dict) -
         if job.progress is not None:
             job.progress["done"] += n
 
-    items = (engine.Outgoing(size=by_sha[sha].size, source=_opener(job.sources[sha]), name=by_sha[sha].path,
-                             head=("blob", {"sha256": sha, "size": by_sha[sha].size})) for sha in need)
+    items = [engine.Outgoing(size=by_sha[sha].size, source=_opener(job.sources[sha]), name=by_sha[sha].path,
+                             head=("blob", {"sha256": sha, "size": by_sha[sha].size})) for sha in need]
     try:
         engine.Sender(ch).send(items, progress=sent, every=(8, lambda: check_refusal(ch)))
     except engine.Shrank as e:
