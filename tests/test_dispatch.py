@@ -180,3 +180,32 @@ def test_a_pass_is_worth_making_only_with_a_free_slot_or_a_rejudge_due():
     clock.t += REJUDGE_EVERY
     assert d.worth_a_pass(d.candidates([raj], {}))
     assert d.worth_a_pass([])  # no peer at all: a pass fails what can never run
+
+
+def test_a_wall_clock_stepped_back_neither_holds_off_the_rejudge_nor_stretches_a_refusal():
+    clock = Clock()
+    d = settled(clock)
+    raj = peer("raj", slots=1)
+    plan(d, [ask("a", 1.0)], [raj])  # the rejudge at t, raj now full
+    clock.t -= 3600  # a laptop waking up with its clock set back
+    assert d.worth_a_pass(d.candidates([raj], {}))
+    assert plan(d, [ask("c", 3.0, peer="zed")], [raj])["c"].fail == "peer 'zed' is not online"
+    d.refuse_briefly("i-mike", 0.3)
+    clock.t -= 3600
+    assert plan(d, [ask("b", 2.0)], [peer("mike")])["b"].peer.name == "mike"
+
+
+def test_without_the_builtin_eligibility_every_pass_judges():
+    from homie.submit.dispatch import ELIGIBILITY
+
+    d = settled()
+    raj = peer("raj", slots=1)
+    plan(d, [ask("a", 1.0)], [raj])
+    assert not d.worth_a_pass(d.candidates([raj], {}))
+    module = plugins.pm.unregister(name=ELIGIBILITY)
+    try:
+        # A replacement might take a peer with no free slot: nothing may be skipped.
+        assert d.worth_a_pass(d.candidates([raj], {}))
+        assert plan(d, [ask("b", 2.0)], [raj])["b"].judged
+    finally:
+        plugins.pm.register(module, name=ELIGIBILITY)

@@ -580,3 +580,13 @@ def test_a_root_daemon_caps_its_jobs_processes_by_inheritance_not_itself(tmp_pat
     words = out.stdout.split()
     assert words[:2] == ["capped", "at"], out.stdout
     assert int(words[2]) <= 1024 and int(words[3]) == 1124, out.stdout
+
+
+def test_the_options_memfd_holds_each_argument_as_os_fsencode_would():
+    items = ["--setenv", "K", "caf\u00e9 \udcff", Path("/srv/job"), b"raw\xff"]
+    fd = sandbox._memfd(items, "t")
+    try:
+        data = os.read(fd, 4096)
+    finally:
+        os.close(fd)
+    assert data == b"".join(os.fsencode(a) + b"\0" for a in items)

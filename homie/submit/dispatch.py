@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from homie import scheduling
+from homie import plugins, scheduling
 from homie.discovery.peers import Peer
 
 if TYPE_CHECKING:
@@ -23,6 +23,9 @@ TEMPORARY = ("busy", "paused", "in use")
 # While every slot is taken, a pass judges no job (none could go anywhere): waiting jobs'
 # reasons, and failures for want of any peer, are brought up to date this often.
 REJUDGE_EVERY = 0.5
+# The longest a busy refusal keeps a peer out (the shadow asks for at most this): a
+# refusal that seems longer is a wall clock stepped back, and is over.
+MAX_BRIEF_REFUSAL = 2.0
 
 
 @dataclass
@@ -77,12 +80,12 @@ class Dispatcher:
         """A busy or paused refusal: the worker may be holding its next slot for someone
         after a karma decision, so ask again soon, not at once."""
         with self._lock:
-            self._refused[instance] = self.clock() + seconds
+            self._refused[instance] = self.clock() + min(seconds, MAX_BRIEF_REFUSAL)
 
     def settling(self) -> bool:
         """Right after start the peer table is still filling: no job fails for want of peers yet."""
         grace = min(float(self.config.peer_timeout), 2 * float(self.config.heartbeat_interval) + 1.0)
-        return bool(self.clock() - self.started < grace)
+        return 0 <= self.clock() - self.started < grace  # a clock stepped back is not a fresh start
 
     # -- deciding --------------------------------------------------------------------------
     def candidates(self, peers: list[Peer], ours: dict[str, int]) -> list[Peer]:
@@ -94,7 +97,7 @@ class Dispatcher:
         with self._lock:
             for p in peers:
                 p = copy.copy(p)
-                if self._refused.get(p.instance, 0) > now:
+                if 0 < self._refused.get(p.instance, 0) - now <= MAX_BRIEF_REFUSAL:
                     p.slots_free = 0
                 elif p.slots_free is not None:
                     free = p.slots_free - len(self._pending.get(p.instance, ()))
@@ -112,7 +115,11 @@ class Dispatcher:
     def worth_a_pass(self, candidates: list[Peer]) -> bool:
         """Whether plan() would judge any job: a slot is free somewhere, or a rejudge is due
         (the queue need not even be looked at otherwise)."""
-        return not _full(candidates) or self.clock() - self._judged_at >= REJUDGE_EVERY
+        return not _full(candidates) or self._rejudge_due(self.clock())
+
+    def _rejudge_due(self, now: float) -> bool:
+        # A wall clock stepped back (a laptop waking up) must not hold the next rejudge off.
+        return not 0 <= now - self._judged_at < REJUDGE_EVERY
 
     def plan(self, queued: list[Ask], candidates: list[Peer]) -> list[Decision]:
         """One decision per queued job, oldest first; a job given a peer takes one of its
@@ -122,7 +129,7 @@ class Dispatcher:
         heartbeat, a job's start or end) was most of a submitting daemon's dispatch CPU,
         and its reason, "busy (3/4 jobs)", changed with every count."""
         now = self.clock()
-        rejudge = now - self._judged_at >= REJUDGE_EVERY
+        rejudge = self._rejudge_due(now)
         if rejudge:
             self._judged_at = now
         out = []
@@ -167,5 +174,11 @@ class Dispatcher:
 
 
 def _full(candidates: list[Peer]) -> bool:
-    """No candidate has a slot free: the built-in eligibility calls each busy, so no job can go."""
-    return bool(candidates) and all(p.slots_free is not None and p.slots_free <= 0 for p in candidates)
+    """No candidate has a slot free: the built-in eligibility calls each busy, so no job can
+    go. Without that plugin (disabled by config, or unregistered after it raised) a
+    replacement may take a peer with no free slot, and every pass judges."""
+    return (bool(candidates) and plugins.pm.get_plugin(ELIGIBILITY) is not None
+            and all(p.slots_free is not None and p.slots_free <= 0 for p in candidates))
+
+
+ELIGIBILITY = "homie.builtin.eligibility"  # the plugin whose rule _full relies on

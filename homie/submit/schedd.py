@@ -194,6 +194,7 @@ class Submitter:
                            # is any member's to choose, and an earlier worker has seen the old one).
                            token=secrets.token_hex(16), via="chosen" if job.peer else "best available",
                            dispatched_at=now, first_dispatched_at=job.first_dispatched_at or now, evicted=None)
+                job.results_told = None  # what an earlier attempt's worker said is not this one's
                 self.save(job)
                 self.shadow.start(job)
 

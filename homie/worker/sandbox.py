@@ -200,7 +200,8 @@ def _memfd(items: list[str], name: str) -> int:
     fd = os.memfd_create(name, 0)  # not inheritable: pass_fds hands it over
     # One encode for all (os.fsencode's own codec, utf-8 with surrogateescape on Linux), not
     # one per argument: a job's bubblewrap options are about a hundred.
-    data = "".join(a + "\0" for a in items).encode(sys.getfilesystemencoding(), "surrogateescape")
+    data = "".join((a if type(a) is str else os.fsdecode(a)) + "\0"
+                   for a in items).encode(sys.getfilesystemencoding(), "surrogateescape")
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view):]

@@ -69,13 +69,15 @@ class Worker:
         finally:
             os.umask(old)
         self.starter = Starter(self)
-        if self.identities.per_job:
-            cap_nproc_for_jobs()
         mode = sandbox.Mode(getattr(self.config, "sandbox", "auto"))
         self.sandbox = sandbox.probe(mode, self.identities.probe_uid(), self.ctx.python,
                                      self.starter.private_paths())
         if mode is sandbox.Mode.REQUIRED and not self.sandbox.active:
             raise HomieError(f"sandbox: required, but {self.sandbox.reason}", 2)
+        if self.identities.per_job:
+            # After the probe: the probe's uid may still run a job of another daemon here
+            # (or of this one's last run), and under the cap its bubblewrap could not fork.
+            cap_nproc_for_jobs()
         self.ctx.sandboxed = self.sandbox.active
         if self.sandbox.active:
             enable_subreaper()

@@ -32,11 +32,13 @@ def cap_nproc_for_jobs() -> bool:
     and every job inherits it, instead of a prlimit exec per job (~0.7 ms of CPU each).
     Root in the first user namespace is exempt from its own RLIMIT_NPROC (the kernel skips
     the check for it), so the daemon's threads are not capped; elsewhere (root of a
-    container) the daemon would be, and this does nothing. True once set."""
+    container) the daemon would be, and this does nothing. True once set. Every other
+    child of the daemon inherits the cap too: root ones are exempt, and one that a plugin
+    runs as another non-job uid counts that uid's processes against 1024 (docs/plugins.md)."""
     import resource
 
-    if os.geteuid() != 0 or not _first_user_namespace():
-        return False
+    if os.getresuid() != (0, 0, 0) or not _first_user_namespace():
+        return False  # the kernel's exemption is for a real uid of 0 in the first user namespace
     try:
         resource.setrlimit(resource.RLIMIT_NPROC, (PIDS_MAX, PIDS_MAX))
     except (OSError, ValueError):
@@ -47,7 +49,7 @@ def cap_nproc_for_jobs() -> bool:
 def nproc_inherited() -> bool:
     import resource
 
-    return resource.getrlimit(resource.RLIMIT_NPROC) == (PIDS_MAX, PIDS_MAX) and os.geteuid() == 0
+    return resource.getrlimit(resource.RLIMIT_NPROC) == (PIDS_MAX, PIDS_MAX) and os.getresuid() == (0, 0, 0)
 
 
 def _first_user_namespace() -> bool:
