@@ -561,7 +561,9 @@ def test_a_root_daemon_caps_its_jobs_processes_by_inheritance_not_itself(tmp_pat
     script.write_text(textwrap.dedent(f"""
         import os, subprocess, sys, threading
         from homie.worker import starter
-        assert starter.cap_nproc_for_jobs() and starter.nproc_inherited()
+        import resource
+        assert starter.cap_nproc_for_jobs()
+        assert resource.getrlimit(resource.RLIMIT_NPROC) == (starter.PIDS_MAX, starter.PIDS_MAX)
         stop = threading.Event()
         threads = [threading.Thread(target=stop.wait) for _ in range(starter.PIDS_MAX + 100)]
         for t in threads:

@@ -70,15 +70,14 @@ class BlobCache:
                     self._total += st.st_size
 
     def path(self, sha: str) -> Path:
-        _check_sha(sha)
         return Path(self._path(sha))
 
     def _path(self, sha: str) -> str:
         # A str, not a Path: pathlib's joins were a visible part of a job's set-up (eight a job).
+        _check_sha(sha)
         return f"{self._dir}/{sha[:2]}/{sha}"
 
     def has(self, sha: str) -> bool:
-        _check_sha(sha)
         p = self._path(sha)
         with self._lock:
             if sha not in self._index:
@@ -90,7 +89,6 @@ class BlobCache:
             return False
 
     def touch(self, sha: str) -> None:
-        _check_sha(sha)
         p = self._path(sha)
         now = time.time_ns()
         with self._lock:

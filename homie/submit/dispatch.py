@@ -173,12 +173,12 @@ class Dispatcher:
         return f"no peer can take this job ({detail})"
 
 
+ELIGIBILITY = "homie.builtin.eligibility"  # the plugin whose rule _full relies on
+
+
 def _full(candidates: list[Peer]) -> bool:
     """No candidate has a slot free: the built-in eligibility calls each busy, so no job can
     go. Without that plugin (disabled by config, or unregistered after it raised) a
     replacement may take a peer with no free slot, and every pass judges."""
     return (bool(candidates) and plugins.pm.get_plugin(ELIGIBILITY) is not None
             and all(p.slots_free is not None and p.slots_free <= 0 for p in candidates))
-
-
-ELIGIBILITY = "homie.builtin.eligibility"  # the plugin whose rule _full relies on

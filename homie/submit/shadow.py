@@ -17,6 +17,7 @@ from homie.errors import EXIT_INTERNAL, EXIT_TRANSFER, HomieError, ProtocolError
 from homie.submit import transfer
 from homie.submit.attempts import Attempts, Lost
 from homie.submit.dial import CONNECT_TIMEOUT
+from homie.submit.dispatch import MAX_BRIEF_REFUSAL
 from homie.submit.job import Job, JobState
 from homie.wire.channel import Channel, ConnectionClosed
 from homie.wire.protocol import Data, Message, Output
@@ -93,7 +94,7 @@ class Shadow(Attempts):
             if reply.t == "refuse":
                 if reply["code"] in ("busy", "paused"):
                     # Short: the worker may be holding its next slot for us after a karma decision.
-                    wait = min(2.0, max(0.05, float(reply.get("retry_after") or 0.3)))
+                    wait = min(MAX_BRIEF_REFUSAL, max(0.05, float(reply.get("retry_after") or 0.3)))
                     self.dispatch.refuse_briefly(job.peer_instance, wait)
                     threading.Timer(wait, self.kick).start()  # ask again as soon as it makes sense
                 else:

@@ -74,10 +74,9 @@ class Worker:
                                      self.starter.private_paths())
         if mode is sandbox.Mode.REQUIRED and not self.sandbox.active:
             raise HomieError(f"sandbox: required, but {self.sandbox.reason}", 2)
-        if self.identities.per_job:
-            # After the probe: the probe's uid may still run a job of another daemon here
-            # (or of this one's last run), and under the cap its bubblewrap could not fork.
-            cap_nproc_for_jobs()
+        # After the probe: the probe's uid may still run a job of another daemon here (or of
+        # this one's last run), and under the cap its bubblewrap could not fork.
+        self.nproc_capped = self.identities.per_job and cap_nproc_for_jobs()
         self.ctx.sandboxed = self.sandbox.active
         if self.sandbox.active:
             enable_subreaper()

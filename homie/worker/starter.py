@@ -46,12 +46,6 @@ def cap_nproc_for_jobs() -> bool:
     return True
 
 
-def nproc_inherited() -> bool:
-    import resource
-
-    return resource.getrlimit(resource.RLIMIT_NPROC) == (PIDS_MAX, PIDS_MAX) and os.getresuid() == (0, 0, 0)
-
-
 def _first_user_namespace() -> bool:
     try:
         with open("/proc/self/uid_map", encoding="ascii") as f:
@@ -82,7 +76,7 @@ class Starter:
         cg = cg if cg is not None and cg.dirs else None
         prefix: list[str] = []
         if (cg is None or self.w.cgroups is None or "pids" not in self.w.cgroups.limits) and not (
-                per_job_uid and nproc_inherited()):
+                per_job_uid and self.w.nproc_capped):
             # No pids cgroup: RLIMIT_NPROC, which counts every process of the uid,
             # the owner's own included when jobs share the daemon's uid.
             base = 0 if per_job_uid else len(processes_of_uid(ident.uid))
