@@ -58,20 +58,46 @@ def test_normalize_keeps_checkpoint_first_and_refuses_escapes():
 
 def test_nothing_is_taken_while_it_is_being_written(tmp_path):
     clock = Clock()
-    busy = {"n": 2}
+    pauses = {"n": 0, "writing": True}
 
-    def sleep(seconds):  # the job writes again during the settling pause, twice
+    def sleep(seconds):  # the job writes again during every settling pause
         assert seconds == checkpoints.SETTLE
-        if busy["n"]:
-            busy["n"] -= 1
+        pauses["n"] += 1
+        if pauses["writing"]:
             write(tmp_path / "checkpoint" / "state.bin", os.urandom(10))
 
     w = watcher(tmp_path, clock=clock, sleep=sleep)
     assert not w.poll()  # nothing there
     write(tmp_path / "checkpoint" / "state.bin", b"a" * 10)
     assert not w.poll() and not w.poll()
+    assert pauses["n"] == 2 * checkpoints.SETTLE_TRIES  # each poll gave up after its tries
+    pauses["writing"] = False
     assert w.poll()
     assert w.seq == 1 and [f.path for f in w.snapshot.files] == ["checkpoint/state.bin"]
+
+
+def test_a_checkpoint_renamed_in_during_the_pause_is_taken_once_quiet_in_the_same_poll(tmp_path):
+    # A trainer that renames a new checkpoint in every half second: the pause that
+    # sees a rename is followed by a quiet one, and the newest version is taken.
+    clock = Clock()
+    versions = iter([b"2" * 10, b"3" * 10])
+
+    def sleep(seconds):
+        v = next(versions, None)
+        if v is not None:
+            write(tmp_path / "checkpoint" / "state.bin", v)
+
+    w = watcher(tmp_path, clock=clock, sleep=sleep)
+    write(tmp_path / "checkpoint" / "state.bin", b"1" * 10)
+    assert w.poll() and w.seq == 1
+    assert w.snapshot.read_chunk(w.snapshot.files[0].chunks[0]) == b"3" * 10
+
+
+def test_a_checkpoint_removed_during_the_pause_is_not_taken(tmp_path):
+    clock = Clock()
+    write(tmp_path / "checkpoint" / "state.bin", b"1" * 10)
+    w = watcher(tmp_path, clock=clock, sleep=lambda s: (tmp_path / "checkpoint" / "state.bin").unlink())
+    assert not w.poll() and w.snapshot is None
 
 
 def test_at_most_one_per_interval_and_none_when_unchanged(tmp_path):

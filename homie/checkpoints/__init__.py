@@ -12,7 +12,8 @@ restored, and a restart of either side finds the last committed one.
 
 What counts as complete: a file whose name does not look temporary (leading
 dot, `.tmp`, `.part`, `~`), unchanged (size, mtime, inode) for SETTLE seconds
-before it is taken and while it is read. A job that writes into a temporary name and renames it
+before it is taken (a change seen in that pause starts it again from the new
+state, up to SETTLE_TRIES times) and while it is read. A job that writes into a temporary name and renames it
 into place (what torch.save + os.replace, Keras and most trainers do) can
 never have half a file taken.
 
@@ -32,6 +33,7 @@ from homie.checkpoints.rules import (
     MAX_BYTES,
     MAX_FILES,
     SETTLE,
+    SETTLE_TRIES,
     TEMP_SUFFIXES,
     CkptFile,
     Signature,
@@ -45,8 +47,8 @@ from homie.checkpoints.snapshot import Snapshot, Watcher, sendable, signature, t
 from homie.checkpoints.store import Saved, Store
 
 __all__ = [
-    "CHUNK", "DEFAULT_DIR", "FRAME_TIMEOUT", "MAX_BYTES", "MAX_FILES", "SETTLE", "TEMP_SUFFIXES", "CkptFile",
-    "Signature", "is_regular", "is_temporary", "normalize", "parse_manifest", "under", "Snapshot", "Watcher",
-    "sendable", "signature",
+    "CHUNK", "DEFAULT_DIR", "FRAME_TIMEOUT", "MAX_BYTES", "MAX_FILES", "SETTLE", "SETTLE_TRIES", "TEMP_SUFFIXES",
+    "CkptFile", "Signature", "is_regular", "is_temporary", "normalize", "parse_manifest", "under", "Snapshot",
+    "Watcher", "sendable", "signature",
     "take", "Saved", "Store", "fetch", "serve",
 ]

@@ -15,6 +15,10 @@ from homie.files.hashing import CHUNK
 
 # CHUNK (1 MiB) is the unit of change: a 200 MB checkpoint with 1 MB changed sends about 1 MB
 SETTLE = 0.25  # seconds a checkpoint must stay unchanged, just before it is taken
+# A change seen while settling starts the pause again from the new state, this many
+# times per poll: a job that renames a checkpoint in every half second is quiet just
+# after each rename, so the second pause nearly always holds.
+SETTLE_TRIES = 4
 MAX_FILES = 256  # descriptors one snapshot may hold open (a daemon may run many jobs)
 MAX_BYTES = 8 << 30  # read whole at every change (a sparse file costs the job nothing); its chunk list fits a message
 _SHA256 = re.compile(r"[0-9a-f]{64}")  # chunk names from a worker become file names in the store

@@ -15,6 +15,7 @@ from homie.checkpoints.rules import (
     MAX_BYTES,
     MAX_FILES,
     SETTLE,
+    SETTLE_TRIES,
     CkptFile,
     Signature,
     is_temporary,
@@ -203,19 +204,24 @@ class Watcher:
 
     def _poll(self, final: bool) -> bool:
         now = self._clock()
-        sig = self._scan(self.root, self.paths)
-        if len(sig) > MAX_FILES:
-            raise HomieError(f"a checkpoint of more than {MAX_FILES} files is not supported")
-        if sum(s[0] for s in sig.values()) > MAX_BYTES:
-            raise HomieError(f"a checkpoint of more than {MAX_BYTES >> 30} GiB is not supported")
+        sig = self._checked(self._scan(self.root, self.paths))
         if not sig or sig == self._taken:
             return False
         if not final:
             if self._taken_at is not None and now - self._taken_at < self.interval:
                 return False
-            # Still being written (several files, or one rewritten in place)? Then at the next poll.
-            self._sleep(SETTLE)
-            if self._scan(self.root, self.paths) != sig:
+            # Still being written (several files, or one rewritten in place)? Wait for a
+            # quiet pause, from the newest state; a job writing through every pause is
+            # tried again at the next poll.
+            for _ in range(SETTLE_TRIES):
+                self._sleep(SETTLE)
+                again = self._checked(self._scan(self.root, self.paths))
+                if again == sig:
+                    break
+                if not again or again == self._taken:
+                    return False
+                sig = again
+            else:
                 return False
         snap = self._take(self.root, sig, self.seq + 1, self._wall())
         if snap is None:
@@ -230,6 +236,14 @@ class Watcher:
             old.close()
         self._taken, self._taken_at = sig, now
         return True
+
+    @staticmethod
+    def _checked(sig: Signature) -> Signature:
+        if len(sig) > MAX_FILES:
+            raise HomieError(f"a checkpoint of more than {MAX_FILES} files is not supported")
+        if sum(s[0] for s in sig.values()) > MAX_BYTES:
+            raise HomieError(f"a checkpoint of more than {MAX_BYTES >> 30} GiB is not supported")
+        return sig
 
     def close(self) -> None:
         with self.lock:
