@@ -20,7 +20,8 @@ from homie.errors import HomieError, ManifestError
 from homie.joblog import JobLog, read_records
 from homie.worker import jobdir, sandbox
 from homie.worker.identity import Identities, Identity, parse_range
-from homie.worker.runner import JobProcess, Launch, Limits
+from homie.worker.launch import Launch, Limits
+from homie.worker.runner import JobProcess
 
 ROOT = os.geteuid() == 0
 BWRAP = sandbox.bwrap_path()

@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 import socket
 import threading
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -22,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from homie.client.connection import Connection as ControlClient  # noqa: F401
 from homie.client.job import signal_number  # noqa: F401
 from homie.errors import HomieError, NoDaemon, ProtocolError  # noqa: F401
-from homie.wire.channel import hang_up
+from homie.wire.channel import accepted, hang_up
 
 if TYPE_CHECKING:
     from homie.control.handlers import Services
@@ -56,21 +55,11 @@ class ControlServer:
             os.umask(old)
         os.chmod(path, 0o600)
         s.listen(64)
-        s.settimeout(0.5)
         self.sock = s
 
     def serve(self, stop: threading.Event) -> None:
-        while not stop.is_set():
-            try:
-                assert self.sock is not None  # bound by start()
-                conn, _ = self.sock.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                if stop.is_set():
-                    return
-                time.sleep(0.05)
-                continue
+        assert self.sock is not None, "bind() first"
+        for conn, _ in accepted(self.sock, stop):
             threading.Thread(target=self._handle, args=(conn,), name="control-conn", daemon=True).start()
 
     def close(self) -> None:

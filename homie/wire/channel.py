@@ -11,6 +11,8 @@ from __future__ import annotations
 import _socket  # the socket module's C core: SHUT_RDWR without socket's enums (~3 ms at start-up)
 import _thread
 import time
+from collections.abc import Iterator
+from typing import Any
 
 from homie.errors import ProtocolError
 from homie.wire import protocol
@@ -152,3 +154,24 @@ def hang_up(sock: _socket.socket) -> None:
         sock.close()
     except OSError:
         pass
+
+
+def accepted(sock: Any, stop: Any) -> Iterator[tuple[Any, Any]]:
+    """(connection, address) pairs from a listening socket until `stop` (a
+    threading.Event) is set; `hang_up(sock)` from another thread ends it at once.
+    A failed accept (EMFILE: out of descriptors) is retried shortly, not spun on."""
+    try:
+        sock.settimeout(0.5)  # how soon a set `stop` is seen without a hang_up
+    except OSError:
+        return  # hung up before the loop began (a daemon stopped as it started)
+    while not stop.is_set():
+        try:
+            pair = sock.accept()
+        except TimeoutError:
+            continue
+        except OSError:
+            if stop.is_set():
+                return
+            time.sleep(0.05)
+            continue
+        yield pair

@@ -15,7 +15,7 @@ from homie import PROTOCOL_VERSION, __version__
 from homie.admission import ConnectionGate
 from homie.errors import HomieError, ProtocolError
 from homie.wire import protocol, waitfd
-from homie.wire.channel import Channel, ConnectionClosed, hang_up
+from homie.wire.channel import Channel, ConnectionClosed, accepted, hang_up
 from homie.wire.protocol import Conversation
 
 HANDSHAKE_TIMEOUT = 2.0
@@ -52,19 +52,8 @@ class Server:
         return s
 
     def serve(self, stop: threading.Event) -> None:
-        sock = self.sock
-        assert sock is not None, "bind() first"
-        sock.settimeout(0.5)
-        while not stop.is_set():
-            try:
-                raw, addr = sock.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                if stop.is_set():
-                    return
-                time.sleep(0.05)
-                continue
+        assert self.sock is not None, "bind() first"
+        for raw, addr in accepted(self.sock, stop):
             ip = addr[0]
             # Seats before any TLS work: idle or half-open connections cost a seat, not a
             # handshake, and members who authenticated recently keep seats of their own.

@@ -16,8 +16,9 @@ from homie.errors import HomieError, ManifestError
 from homie.wire import protocol
 from homie.worker import execution, jobdir, sandbox
 from homie.worker.job import WorkerJob, WorkerJobState
+from homie.worker.launch import Launch, Limits
 from homie.worker.proctree import processes_of_uid
-from homie.worker.runner import JobProcess, Launch, Limits, Outcome
+from homie.worker.runner import JobProcess, Outcome
 
 if TYPE_CHECKING:
     from homie.worker.startd import Worker
