@@ -11,9 +11,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from homie import __version__, plugins
-from homie.control import replies
+from homie.control import follow, replies
 from homie.errors import EXIT_FAILURE, EXIT_USAGE, HomieError
-from homie.joblog import read_records
+from homie.submit.job import JobState
 from homie.wire import classes as messages
 
 if TYPE_CHECKING:
@@ -26,8 +26,6 @@ if TYPE_CHECKING:
     from homie.submit.schedd import Submitter
     from homie.worker.startd import Worker
 
-FOLLOW_POLL = 0.1
-PROGRESS_EVERY = 0.2
 PS_BATCH = 200
 ARGS_SHOWN = 2000  # characters of a job's arguments that ps and top show
 
@@ -248,7 +246,7 @@ class Handlers:
         if body.get("detach"):
             self.reply(replies.Detached(job_id=job.id, detached=True))
             return
-        self._follow(job, 0, live=True)
+        follow.sent(self.ch, job, 0, live=True)
 
     def do_restart(self, req: messages.Restart) -> None:
         old = self._one_job(req.job_id)
@@ -283,99 +281,16 @@ class Handlers:
     def do_follow(self, req: messages.Follow) -> None:
         found = self.services.submitter.find(req.job_id)
         if not found:
-            self._follow_here(req.job_id, req.offset or 0, live=bool(req.live))
+            follow.here(self.ch, self.services.worker, self.services.store, self.services.name, req.job_id,
+                        req.offset or 0, live=bool(req.live))
             return
         job = self._one_job(req.job_id)
         self.ch.send("event", kind="job", job_id=job.id)
         if req.quiet:
-            job_wait(job)
-            self._end(job)
+            follow.wait_until_over(job)
+            self.reply(follow.ended(job))
             return
-        self._follow(job, req.offset or 0, live=bool(req.live))
-
-    def _follow_here(self, job_id: str, offset: int, live: bool) -> None:
-        """`homie logs` on the lending machine: a friend's job running (or just run) here."""
-        here = self.services.worker.find(job_id)
-        if len(here) > 1:
-            raise HomieError(f"job id {job_id!r} is ambiguous: {', '.join(j.id for j in here)}", EXIT_FAILURE)
-        if not here:
-            for e in self.services.store.ledger_entries():
-                if e["direction"] == "given" and e["job_id"].startswith(job_id):
-                    raise HomieError(f"job {e['job_id']} ran here for {e['peer']} and is over; its output went"
-                                     f" back to {e['peer']}, who keeps it (homie logs {e['job_id']} there)",
-                                     EXIT_FAILURE)
-            raise HomieError(f"no job {job_id!r} (see `homie ps --all`)", EXIT_FAILURE)
-        wj = here[0]
-        self.ch.send("event", kind="job", job_id=wj.id)
-        while True:
-            recs = read_records(wj.log.path, offset)
-            for stream, end, data in recs:
-                self.ch.send_output(stream, end, data)
-                offset = end
-            if recs:
-                continue
-            done = wj.done.is_set()
-            if done or not live:
-                s = wj.summary()
-                self.reply(replies.Ended(
-                    job_id=wj.id, state="done" if done else s["status"], exit_code=s["code"], code=s["code"],
-                    signal=None, reason=s["reason"], message=None, peer=self.services.name, results=[],
-                    results_dir="", offset=offset, terminal=done))
-                return
-            wj.done.wait(FOLLOW_POLL)
-
-    def _follow(self, job, offset: int, live: bool) -> None:
-        """Stream a job's output from `offset`, with its state changes, until it ends."""
-        ch = self.ch
-        last_why = None
-        last_sent = None
-        started_sent = False
-        last_progress = 0.0
-        while True:
-            # Events follow what has happened, not the state seen right now: a
-            # fast job may already be running when we first look.
-            if job.state == "queued" and job.why and job.why != last_why:
-                last_why = job.why
-                ch.send("event", kind="queued", job_id=job.id, why=job.why)
-            attempt = (job.peer_name, job.dispatches)
-            if job.peer_name and attempt != last_sent:
-                last_sent = attempt
-                started_sent = False
-                ch.send("event", kind="sending", job_id=job.id, peer=job.peer_name, via=job.via,
-                        files=job.upload_files, bytes=job.upload_bytes)
-            if job.started_at and not started_sent and job.state != "uploading":
-                started_sent = True
-                if (job.attempt or 1) > 1:
-                    ch.send("event", kind="resumed", job_id=job.id, peer=job.peer_name, attempt=job.attempt,
-                            checkpoint_at=job.restored_at)
-                ch.send("event", kind="started", job_id=job.id, peer=job.peer_name)
-            p = job.progress
-            if p and time.monotonic() - last_progress > PROGRESS_EVERY:
-                last_progress = time.monotonic()
-                ch.send("event", kind="progress", job_id=job.id, **p)
-            # Nothing past what the log says it wrote: no file to open (this loop turns
-            # every FOLLOW_POLL for every job followed).
-            recs = read_records(job.log.path, offset) if offset < job.log.end else []
-            for stream, end, data in recs:
-                ch.send_output(stream, end, data)
-                offset = end
-            if recs:
-                continue
-            if job.terminal and offset >= job.log.end:
-                self._end(job)
-                return
-            if not live and offset >= job.log.end:
-                self._end(job)
-                return
-            _wait_for_more(job, offset)
-
-    def _end(self, job) -> None:
-        """The last message of a follow: how the job ended (or where it is, if not over)."""
-        d = job.doc
-        self.reply(replies.Ended(
-            job_id=job.id, state=d["state"], exit_code=d["exit_code"], code=d["code"], signal=d["signal"],
-            reason=d["reason"], message=d["message"], peer=d["peer_name"], results=d["results"] or [],
-            results_dir=str(job.results_dir), offset=job.log.end, terminal=job.terminal))
+        follow.sent(self.ch, job, req.offset or 0, live=bool(req.live))
 
     def do_job(self, req: messages.JobRequest) -> None:
         """One job sent from here, where it stands (homie.client's Job.info)."""
@@ -392,7 +307,7 @@ class Handlers:
         job = self._one_job(req.job_id)
         if not job.terminal:
             raise HomieError(f"job {job.id} has not finished yet ({job.state})", EXIT_FAILURE)
-        if job.state != "done":
+        if job.state != JobState.DONE:
             raise HomieError(f"job {job.id} ended {job.state}: {job.message or 'no results'}", EXIT_FAILURE)
         if not job.results_dir.exists() and job.results:
             raise HomieError(f"the results of job {job.id} were already collected or removed", EXIT_FAILURE)
@@ -404,21 +319,3 @@ class Handlers:
             raise HomieError(f"job {job.id} is still {job.state}", EXIT_USAGE)
         self.services.submitter.forget(job)
         self.reply(replies.Forgotten(forgotten=job.id))
-
-
-def _wait_for_more(job, offset: int) -> None:
-    """Until the job's log grows past offset or the job ends, FOLLOW_POLL at most (state
-    changes are looked at that often). Its log is finished from the job's exit until its
-    results are home: JobLog.wait would return at once all that time, and the follow
-    loop would spin. Ending the job finishes its log again, which wakes this."""
-    log = job.log
-    with log.cond:
-        if log.end <= offset and not job.terminal:
-            log.cond.wait(FOLLOW_POLL)
-
-
-def job_wait(job) -> None:
-    """Until the job is over (homie wait): no output is read or sent meanwhile."""
-    with job.cond:
-        while not job.terminal:
-            job.cond.wait(1.0)
