@@ -4,6 +4,7 @@ they get their name, LRU-evicted."""
 from __future__ import annotations
 
 import contextlib
+import enum
 import hashlib
 import os
 import stat
@@ -196,6 +197,17 @@ class BlobCache:
             self._total += size
 
 
+class WriteState(str, enum.Enum):
+    """Where one blob upload is: open until committed (verified and named) or aborted."""
+
+    OPEN = "open"
+    COMMITTED = "committed"
+    ABORTED = "aborted"
+
+    def __str__(self) -> str:
+        return self.value
+
+
 class BlobWriter:
     """Streams one blob to a temp file; :meth:`commit` verifies size and hash.
 
@@ -214,10 +226,10 @@ class BlobWriter:
         self._hash = None if hashed_by_caller else hashlib.sha256()
         fd, self._tmp = tempfile.mkstemp(dir=cache._tmp, prefix=sha[:12] + ".")
         self._file: IO[bytes] | None = os.fdopen(fd, "wb")
-        self.state = "open"  # -> "committed" | "aborted"
+        self.state = WriteState.OPEN
 
     def write(self, chunk: bytes | bytearray | memoryview) -> None:
-        if self.state != "open":
+        if self.state is not WriteState.OPEN:
             raise ManifestError(f"blob {self.sha[:12]} is already {self.state}")
         n = len(chunk)
         if self.written + n > self.size:
@@ -235,9 +247,9 @@ class BlobWriter:
     def commit(self, digest: str | None = None) -> None:
         """Verify size and hash, then give the blob its name. `digest` is the
         caller's sha256 of the bytes written, required with hashed_by_caller."""
-        if self.state == "committed":
+        if self.state is WriteState.COMMITTED:
             return
-        if self.state == "aborted":
+        if self.state is WriteState.ABORTED:
             # Never let a caller that swallowed a write error think it stored the blob.
             raise ManifestError(f"blob {self.sha[:12]} was aborted; content does not match its hash")
         try:
@@ -255,15 +267,15 @@ class BlobWriter:
             self._file.close()
             self._file = None
             self._cache._commit(self._tmp, self.sha, self.size)
-            self.state = "committed"
+            self.state = WriteState.COMMITTED
         except BaseException:
             self.abort()
             raise
 
     def abort(self) -> None:
-        if self.state != "open":
+        if self.state is not WriteState.OPEN:
             return
-        self.state = "aborted"
+        self.state = WriteState.ABORTED
         if self._file is not None:
             self._file.close()
             self._file = None
