@@ -365,3 +365,33 @@ def test_owner_activity_excludes_homie_jobs():
     cpu["busy"] += 1
     cpu["total"] += 20
     assert not w.sample(jobs)
+
+
+def test_links_and_directories_count_toward_the_scan_limit(tmp_path):
+    # Each one costs the worker a stat or a walk at every poll: a job that fills its
+    # checkpoint directory with links (never taken) must not make every poll that long.
+    d = tmp_path / "checkpoint"
+    d.mkdir()
+    (d / "state.bin").write_bytes(b"x")
+    for i in range(4 * checkpoints.MAX_FILES + 1):
+        os.symlink("/etc/passwd", d / f"l{i}")
+    with pytest.raises(HomieError, match="more than"):
+        checkpoints.signature(tmp_path, ["checkpoint"])
+    for i in range(4 * checkpoints.MAX_FILES + 1):
+        os.unlink(d / f"l{i}")
+        os.mkdir(d / f"d{i}")
+    with pytest.raises(HomieError, match="more than"):
+        checkpoints.signature(tmp_path, ["checkpoint"])
+    for i in range(4 * checkpoints.MAX_FILES + 1):
+        os.rmdir(d / f"d{i}")
+    assert list(checkpoints.signature(tmp_path, ["checkpoint"])) == ["checkpoint/state.bin"]
+
+
+def test_entries_outside_the_checkpoint_paths_do_not_count(tmp_path):
+    (tmp_path / "checkpoint").mkdir()
+    (tmp_path / "checkpoint" / "state.bin").write_bytes(b"x")
+    (tmp_path / "data").mkdir()
+    for i in range(4 * checkpoints.MAX_FILES + 1):
+        os.symlink("/etc/passwd", tmp_path / "data" / f"l{i}")
+        os.symlink("/etc/passwd", tmp_path / f"top{i}")
+    assert list(checkpoints.signature(tmp_path, ["checkpoint"])) == ["checkpoint/state.bin"]

@@ -67,7 +67,9 @@ def sent(ch: Any, job: Job, offset: int, live: bool) -> None:
             offset = end
         if recs:
             continue
-        if offset >= job.log.end and (job.terminal or not live):
+        # Over first, then the log's end: output is appended before the job is marked
+        # over, so read the other way round the last output could be missed.
+        if (job.terminal or not live) and offset >= job.log.end:
             _reply(ch, ended(job))
             return
         _wait_for_more(job, offset)

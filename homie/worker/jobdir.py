@@ -270,27 +270,33 @@ def scan(root: Path, keep: Callable[[str, bool], bool] | None = None,
     """relpath -> (size, mtime_ns, inode) of every regular file under root,
     walked by descriptor; links are neither listed nor followed; what lies
     deeper than MAX_DEPTH is not listed. keep(rel, is_dir): whether to look at
-    (into) rel at all; more than `limit` regular files: TooMany (what runs
-    every second must not cost what a job chooses)."""
+    (into) rel at all; more than `limit` entries kept (files, directories, links:
+    each costs a stat or a walk): TooMany (what runs every second must not cost
+    what a job chooses)."""
     out: dict[str, tuple[int, int, int]] = {}
+    looked = 0
     try:
         for rel_dir, dfd, subdirs, others in walk(root, on_deep="skip"):
             if not rel_dir and files.RESERVED_DIR in subdirs:
                 subdirs.remove(files.RESERVED_DIR)  # homie's own (the unsandboxed job's TMPDIR)
             if keep is not None:
                 subdirs[:] = [d for d in subdirs if keep(f"{rel_dir}/{d}" if rel_dir else d, True)]
+            looked += len(subdirs)
+            if limit is not None and looked > limit:
+                raise TooMany(f"more than {limit} entries")
             for name in others:
                 rel = f"{rel_dir}/{name}" if rel_dir else name
                 if keep is not None and not keep(rel, False):
                     continue
+                looked += 1
+                if limit is not None and looked > limit:
+                    raise TooMany(f"more than {limit} entries")
                 try:
                     st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
                 except OSError:
                     continue
                 if stat.S_ISREG(st.st_mode):
                     out[rel] = (st.st_size, st.st_mtime_ns, st.st_ino)
-                    if limit is not None and len(out) > limit:
-                        raise TooMany(f"more than {limit} files")
     except OSError:
         pass
     return out
