@@ -9,11 +9,11 @@ import time
 
 import pytest
 
-from homie.control import follow
+from homie.control import follow, replies
 from homie.joblog import JobLog
 from homie.submit.job import Job, JobRecord, JobState
-from homie.wire.channel import Channel
-from homie.wire.protocol import STDOUT, Message, Output
+from homie.wire.channel import Channel, ConnectionClosed
+from homie.wire.protocol import STDOUT, Output
 
 
 class _Preempted(JobLog):
@@ -37,7 +37,7 @@ class _Preempted(JobLog):
         self.__dict__["_end"] = value
 
 
-def _follow_once(tmp_path, k: int) -> tuple[bytes, Message, int]:
+def _follow_once(tmp_path, k: int) -> tuple[bytes, replies.Ended, int]:
     job = Job(JobRecord(id="j1", created=time.time(), state=JobState.RUNNING, script="train.py",
                         peer_name="raj", started_at=time.time(), dispatches=1), tmp_path / f"outbox{k}")
 
@@ -50,15 +50,16 @@ def _follow_once(tmp_path, k: int) -> tuple[bytes, Message, int]:
     job.log = log
     a, b = socket.socketpair()
     try:
-        follow.sent(Channel(a), job, 0, live=True)
+        ended = follow.sent(Channel(a), job, 0, live=True)
         a.shutdown(socket.SHUT_WR)
         ch, out = Channel(b), b""
         while True:
-            ev = ch.recv(timeout=5)
+            try:
+                ev = ch.recv(timeout=5)
+            except ConnectionClosed:
+                return out, ended, log.__dict__["_end"]
             if isinstance(ev, Output):
                 out += bytes(ev.data)
-            elif isinstance(ev, Message) and ev.t == "reply":
-                return out, ev, log.__dict__["_end"]
     finally:
         a.close()
         b.close()
@@ -68,4 +69,4 @@ def _follow_once(tmp_path, k: int) -> tuple[bytes, Message, int]:
 def test_the_last_output_is_sent_whenever_the_job_ends(tmp_path, k):
     out, reply, log_end = _follow_once(tmp_path, k)
     assert out == b"hello\nlast words\n"
-    assert reply["state"] == "done" and reply["offset"] == log_end  # where a re-attach would resume
+    assert reply.state == "done" and reply.offset == log_end  # where a re-attach would resume

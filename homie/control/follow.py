@@ -17,10 +17,6 @@ FOLLOW_POLL = 0.1
 PROGRESS_EVERY = 0.2
 
 
-def _reply(ch: Any, r: replies.Reply) -> None:
-    ch.send("reply", **r.body())
-
-
 def ended(job: Job) -> replies.Ended:
     """The last message of a follow: how the job ended (or where it is, if not over)."""
     d = job.doc
@@ -30,9 +26,9 @@ def ended(job: Job) -> replies.Ended:
         results_dir=str(job.results_dir), offset=job.log.end, terminal=job.terminal)
 
 
-def sent(ch: Any, job: Job, offset: int, live: bool) -> None:
+def sent(ch: Any, job: Job, offset: int, live: bool) -> replies.Ended:
     """Stream a job sent from here from `offset`, with its state changes, until it ends
-    (live) or until what its log holds now has been sent."""
+    (live) or until what its log holds now has been sent; then how it ended, to reply."""
     last_why = None
     last_sent = None
     started_sent = False
@@ -70,13 +66,13 @@ def sent(ch: Any, job: Job, offset: int, live: bool) -> None:
         # Over first, then the log's end: output is appended before the job is marked
         # over, so read the other way round the last output could be missed.
         if (job.terminal or not live) and offset >= job.log.end:
-            _reply(ch, ended(job))
-            return
+            return ended(job)
         _wait_for_more(job, offset)
 
 
-def here(ch: Any, worker: Any, store: Any, name: str, job_id: str, offset: int, live: bool) -> None:
-    """`homie logs` on the lending machine: a friend's job running (or just run) here."""
+def here(ch: Any, worker: Any, store: Any, name: str, job_id: str, offset: int, live: bool) -> replies.Ended:
+    """`homie logs` on the lending machine: a friend's job running (or just run) here;
+    then where it stands, to reply."""
     found = worker.find(job_id)
     if len(found) > 1:
         raise HomieError(f"job id {job_id!r} is ambiguous: {', '.join(j.id for j in found)}", EXIT_FAILURE)
@@ -99,11 +95,10 @@ def here(ch: Any, worker: Any, store: Any, name: str, job_id: str, offset: int, 
         done = wj.done.is_set()
         if done or not live:
             s = wj.summary()
-            _reply(ch, replies.Ended(
+            return replies.Ended(
                 job_id=wj.id, state="done" if done else s["status"], exit_code=s["code"], code=s["code"],
                 signal=None, reason=s["reason"], message=None, peer=name, results=[],
-                results_dir="", offset=offset, terminal=done))
-            return
+                results_dir="", offset=offset, terminal=done)
         wj.done.wait(FOLLOW_POLL)
 
 

@@ -246,7 +246,7 @@ class Handlers:
         if body.get("detach"):
             self.reply(replies.Detached(job_id=job.id, detached=True))
             return
-        follow.sent(self.ch, job, 0, live=True)
+        self.reply(follow.sent(self.ch, job, 0, live=True))
 
     def do_restart(self, req: messages.Restart) -> None:
         old = self._one_job(req.job_id)
@@ -281,8 +281,8 @@ class Handlers:
     def do_follow(self, req: messages.Follow) -> None:
         found = self.services.submitter.find(req.job_id)
         if not found:
-            follow.here(self.ch, self.services.worker, self.services.store, self.services.name, req.job_id,
-                        req.offset or 0, live=bool(req.live))
+            self.reply(follow.here(self.ch, self.services.worker, self.services.store, self.services.name,
+                                   req.job_id, req.offset or 0, live=bool(req.live)))
             return
         job = self._one_job(req.job_id)
         self.ch.send("event", kind="job", job_id=job.id)
@@ -290,7 +290,7 @@ class Handlers:
             follow.wait_until_over(job)
             self.reply(follow.ended(job))
             return
-        follow.sent(self.ch, job, req.offset or 0, live=bool(req.live))
+        self.reply(follow.sent(self.ch, job, req.offset or 0, live=bool(req.live)))
 
     def do_job(self, req: messages.JobRequest) -> None:
         """One job sent from here, where it stands (homie.client's Job.info)."""
