@@ -375,12 +375,12 @@ def test_links_and_directories_count_toward_the_scan_limit(tmp_path):
     (d / "state.bin").write_bytes(b"x")
     for i in range(4 * checkpoints.MAX_FILES + 1):
         os.symlink("/etc/passwd", d / f"l{i}")
-    with pytest.raises(HomieError, match="more than"):
+    with pytest.raises(HomieError, match="more than 1024 entries"):
         checkpoints.signature(tmp_path, ["checkpoint"])
     for i in range(4 * checkpoints.MAX_FILES + 1):
         os.unlink(d / f"l{i}")
         os.mkdir(d / f"d{i}")
-    with pytest.raises(HomieError, match="more than"):
+    with pytest.raises(HomieError, match="more than 1024 entries"):
         checkpoints.signature(tmp_path, ["checkpoint"])
     for i in range(4 * checkpoints.MAX_FILES + 1):
         os.rmdir(d / f"d{i}")
@@ -395,3 +395,29 @@ def test_entries_outside_the_checkpoint_paths_do_not_count(tmp_path):
         os.symlink("/etc/passwd", tmp_path / "data" / f"l{i}")
         os.symlink("/etc/passwd", tmp_path / f"top{i}")
     assert list(checkpoints.signature(tmp_path, ["checkpoint"])) == ["checkpoint/state.bin"]
+
+
+def test_a_job_declares_a_bounded_number_of_checkpoint_paths():
+    # Every entry a poll walks is matched against each path: 100,000 declared paths made
+    # one scan take 12 s and their duplicate check a minute of the worker's CPU per submit.
+    many = [f"ckpt{i}" for i in range(checkpoints.MAX_PATHS - 1)]
+    assert checkpoints.normalize(many + many) == ["checkpoint", *many]  # duplicates do not count
+    with pytest.raises(ManifestError, match=f"at most {checkpoints.MAX_PATHS - 1} checkpoint paths"):
+        checkpoints.normalize(many + ["one-more"])
+
+
+def test_slow_scans_are_not_repeated_past_the_polls_budget(tmp_path):
+    # A job whose checkpoint changes all the time beside a tree that takes a second to
+    # scan: the poll gives up after its first pause, as it did before pauses were retried.
+    clock = Clock()
+    scans = []
+
+    def slow_scan(root, paths):
+        clock.t += 1.0
+        scans.append(clock.t)
+        return {"checkpoint/state.bin": (10, len(scans), 1)}  # changed at every look
+
+    w = Watcher(tmp_path, ["checkpoint"], 10.0, clock=clock, wall=lambda: 5.0, scan=slow_scan,
+                sleep=lambda s: None)
+    assert not w.poll()
+    assert len(scans) == 2

@@ -32,6 +32,7 @@ from homie.checkpoints.rules import (
     FRAME_TIMEOUT,
     MAX_BYTES,
     MAX_FILES,
+    MAX_PATHS,
     SETTLE,
     SETTLE_TRIES,
     TEMP_SUFFIXES,
@@ -47,8 +48,7 @@ from homie.checkpoints.snapshot import Snapshot, Watcher, sendable, signature, t
 from homie.checkpoints.store import Saved, Store
 
 __all__ = [
-    "CHUNK", "DEFAULT_DIR", "FRAME_TIMEOUT", "MAX_BYTES", "MAX_FILES", "SETTLE", "SETTLE_TRIES", "TEMP_SUFFIXES",
-    "CkptFile", "Signature", "is_regular", "is_temporary", "normalize", "parse_manifest", "under", "Snapshot",
-    "Watcher", "sendable", "signature",
-    "take", "Saved", "Store", "fetch", "serve",
+    "CHUNK", "DEFAULT_DIR", "FRAME_TIMEOUT", "MAX_BYTES", "MAX_FILES", "MAX_PATHS", "SETTLE", "SETTLE_TRIES",
+    "TEMP_SUFFIXES", "CkptFile", "Signature", "is_regular", "is_temporary", "normalize", "parse_manifest", "under",
+    "Snapshot", "Watcher", "sendable", "signature", "take", "Saved", "Store", "fetch", "serve",
 ]

@@ -20,6 +20,7 @@ SETTLE = 0.25  # seconds a checkpoint must stay unchanged, just before it is tak
 # after each rename, so the second pause nearly always holds.
 SETTLE_TRIES = 4
 MAX_FILES = 256  # descriptors one snapshot may hold open (a daemon may run many jobs)
+MAX_PATHS = 64  # declared paths, `checkpoint` included: every entry a poll walks is matched against each
 MAX_BYTES = 8 << 30  # read whole at every change (a sparse file costs the job nothing); its chunk list fits a message
 _SHA256 = re.compile(r"[0-9a-f]{64}")  # chunk names from a worker become file names in the store
 DEFAULT_DIR = "checkpoint"
@@ -37,6 +38,7 @@ def is_temporary(rel: str) -> bool:
 def normalize(paths: list[str] | None) -> list[str]:
     """The declared checkpoint paths, checked and without duplicates; `checkpoint` always first."""
     out = [DEFAULT_DIR]
+    seen = {DEFAULT_DIR}
     for p in paths or []:
         if not isinstance(p, str):
             raise ManifestError("checkpoint paths must be strings")
@@ -47,7 +49,11 @@ def normalize(paths: list[str] | None) -> list[str]:
             files.check_relpath(rel)
         except ManifestError as e:
             raise ManifestError(f"checkpoint path {p!r}: {e} (it must be inside the job directory)") from None
-        if rel not in out:
+        if rel not in seen:
+            if len(out) == MAX_PATHS:
+                raise ManifestError(f"a job may declare at most {MAX_PATHS - 1} checkpoint paths besides"
+                                    f" {DEFAULT_DIR}/ (put them under one directory)")
+            seen.add(rel)
             out.append(rel)
     return out
 

@@ -105,7 +105,8 @@ def signature(root: Path, prefixes: list[str]) -> Signature:
     try:
         found = jobdir.scan(root, keep, limit=4 * MAX_FILES)
     except jobdir.TooMany:
-        raise HomieError(f"a checkpoint of more than {MAX_FILES} files is not supported") from None
+        raise HomieError(f"a checkpoint of more than {MAX_FILES} files, or of more than {4 * MAX_FILES}"
+                         " entries (directories and links count), is not supported") from None
     return {rel: sig for rel, sig in found.items() if not is_temporary(rel) and sendable(rel)}
 
 
@@ -212,13 +213,14 @@ class Watcher:
                 return False
             # Still being written (several files, or one rewritten in place)? Wait for a
             # quiet pause, from the newest state; a job writing through every pause is
-            # tried again at the next poll.
+            # tried again at the next poll, and so is one whose scans are slow (a huge
+            # tree beside its checkpoint): one poll is not let grow past SETTLE_TRIES pauses.
             for _ in range(SETTLE_TRIES):
                 self._sleep(SETTLE)
                 again = self._checked(self._scan(self.root, self.paths))
                 if again == sig:
                     break
-                if not again or again == self._taken:
+                if not again or again == self._taken or self._clock() - now >= SETTLE_TRIES * SETTLE:
                     return False
                 sig = again
             else:
