@@ -354,9 +354,12 @@ def run(home: Home, config, key: bytes, foreground: bool, ready_fd: int | None =
         node = Node(home, config, key, foreground=foreground, shutdown_trigger=shutdown_trigger)
         node.start()
     except HomieError as e:
-        report(f"error: {e}\nexit {e.exit_code}")
+        # Everything let go first (ports, sockets, the pid lock), then the error: the
+        # `homie up` told it returns at once, and one run right after must find nothing held.
         if node is not None:
             node.shutdown()
+        os.close(lock)
+        report(f"error: {e}\nexit {e.exit_code}")
         if ready_fd is None:
             print(f"error: {e}", file=sys.stderr)
         return e.exit_code
